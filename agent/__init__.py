@@ -1,0 +1,1 @@
+"""hilprune agent layer (see DESIGN.md §2)."""

@@ -1,0 +1,1 @@
+"""hilprune devices layer (see DESIGN.md §2)."""

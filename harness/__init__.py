@@ -1,0 +1,1 @@
+"""hilprune harness layer (see DESIGN.md §2)."""
