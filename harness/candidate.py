@@ -1,0 +1,254 @@
+"""The way of one candidate through the harness: prune → evaluate → export → compile → measure.
+
+DESIGN.md §2 and §6. ``CandidateEvaluator.evaluate(spec)`` takes an
+architecture spec (kept channels per prunable group) and returns a
+``CandidateResult`` value: accuracy, MACs, params and measured latency, or an
+error kind and message (expected failures are values, never exceptions
+through the search loop). Latencies are cached by (model, architecture,
+device, target, backend, tuning) in the results store, so a revisited
+architecture is never exported, compiled or measured again; accuracy and MACs
+are cached per evaluator (they are deterministic for a given base model).
+
+Per-stage wall time is accumulated in ``StageTimer`` for the run summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from devices.base import Device, MeasureConfig
+from harness.compile import compile_onnx
+from harness.export import ExportError, export_onnx
+from harness.pruning import ArchSpec, PruneGroup, apply_spec, count_macs_params
+from harness.store import ResultsStore
+from harness.targets import TargetSpec
+from harness.train import evaluate
+from harness.tuning import TuningConfig
+
+__all__ = ["CandidateResult", "CandidateEvaluator", "StageTimer", "tuning_key"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("train", "prune", "evaluate", "export", "tune", "build", "measure", "agent", "finetune")
+
+
+class StageTimer:
+    """Accumulated wall seconds per pipeline stage (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {s: 0.0 for s in STAGES}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` (≥ 0) to ``stage``."""
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + max(0.0, seconds)
+
+    @contextmanager
+    def time(self, stage: str) -> Iterator[None]:
+        """Context manager timing its body into ``stage``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def shares(self) -> dict[str, float]:
+        """Each stage's share of the summed stage time, in [0, 1]."""
+        total = sum(self.seconds.values()) or 1.0
+        return {k: v / total for k, v in self.seconds.items()}
+
+
+def tuning_key(tuning: TuningConfig) -> str:
+    """Key separating latencies of differently tuned builds in the cache, e.g. ``"trials=8"`` or ``"untuned"``."""
+    return "untuned" if tuning.trials_per_task == 0 else f"trials={tuning.trials_per_task}"
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateResult:
+    """One evaluated architecture.
+
+    Attributes:
+        spec: kept channels per group.
+        top1: validation top-1 in [0, 1] (None when pruning failed).
+        macs, params: batch-1 multiply-accumulates and parameter count.
+        latency_p50_ms: measured median latency, ms (None on failure).
+        latency_raw_ms: raw per-repeat latencies, ms.
+        measurement_id: row id in the store's ``measurements``.
+        source: ``measured`` (or ``simulated`` for a simulator device).
+        latency_cache_hit: latency came from the store, nothing was compiled or measured.
+        artifact_sha256: sha256 of the compiled library (None on a cache hit or failure).
+        error_kind, error_message: set when the candidate failed.
+    """
+
+    spec: ArchSpec
+    top1: float | None
+    macs: int
+    params: int
+    latency_p50_ms: float | None
+    latency_raw_ms: tuple[float, ...] = ()
+    measurement_id: int | None = None
+    source: str = "measured"
+    latency_cache_hit: bool = False
+    artifact_sha256: str | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when accuracy and latency are both known."""
+        return self.error_kind is None and self.top1 is not None and self.latency_p50_ms is not None
+
+
+@dataclass
+class CandidateEvaluator:
+    """Evaluates architecture specs of one trained base model on one device and target.
+
+    Attributes:
+        model_name: zoo name of the base model (part of the latency cache key).
+        base_model: the trained, unpruned torch model (never modified).
+        groups: its prunable groups.
+        input_shape: batch-1 input shape, e.g. (1, 1, 28, 28).
+        val_data: validation dataset (tensors) for top-1.
+        device: where latency is measured.
+        target: compile target.
+        tuning: MetaSchedule budget and database.
+        measure: measurement settings.
+        cache_dir: artifact and tuning cache root.
+        work_dir: where ONNX files of this run go.
+        store: results store (latency cache and measurement rows).
+        eval_samples: validation images used per candidate (None = all).
+        importance: ``"l1"`` or ``"l2"`` group magnitude.
+    """
+
+    model_name: str
+    base_model: torch.nn.Module
+    groups: list[PruneGroup]
+    input_shape: tuple[int, ...]
+    val_data: object
+    device: Device
+    target: TargetSpec
+    tuning: TuningConfig
+    measure: MeasureConfig
+    cache_dir: Path
+    work_dir: Path
+    store: ResultsStore
+    eval_samples: int | None = 2000
+    importance: str = "l1"
+    timer: StageTimer = field(default_factory=StageTimer)
+
+    def __post_init__(self) -> None:
+        self._acc_cache: dict[str, tuple[float, int, int]] = {}
+        self.example_input = torch.zeros(self.input_shape)
+        self.work_dir = Path(self.work_dir)
+        (self.work_dir / "onnx").mkdir(parents=True, exist_ok=True)
+        self.stats = {"evaluated": 0, "latency_cache_hits": 0, "compiled": 0, "measured": 0, "failed": 0}
+
+    def prune(self, spec: ArchSpec) -> torch.nn.Module:
+        """A pruned deep copy of the base model with exactly ``spec``'s widths.
+
+        Raises:
+            ValueError: a spec that does not fit the groups.
+        """
+        with self.timer.time("prune"):
+            return apply_spec(self.base_model, spec, self.example_input, importance=self.importance)
+
+    def evaluate(self, spec: ArchSpec, *, fresh: bool = False, model: torch.nn.Module | None = None) -> CandidateResult:
+        """Evaluate ``spec``: accuracy, MACs, params and measured latency.
+
+        Args:
+            spec: kept channels per group.
+            fresh: ignore the latency cache and measure again (used for the final model).
+            model: an already pruned (e.g. fine-tuned) model of this spec to use
+                instead of pruning the base model again.
+
+        Returns:
+            A CandidateResult; failures are values with ``error_kind`` set.
+        """
+        self.stats["evaluated"] += 1
+        sig = spec.signature()
+        try:
+            if model is None and sig in self._acc_cache and not fresh:
+                top1, macs, params = self._acc_cache[sig]
+                pruned = None
+            else:
+                pruned = model if model is not None else self.prune(spec)
+                macs, params = count_macs_params(pruned, self.input_shape)
+                with self.timer.time("evaluate"):
+                    top1 = evaluate(pruned, self.val_data, max_samples=self.eval_samples)
+                if model is None:
+                    self._acc_cache[sig] = (top1, macs, params)
+        except ValueError as exc:
+            self.stats["failed"] += 1
+            return CandidateResult(spec, None, 0, 0, None, error_kind="prune_failed", error_message=str(exc))
+
+        key = dict(
+            model=self.model_name, arch_signature=sig, device=self.device.name, target=self.target.name,
+            backend=self.measure.backend, tuning_key=tuning_key(self.tuning),
+        )
+        if not fresh and model is None:
+            hit = self.store.find_measurement(**key)
+            if hit is not None:
+                self.stats["latency_cache_hits"] += 1
+                return CandidateResult(
+                    spec, top1, macs, params, hit["latency_p50_ms"], tuple(hit["latency_raw_ms"]),
+                    measurement_id=hit["id"], source=hit["source"], latency_cache_hit=True,
+                )
+        if pruned is None:
+            pruned = self.prune(spec)
+        return self._compile_and_measure(spec, pruned, top1, macs, params, key)
+
+    def _compile_and_measure(self, spec, pruned, top1, macs, params, key) -> CandidateResult:
+        sig = spec.signature()
+        onnx_path = self.work_dir / "onnx" / f"{sig}.onnx"
+
+        def failed(kind: str, message: str) -> CandidateResult:
+            self.stats["failed"] += 1
+            log.warning("candidate %s failed: %s: %s", sig, kind, message)
+            return CandidateResult(spec, top1, macs, params, None, error_kind=kind, error_message=message)
+
+        with self.timer.time("export"):
+            try:
+                report = export_onnx(pruned, self.input_shape, onnx_path)
+            except ExportError as exc:
+                return failed(f"export_{exc.kind}", str(exc))
+        t0 = time.perf_counter()
+        compiled = compile_onnx(onnx_path, self.target, self.cache_dir, self.tuning)
+        compile_s = time.perf_counter() - t0
+        if compiled.error is not None:
+            self.timer.add("build", compile_s)
+            return failed(compiled.error.kind, compiled.error.message)
+        artifact = compiled.artifact
+        tune_s = float((artifact.manifest.get("tuning") or {}).get("seconds") or 0.0) if not artifact.cache_hit else 0.0
+        self.timer.add("tune", min(tune_s, compile_s))
+        self.timer.add("build", compile_s - min(tune_s, compile_s))
+        self.stats["compiled"] += 1
+        with self.timer.time("measure"):
+            outcome = self.device.measure(artifact.path, self.measure)
+        if outcome.error is not None:
+            return failed(f"measure_{outcome.error.kind}", outcome.error.message)
+        m = outcome.value
+        self.stats["measured"] += 1
+        st = m.stats
+        stats = dict(p50=st.p50, p90=st.p90, mean=st.mean, std=st.std, min=st.min, max=st.max, cov=st.cov, n=st.n, unstable=st.unstable)
+        mid = self.store.add_measurement(
+            **key, source=m.source, stats=stats, latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
+            artifact_sha256=artifact.library_sha256, onnx_sha256=report.onnx_sha256,
+            metadata={
+                "device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
+                "hello": m.hello, "tuning": artifact.manifest.get("tuning"), "remeasured": m.remeasured,
+                "output_sha256": m.output_sha256,
+            },
+        )
+        return CandidateResult(
+            spec, top1, macs, params, st.p50, tuple(m.latency_ms), measurement_id=mid, source=m.source,
+            artifact_sha256=artifact.library_sha256,
+        )

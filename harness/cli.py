@@ -1,0 +1,177 @@
+"""The ``hilprune`` command line: the only place that wires every layer together.
+
+Subcommands:
+    search   the main job: RL search for a faster pruned model (DESIGN.md §1)
+    train    train and cache a baseline model
+
+User errors (unknown model, dataset, device or target, a negative count, a
+missing dataset) print ONE line to stderr, ``hilprune: error: ...``, and exit
+with status 2; nothing already measured is lost (it is in the results store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give a count >= 0")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every subcommand (each has ``--help``)."""
+    from harness.search import SearchConfig
+
+    d = SearchConfig()
+    p = argparse.ArgumentParser(
+        prog="hilprune",
+        description="Hardware-in-the-loop RL filter pruning: prune, compile through ONNX and TVM, measure on a device.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("search", help="RL search for a pruned architecture that is faster on the device",
+                       description="Run the RL pruning search. With no arguments: ResNet-20 on Fashion-MNIST, "
+                                   "measured on this machine (device local, target host).")
+    s.add_argument("--model", default=d.model, help=f"zoo model (default {d.model})")
+    s.add_argument("--dataset", default=d.dataset, help=f"dataset (default {d.dataset})")
+    s.add_argument("--data-root", default=None, help="dataset directory (default: the Debian package's)")
+    s.add_argument("--device", default=d.device, help=f"where latency is measured (default {d.device})")
+    s.add_argument("--target", default=d.target, help=f"TVM target preset or JSON dict (default {d.target})")
+    s.add_argument("--episodes", type=_pos_int, default=d.episodes, help=f"episodes (default {d.episodes})")
+    s.add_argument("--max-steps", type=_pos_int, default=d.max_steps, help=f"steps per episode (default {d.max_steps})")
+    s.add_argument("--latency-target", type=float, default=d.latency_target,
+                   help=f"episode ends once p50 <= R x unpruned p50 (default {d.latency_target})")
+    s.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of ΔP, accuracy (default {d.alpha})")
+    s.add_argument("--beta", type=float, default=d.beta, help=f"weight of ΔC, MACs (default {d.beta})")
+    s.add_argument("--gamma", type=float, default=d.gamma, help=f"weight of ΔH, measured latency (default {d.gamma})")
+    s.add_argument("--seed", type=_nonneg_int, default=d.seed, help=f"seed of every random source (default {d.seed})")
+    s.add_argument("--tune-trials", type=_nonneg_int, default=d.tune_trials,
+                   help=f"MetaSchedule trials per task, 0 = untuned (default {d.tune_trials})")
+    s.add_argument("--train-epochs", type=_nonneg_int, default=d.train_epochs,
+                   help=f"epochs of the baseline, cached (default {d.train_epochs})")
+    s.add_argument("--finetune-epochs", type=_nonneg_int, default=d.finetune_epochs,
+                   help=f"fine-tuning epochs of the best model (default {d.finetune_epochs})")
+    s.add_argument("--step-fraction", type=float, default=d.step_fraction,
+                   help=f"share of a group's filters one action removes (default {d.step_fraction})")
+    s.add_argument("--eval-samples", type=_nonneg_int, default=d.eval_samples,
+                   help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
+    s.add_argument("--subset", type=_pos_int, default=None, help="cap each data split (quick runs and tests)")
+    s.add_argument("--repeat", type=_pos_int, default=d.repeat, help=f"timed blocks per measurement (default {d.repeat})")
+    s.add_argument("--out", default=d.out, help=f"run directories go to OUT/RUN_ID (default {d.out})")
+    s.add_argument("--db", default=d.db, help=f"results store (default {d.db})")
+    s.add_argument("--cache-dir", default=None, help="baselines, artifacts, tuning databases (default results/cache)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    s.set_defaults(func=_cmd_search)
+
+    t = sub.add_parser("train", help="train and cache a baseline model",
+                       description="Train a zoo model on a dataset and cache it (keyed by model, dataset, seed, epochs).")
+    t.add_argument("--model", default=d.model, help=f"zoo model (default {d.model})")
+    t.add_argument("--dataset", default=d.dataset, help=f"dataset (default {d.dataset})")
+    t.add_argument("--data-root", default=None, help="dataset directory (default: the Debian package's)")
+    t.add_argument("--epochs", type=_nonneg_int, default=d.train_epochs, help=f"epochs (default {d.train_epochs})")
+    t.add_argument("--seed", type=_nonneg_int, default=d.seed, help=f"seed (default {d.seed})")
+    t.add_argument("--subset", type=_pos_int, default=None, help="cap each data split")
+    t.add_argument("--cache-dir", default=None, help="cache root (default results/cache)")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=_cmd_train)
+    return p
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from harness.search import SearchConfig, run_search
+
+    config = SearchConfig(
+        model=args.model, dataset=args.dataset, device=args.device, target=args.target, episodes=args.episodes,
+        max_steps=args.max_steps, latency_target=args.latency_target, alpha=args.alpha, beta=args.beta,
+        gamma=args.gamma, seed=args.seed, tune_trials=args.tune_trials, train_epochs=args.train_epochs,
+        finetune_epochs=args.finetune_epochs, step_fraction=args.step_fraction, eval_samples=args.eval_samples,
+        subset=args.subset, repeat=args.repeat, out=args.out, db=args.db, cache_dir=args.cache_dir,
+        data_root=args.data_root,
+    )
+    summary = run_search(config, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+    else:
+        _print_search(summary)
+    return 0
+
+
+def _print_search(s: dict) -> None:
+    b, best = s["baseline"], s["best"]
+
+    def fmt(x, spec=".4f"):
+        return "-" if x is None else format(x, spec)
+
+    print(f"run {s['run_id']}  ({s['candidates']} candidates, {s['wall_s']:.0f} s)  -> {s['run_dir']}")
+    print(f"{'':10} {'test top-1':>10} {'MACs':>12} {'params':>9} {'p50 ms':>9}")
+    print(f"{'baseline':10} {fmt(b['top1'])} {b['macs']:>12,} {b['params']:>9,} {fmt(b['latency_p50_ms'], '9.3f')}")
+    if best is None:
+        print("best       none: no candidate was measured successfully")
+        return
+    print(f"{'best':10} {fmt(best['top1'])} {best['macs']:>12,} {best['params']:>9,} {fmt(best['latency_p50_ms'], '9.3f')}")
+    print(f"speedup {fmt(best['speedup'], '.2f')}x, top-1 drop {fmt(100 * best['top1_drop'], '.2f')} points, spec {best['arch_signature']}")
+    shares = {k: v for k, v in s["stage_seconds"].items() if v > 0}
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in shares.items()))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from harness.data import load_dataset
+    from harness.search import default_cache_dir
+    from harness.train import load_or_train_baseline
+
+    root = Path(args.data_root) if args.data_root else None
+    splits = load_dataset(args.dataset, root=root, seed=args.seed, subset=args.subset)
+    _, info = load_or_train_baseline(
+        args.model, args.dataset, seed=args.seed, epochs=args.epochs,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+        data_root=root, progress=not args.json, splits=splits,
+    )
+    info = info if isinstance(info, dict) else __import__("dataclasses").asdict(info)
+    print(json.dumps(info, sort_keys=True, default=str) if args.json else
+          "\n".join(f"{k}: {v}" for k, v in info.items() if k != "history"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hilprune`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        args = parser.parse_args(["search", *(argv or [])])
+    from harness.data import DatasetError
+    from harness.store import StoreError
+
+    try:
+        return args.func(args)
+    except (ValueError, DatasetError, StoreError, FileNotFoundError) as exc:
+        print(f"hilprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hilprune: interrupted; everything measured so far is in the results store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""``PruningEnv``: the seed's MDP as a gymnasium environment.
+
+Source: seed document ``../shared/seed/`` §3.1 (state, action, reward) and
+§4.2 (``PruningEnv``); DESIGN.md §3.
+
+State (observation, float32, flat ``[4·G + 3]`` for G prunable groups):
+    per group g, in group order:
+        kept_g / orig_g            current keep ratio, in (0, 1]
+        orig_g / max_g orig        the group's original width, normalised
+        g / (G − 1)                the group's index (AMC's layer index feature)
+        kind_g                     1 for a residual-stream (stage) group, 0 otherwise
+    then three globals:
+        step / max_steps           budget used so far
+        MACs(s) / MACs(s0)         compute ratio
+        min(p50(s) / p50(s0), 2)/2 measured latency ratio, clipped to [0, 1]
+
+Action: ``Discrete(G + 1)``. Action g < G removes ``step_fraction`` of group g's
+*original* filters (rounded, at least one; the seed's "prune one layer by a
+fixed fraction"), never below ``min_channels``; action G is "stop".
+
+Impossible actions are **penalised, not masked inside the env**: a group
+already at its minimum leaves the state unchanged and gives
+``weights.failure_penalty``. ``info["action_mask"]`` (int8, 1 = possible)
+lets an agent mask them (ours does), so a masked agent never pays it.
+
+Reward: ``harness.reward.compute_reward`` of the state reached, relative to
+the unpruned model; "stop" is rewarded with the current state's reward. A
+candidate whose export, build or measurement failed gives the failure penalty
+and the state goes back to where it was.
+
+Terminated: the measured p50 is at most ``latency_target`` × the unpruned
+p50 (or MACs ≤ target × unpruned MACs with ``target_metric="macs"``), the
+agent stopped, or nothing can be pruned any more. Truncated: ``max_steps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from harness.pruning import ArchSpec, PruneGroup
+from harness.reward import RewardTerms, RewardWeights, compute_reward
+
+__all__ = ["EnvConfig", "PruningEnv", "CandidateSource"]
+
+
+class CandidateSource(Protocol):
+    """What the env needs from the harness: evaluate one architecture.
+
+    ``evaluate(spec)`` returns an object with ``ok`` (bool), ``top1`` (float),
+    ``macs`` (int), ``latency_p50_ms`` (float), ``error_kind`` and
+    ``error_message`` — see ``harness.candidate.CandidateResult``.
+    """
+
+    def evaluate(self, spec: ArchSpec) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EnvConfig:
+    """Options of the MDP.
+
+    Attributes:
+        step_fraction: share of a group's original filters one action removes (0, 1).
+        min_channels: no group goes below this many channels (≥ 1).
+        round_to: kept widths are rounded down to a multiple of this (1 = off);
+            never below ``min_channels``.
+        max_steps: truncation limit per episode (≥ 2).
+        latency_target: episode terminates when the target metric ratio ≤ this (0, 1].
+        target_metric: ``"latency"`` (measured p50) or ``"macs"``.
+        weights: α, β, γ and the failure penalty.
+    """
+
+    step_fraction: float = 0.25
+    min_channels: int = 1
+    round_to: int = 1
+    max_steps: int = 8
+    latency_target: float = 0.8
+    target_metric: str = "latency"
+    weights: RewardWeights = field(default_factory=RewardWeights)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.step_fraction < 1:
+            raise ValueError(f"step_fraction={self.step_fraction} must be in (0, 1), e.g. 0.25")
+        if self.min_channels < 1:
+            raise ValueError(f"min_channels={self.min_channels} must be >= 1: no group may reach zero channels")
+        if self.round_to < 1:
+            raise ValueError(f"round_to={self.round_to} must be >= 1 (1 = no rounding)")
+        if self.max_steps < 2:
+            raise ValueError(f"max_steps={self.max_steps} must be >= 2")
+        if not 0 < self.latency_target <= 1:
+            raise ValueError(f"latency_target={self.latency_target} must be in (0, 1], e.g. 0.8 for 20% faster")
+        if self.target_metric not in ("latency", "macs"):
+            raise ValueError(f"target_metric={self.target_metric!r} must be 'latency' or 'macs'")
+
+
+class PruningEnv(gym.Env):
+    """Filter pruning as an MDP over the kept channels of each prunable group.
+
+    Args:
+        source: evaluates an architecture (prune, accuracy, MACs, compile, measure).
+        groups: the prunable groups (``harness.pruning.find_groups``).
+        baseline: the evaluated unpruned model (a successful CandidateResult).
+        config: EnvConfig.
+
+    Raises:
+        ValueError: a failed baseline or no groups.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, source: CandidateSource, groups: list[PruneGroup], baseline: Any, config: EnvConfig = EnvConfig()) -> None:
+        super().__init__()
+        if not groups:
+            raise ValueError("the model has no prunable groups")
+        if not baseline.ok:
+            raise ValueError(f"the unpruned model could not be evaluated: {baseline.error_kind}: {baseline.error_message}")
+        self.source = source
+        self.groups = list(groups)
+        self.baseline = baseline
+        self.config = config
+        self.orig = np.array([g.channels for g in self.groups], dtype=np.int64)
+        n = len(self.groups)
+        self.action_space = gym.spaces.Discrete(n + 1)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(4 * n + 3,), dtype=np.float32)
+        max_orig = float(self.orig.max())
+        index = np.arange(n, dtype=np.float32) / max(n - 1, 1)
+        kind = np.array([1.0 if g.kind == "stage" else 0.0 for g in self.groups], dtype=np.float32)
+        self._static = np.stack([self.orig / max_orig, index, kind], axis=1).astype(np.float32)
+        self.stop_action = n
+        self._reset_state()
+
+    # -- gymnasium API --------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Back to the unpruned model. Returns (observation, info)."""
+        super().reset(seed=seed)
+        self._reset_state()
+        return self._obs(), self._info(None, None)
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Apply one action; returns (obs, reward, terminated, truncated, info).
+
+        Raises:
+            ValueError: an action outside ``action_space``.
+        """
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is outside Discrete({self.action_space.n})")
+        action = int(action)
+        self.steps += 1
+        result = None
+        if action == self.stop_action:
+            reward = self.current_terms.reward if self.current_terms else 0.0
+            terminated = True
+            event = "stop"
+        else:
+            new = self._pruned_width(action)
+            if new is None:
+                reward, terminated, event = self.config.weights.failure_penalty, False, "impossible"
+            else:
+                kept = list(self.kept)
+                kept[action] = new
+                spec = ArchSpec(tuple(int(k) for k in kept))
+                result = self.source.evaluate(spec)
+                if not result.ok:
+                    reward, terminated, event = self.config.weights.failure_penalty, False, "failed"
+                else:
+                    self.kept = np.array(kept, dtype=np.int64)
+                    self.current = result
+                    self.current_terms = self._terms(result)
+                    reward = self.current_terms.reward
+                    terminated = self._target_met(result) or not self._any_possible()
+                    event = "pruned"
+        truncated = (not terminated) and self.steps >= self.config.max_steps
+        return self._obs(), float(reward), bool(terminated), bool(truncated), self._info(result, event)
+
+    # -- helpers --------------------------------------------------------------
+    def _reset_state(self) -> None:
+        self.kept = self.orig.copy()
+        self.steps = 0
+        self.current = self.baseline
+        self.current_terms: RewardTerms | None = None
+
+    def _pruned_width(self, g: int) -> int | None:
+        """The width group g would have after one action, or None if impossible."""
+        step = max(1, int(round(self.config.step_fraction * self.orig[g])))
+        new = int(self.kept[g]) - step
+        r = self.config.round_to
+        if r > 1:
+            new = (new // r) * r
+        new = max(new, self.config.min_channels)
+        return new if new < self.kept[g] else None
+
+    def _any_possible(self) -> bool:
+        return any(self._pruned_width(g) is not None for g in range(len(self.groups)))
+
+    def action_mask(self) -> np.ndarray:
+        """int8 [G + 1]: 1 where the action changes the state (stop always allowed)."""
+        mask = np.array([self._pruned_width(g) is not None for g in range(len(self.groups))] + [True], dtype=np.int8)
+        return mask
+
+    def _terms(self, result: Any) -> RewardTerms:
+        b = self.baseline
+        return compute_reward(
+            top1=result.top1, macs=result.macs, latency_p50_ms=result.latency_p50_ms,
+            base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
+            weights=self.config.weights,
+        )
+
+    def _ratio(self, result: Any) -> float:
+        if self.config.target_metric == "macs":
+            return result.macs / self.baseline.macs
+        return result.latency_p50_ms / self.baseline.latency_p50_ms
+
+    def _target_met(self, result: Any) -> bool:
+        return self._ratio(result) <= self.config.latency_target
+
+    def _obs(self) -> np.ndarray:
+        keep = (self.kept / self.orig).astype(np.float32)[:, None]
+        per_group = np.concatenate([keep, self._static], axis=1).reshape(-1)
+        cur = self.current
+        glob = np.array(
+            [
+                self.steps / self.config.max_steps,
+                cur.macs / self.baseline.macs,
+                min(cur.latency_p50_ms / self.baseline.latency_p50_ms, 2.0) / 2.0,
+            ],
+            dtype=np.float32,
+        )
+        return np.clip(np.concatenate([per_group, glob]), 0.0, 1.0).astype(np.float32)
+
+    def _info(self, result: Any, event: str | None) -> dict:
+        terms = self.current_terms
+        return {
+            "event": event,
+            "spec": ArchSpec(tuple(int(k) for k in self.kept)),
+            "candidate": result,
+            "action_mask": self.action_mask(),
+            "latency_ratio": self.current.latency_p50_ms / self.baseline.latency_p50_ms,
+            "macs_ratio": self.current.macs / self.baseline.macs,
+            "top1": self.current.top1,
+            "reward_terms": terms,
+        }

@@ -1,0 +1,86 @@
+"""The SQLite results store: rows round-trip, the latency cache key, concurrent writers."""
+
+import json
+import multiprocessing as mp
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from harness.store import SCHEMA_VERSION, ResultsStore, StoreError
+
+STATS = dict(p50=1.5, p90=1.9, mean=1.6, std=0.1, min=1.4, max=2.0, cov=0.0625, n=3, unstable=False)
+KEY = dict(model="resnet20", arch_signature="16-8", device="local", target="host", backend="tvm", tuning_key="trials=8")
+
+
+def test_measurement_round_trip_and_cache_key(tmp_path):
+    s = ResultsStore(tmp_path / "r.db")
+    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.4, 1.5, 2.0])
+    hit = s.find_measurement(**KEY)
+    assert hit["id"] == mid and hit["latency_p50_ms"] == 1.5 and hit["latency_raw_ms"] == [1.4, 1.5, 2.0]
+    # another tuning budget, device or architecture is a miss: latencies never mix
+    for field, other in (("tuning_key", "untuned"), ("device", "ssh:pi"), ("arch_signature", "16-16")):
+        assert s.find_measurement(**{**KEY, field: other}) is None
+    # unstable results are kept but never served from the cache
+    s.add_measurement(**{**KEY, "arch_signature": "8-8"}, source="measured", stats={**STATS, "unstable": True},
+                      latency_raw_ms=[1.0])
+    assert s.find_measurement(**{**KEY, "arch_signature": "8-8"}) is None
+
+
+def test_runs_and_candidates(tmp_path):
+    s = ResultsStore(tmp_path / "r.db")
+    s.create_run("r1", model="resnet20", dataset="fashion-mnist", device="local", target="host", seed=0, config={"a": 1})
+    with pytest.raises(StoreError, match="exists"):
+        s.create_run("r1", model="m", dataset="d", device="local", target="host", seed=0, config={})
+    for step in (2, 1):
+        s.add_candidate("r1", dict(episode=0, step=step, arch_signature="x", spec_json="[1]", reward=0.1 * step,
+                                   device="local", target="host", source="measured"))
+    assert [c["step"] for c in s.candidates("r1")] == [1, 2]
+    s.finish_run("r1", "finished", {"best": 1})
+    run = s.get_run("r1")
+    assert run["status"] == "finished" and run["summary"] == {"best": 1} and run["config"] == {"a": 1}
+
+
+def _writer(path, k, n):
+    s = ResultsStore(path)
+    for i in range(n):
+        s.add_measurement(**{**KEY, "arch_signature": f"p{k}-{i}"}, source="measured", stats=STATS, latency_raw_ms=[1.0])
+    s.close()
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "r.db"
+    ResultsStore(path).close()
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(path, k, 40)) for k in range(3)]
+    for p in procs:
+        p.start()
+    s = ResultsStore(path)
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda i: s.add_measurement(**{**KEY, "arch_signature": f"t{i}"}, source="measured",
+                                                stats=STATS, latency_raw_ms=[1.0]), range(40)))
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    n = sqlite3.connect(path).execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+    assert n == 3 * 40 + 40
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_newer_schema_and_garbage_file_are_clear_errors(tmp_path):
+    path = tmp_path / "r.db"
+    ResultsStore(path).close()
+    c = sqlite3.connect(path)
+    c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    c.commit(); c.close()
+    with pytest.raises(StoreError, match="newer"):
+        ResultsStore(path)
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="--db"):
+        ResultsStore(bad)
+
+
+def test_source_must_be_measured_or_simulated(tmp_path):
+    s = ResultsStore(tmp_path / "r.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        s.add_measurement(**KEY, source="guessed", stats=STATS, latency_raw_ms=[1.0])
