@@ -8,7 +8,7 @@ State (observation, float32, flat ``[4·G + 3]`` for G prunable groups):
         kept_g / orig_g            current keep ratio, in (0, 1]
         orig_g / max_g orig        the group's original width, normalised
         g / (G − 1)                the group's index (AMC's layer index feature)
-        kind_g                     1 for a residual-stream (stage) group, 0 otherwise
+        kind_g                     1 for a residual group (convs coupled by adds), 0 for a single conv
     then three globals:
         step / max_steps           budget used so far
         MACs(s) / MACs(s0)         compute ratio
@@ -65,8 +65,8 @@ class EnvConfig:
     Attributes:
         step_fraction: share of a group's original filters one action removes (0, 1).
         min_channels: no group goes below this many channels (≥ 1).
-        round_to: kept widths are rounded down to a multiple of this (1 = off);
-            never below ``min_channels``.
+        round_to: kept widths are rounded down to a multiple of this (1 = off)
+            and never go below it, nor below ``min_channels``.
         max_steps: truncation limit per episode (≥ 2).
         latency_target: episode terminates when the target metric ratio ≤ this (0, 1].
         target_metric: ``"latency"`` (measured p50) or ``"macs"``.
@@ -127,7 +127,7 @@ class PruningEnv(gym.Env):
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(4 * n + 3,), dtype=np.float32)
         max_orig = float(self.orig.max())
         index = np.arange(n, dtype=np.float32) / max(n - 1, 1)
-        kind = np.array([1.0 if g.kind == "stage" else 0.0 for g in self.groups], dtype=np.float32)
+        kind = np.array([1.0 if g.kind == "residual" else 0.0 for g in self.groups], dtype=np.float32)
         self._static = np.stack([self.orig / max_orig, index, kind], axis=1).astype(np.float32)
         self.stop_action = n
         self._reset_state()
@@ -189,7 +189,8 @@ class PruningEnv(gym.Env):
         r = self.config.round_to
         if r > 1:
             new = (new // r) * r
-        new = max(new, self.config.min_channels)
+        # with a grid, the smallest width is a grid point too
+        new = max(new, self.config.min_channels, r)
         return new if new < self.kept[g] else None
 
     def _any_possible(self) -> bool:
