@@ -1,0 +1,161 @@
+"""The real daemon as a subprocess, spoken to over raw JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DAEMON = Path(__file__).resolve().parents[2] / "devices" / "daemon.py"
+
+
+class Raw:
+    """A daemon subprocess driven line by line."""
+
+    def __init__(self):
+        self.p = subprocess.Popen([sys.executable, str(DAEMON)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def send_line(self, line: bytes) -> dict:
+        self.p.stdin.write(line + b"\n")
+        self.p.stdin.flush()
+        return json.loads(self.p.stdout.readline())
+
+    def send(self, **req) -> dict:
+        return self.send_line(json.dumps(req).encode())
+
+    def close(self) -> int:
+        self.p.stdin.close()
+        rc = self.p.wait(timeout=30)
+        self.p.stdout.close()
+        return rc
+
+
+@pytest.fixture()
+def raw():
+    d = Raw()
+    yield d
+    if d.p.poll() is None:
+        d.p.kill()
+        d.p.wait()
+
+
+def _measure(raw, artifact, **over):
+    req = dict(v=1, id="m", op="measure", artifact=str(artifact), backend="tvm", warmup=2,
+               number=5, repeat=4, min_repeat_ms=0, seed=0, num_threads=None)
+    req.update(over)
+    return raw.send(**req)
+
+
+def test_hello_fields(raw):
+    r = raw.send(v=1, id=7, op="hello")
+    assert r["v"] == 1 and r["id"] == 7 and r["ok"] is True
+    res = r["result"]
+    assert res["protocol"] == 1
+    assert res["numpy"] == np.__version__
+    assert res["tvm"].startswith("0.27")
+    assert res["onnxruntime"]
+    assert res["machine"] == "x86_64"
+    assert isinstance(res["cpu_count"], int) and res["cpu_count"] >= 1
+    assert res["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert raw.send(v=1, id=8, op="bye") == {"v": 1, "id": 8, "ok": True, "result": {}}
+    assert raw.p.wait(timeout=10) == 0
+
+
+def test_malformed_requests_then_still_serving(raw, tmp_path):
+    r = raw.send_line(b"{not json")
+    assert r["ok"] is False and r["error"]["kind"] == "bad_request" and r["id"] is None
+    r = raw.send_line(b"[1, 2]")
+    assert r["error"]["kind"] == "bad_request"
+    r = raw.send(v=1, id=1, op="fly")
+    assert (r["id"], r["ok"], r["error"]["kind"]) == (1, False, "bad_request")
+    assert "fly" in r["error"]["message"]
+    r = raw.send(v=2, id=2, op="hello")
+    assert (r["id"], r["error"]["kind"]) == (2, "bad_request") and "version" in r["error"]["message"]
+    r = raw.send(v=1, id=3, op="measure")  # no artifact
+    assert r["error"]["kind"] == "bad_request" and "artifact" in r["error"]["message"]
+    r = _measure(raw, tmp_path / "nope")
+    assert r["error"]["kind"] == "load_failed" and "does not exist" in r["error"]["message"]
+    r = _measure(raw, tmp_path)  # dir without manifest
+    assert r["error"]["kind"] == "load_failed" and "manifest.json" in r["error"]["message"]
+    r = _measure(raw, tmp_path, repeat=0)
+    assert r["error"]["kind"] == "bad_request" and "repeat" in r["error"]["message"]
+    r = _measure(raw, tmp_path, number=True)  # bool is not an int
+    assert r["error"]["kind"] == "bad_request" and "number" in r["error"]["message"]
+    r = raw.send(v=1, id=4, op="hello")
+    assert r["ok"] is True and r["result"]["protocol"] == 1
+    assert raw.close() == 0  # EOF -> exit 0
+
+
+def test_measure_round_trip(raw, tiny_artifact, tiny_expected):
+    r = _measure(raw, tiny_artifact)
+    assert r["ok"] is True, r
+    res = r["result"]
+    assert len(res["latency_ms"]) == 4 and len(res["warmup_ms"]) == 2
+    assert all(0 < v < 1000 for v in res["latency_ms"] + res["warmup_ms"])
+    assert res["number"] == 5 and res["backend"] == "tvm"
+    assert res["output_shape"] == [1, 10] and res["output_dtype"] == "float32"
+    np.testing.assert_allclose(res["output_head"], tiny_expected.reshape(-1), rtol=1e-5, atol=1e-5)
+    assert res["load_s"] > 0
+    assert isinstance(res["device_state_before"], dict) and isinstance(res["device_state_after"], dict)
+    # cached: second measure does not reload; number=0 derives number from min_repeat_ms
+    r2 = _measure(raw, tiny_artifact, number=0, min_repeat_ms=5, repeat=2)["result"]
+    assert r2["load_s"] == 0.0
+    # one call of this model takes well under 0.5 ms, so a >= 5 ms block needs >= 10 calls
+    assert r2["number"] >= 10 and len(r2["latency_ms"]) == 2
+    assert r2["output_sha256"] == res["output_sha256"]
+
+
+def test_output_sha_same_across_sessions_and_onnxruntime(tiny_artifact, tiny_expected):
+    shas = []
+    for _ in range(2):
+        d = Raw()
+        try:
+            r = _measure(d, tiny_artifact, warmup=0, repeat=1, number=1)
+            assert r["ok"] is True, r
+            shas.append(r["result"]["output_sha256"])
+            o = _measure(d, tiny_artifact, backend="onnxruntime", num_threads=1)
+            assert o["ok"] is True, o
+            assert o["result"]["backend"] == "onnxruntime" and len(o["result"]["latency_ms"]) == 4
+            np.testing.assert_allclose(o["result"]["output_head"], tiny_expected.reshape(-1), rtol=1e-6)
+            other = _measure(d, tiny_artifact, warmup=0, repeat=1, number=1, seed=1)["result"]
+            assert other["output_sha256"] != r["result"]["output_sha256"]  # the seed matters
+        finally:
+            assert d.close() == 0
+    assert shas[0] == shas[1] and len(shas[0]) == 64
+
+
+def test_tampered_library_is_refused(raw, tiny_artifact, tmp_path):
+    art = tmp_path / "bad"
+    art.mkdir()
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    manifest["library_sha256"] = "0" * 64
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    (art / "lib.so").write_bytes((tiny_artifact / "lib.so").read_bytes())
+    r = _measure(raw, art)
+    assert r["error"]["kind"] == "load_failed" and "library_sha256" in r["error"]["message"]
+    assert raw.send(v=1, id=9, op="hello")["ok"] is True
+
+
+def test_daemon_is_self_contained():
+    """The daemon is uploaded alone: stdlib + numpy at top level, tvm/onnxruntime lazily."""
+    import ast
+
+    tree = ast.parse(DAEMON.read_text())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top.add((node.module or "").split(".")[0])
+    allowed = set(sys.stdlib_module_names) | {"numpy", "__future__"}
+    assert top <= allowed, top - allowed
+    every = {(n.module or "") if isinstance(n, ast.ImportFrom) else a.name
+             for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+             for a in (n.names if isinstance(n, ast.Import) else [None])}
+    assert not any(m.split(".")[0] in {"devices", "harness", "agent", "torch", "onnx"} for m in every), every
+    assert "tvm.relax" not in every
