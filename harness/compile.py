@@ -1,0 +1,314 @@
+"""Compile an ONNX graph with TVM 0.27 Relax into a content-addressed artifact.
+
+The artifact directory is the boundary between compile and measure (DESIGN.md
+§2); the device daemon reads it with the TVM runtime only::
+
+    <artifact_dir>/manifest.json
+    <artifact_dir>/lib.so        # Relax VM executable (export_library)
+    <artifact_dir>/params.npz    # weights, keys "p0000", "p0001", ... in main()'s order after the input
+    <artifact_dir>/model.onnx    # the ONNX graph (for the onnxruntime backend)
+
+and runs ``vm["main"](input, *params)`` with
+``tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module("lib.so"), dev)``.
+
+Artifacts live at ``cache_dir/artifacts/<sha256 of (ONNX bytes, canonical
+target JSON, TVM version, tuning identity)>/``; they are built in a temporary
+directory beside it and renamed into place, so a killed build never leaves a
+half artifact and a second compile of the same thing is a cache hit.
+
+Pipeline (DESIGN.md §4, and tvm 0.27 ``relax.pipeline.static_shape_tuning_pipeline``
+for the order): ``from_onnx(keep_params_in_input=True)`` -> ``detach_params``
+-> within ``with target``: ``DecomposeOpsForInference`` -> ``get_pipeline("zero")``
+(LegalizeOps, FuseOps, FuseTIR) -> extract and tune tasks on that fused TIR ->
+``MetaScheduleApplyDatabase`` (the database keys are exactly those fused
+functions) -> ``tvm.compile`` -> ``export_library`` (``cc=`` the cross
+compiler for aarch64).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.export import sha256_file
+from harness.targets import TargetSpec
+from harness.tuning import TuningConfig, TuneReport, database_dir_for, locked, open_database, tune_module
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LIBRARY_FILE = "lib.so"
+PARAMS_FILE = "params.npz"
+ONNX_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+
+#: ONNX TensorProto elem_type -> numpy dtype name (onnx.TensorProto enum).
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8"}
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A compiled artifact on disk.
+
+    Attributes:
+        path: the artifact directory.
+        manifest: the parsed ``manifest.json``.
+        library_sha256: hex sha256 of ``lib.so``.
+        cache_hit: True when this call found the artifact already built.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    library_sha256: str
+    cache_hit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CompileError:
+    """An expected compile failure (a value, not an exception).
+
+    Attributes:
+        kind: ``"import_failed"`` (ONNX unreadable or refused by the Relax
+            frontend), ``"tune_failed"`` (MetaSchedule raised), ``"build_failed"``
+            (a pass or ``tvm.compile`` raised) or ``"link_failed"``
+            (``export_library`` / the (cross) linker failed).
+        message: one human-readable line (the first 500 chars of the cause).
+    """
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompileResult:
+    """Exactly one of ``artifact`` and ``error`` is set."""
+
+    artifact: Artifact | None
+    error: CompileError | None
+
+    def __post_init__(self) -> None:
+        if (self.artifact is None) == (self.error is None):
+            raise ValueError("CompileResult needs exactly one of artifact and error")
+
+    @property
+    def ok(self) -> bool:
+        return self.artifact is not None
+
+
+class _Failed(Exception):
+    def __init__(self, kind: str, cause: BaseException | str) -> None:
+        text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        text = " ".join(str(text).split())[:500]
+        super().__init__(text)
+        self.error = CompileError(kind, text)
+
+
+def artifact_key(onnx_bytes: bytes, target: TargetSpec, tuning: TuningConfig) -> str:
+    """sha256 hex of ONNX bytes + canonical target JSON + TVM version + tuning identity."""
+    import hashlib
+
+    import tvm
+
+    digest = hashlib.sha256()
+    for part in (onnx_bytes, target.canonical_json().encode(), tvm.__version__.encode(),
+                 tuning.identity().encode()):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _check_tuning_runnable(target: TargetSpec, tuning: TuningConfig) -> None:
+    import platform
+
+    if not tuning.tuned or tuning.runner is not None:
+        return
+    host = "x86_64" if platform.machine() in ("x86_64", "AMD64") else "aarch64"
+    if target.device_kind != "cpu" or target.arch != host:
+        raise ValueError(
+            f"tuning for target {target.name!r} ({target.arch}/{target.device_kind}) needs a "
+            "runner on that device (TuningConfig.runner); LocalRunner measures this host only"
+        )
+
+
+def _load_manifest(path: Path) -> Artifact:
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    return Artifact(path, manifest, manifest["library_sha256"], cache_hit=True)
+
+
+def compile_onnx(
+    onnx_path: Path, target: TargetSpec, cache_dir: Path, tuning: TuningConfig
+) -> CompileResult:
+    """Compile ``onnx_path`` for ``target`` into ``cache_dir/artifacts/<key>/``.
+
+    Args:
+        onnx_path: ONNX model with one static-shape input (e.g. fp32
+            ``[1, 1, 28, 28]``) and one output.
+        target: from ``harness.targets.resolve_target``.
+        cache_dir: root of the artifact cache and (by default) the tuning
+            databases (``cache_dir/tuning/<target key>/``).
+        tuning: ``TuningConfig(trials_per_task=0)`` for an untuned build.
+
+    Returns:
+        ``CompileResult`` with the artifact, or with a ``CompileError`` value
+        for an expected failure (see ``CompileError.kind``).
+
+    Raises:
+        ValueError: bad configuration (tuning a target this host cannot run
+            without a ``TuningConfig.runner``).
+        FileNotFoundError: ``onnx_path`` does not exist.
+    """
+    onnx_path = Path(onnx_path)
+    cache_dir = Path(cache_dir)
+    _check_tuning_runnable(target, tuning)
+    onnx_bytes = onnx_path.read_bytes()
+    key = artifact_key(onnx_bytes, target, tuning)
+    root = cache_dir / "artifacts"
+    final = root / key
+    if (final / MANIFEST_FILE).exists():
+        logger.info("artifact cache hit %s", final)
+        return CompileResult(_load_manifest(final), None)
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=root))
+    try:
+        manifest = _build(onnx_path, onnx_bytes, target, cache_dir, tuning, tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the daemon may run as another user
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if (final / MANIFEST_FILE).exists():  # another process won the race
+                logger.info("artifact %s appeared while building; using it", final)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return CompileResult(_load_manifest(final), None)
+            raise
+    except _Failed as failed:
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.warning("compile failed (%s): %s", failed.error.kind, failed.error.message)
+        return CompileResult(None, failed.error)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CompileResult(Artifact(final, manifest, manifest["library_sha256"], False), None)
+
+
+def _io_signature(onnx_model) -> tuple[dict[str, Any], dict[str, Any]]:
+    graph = onnx_model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise _Failed("import_failed", f"need 1 input and 1 output, got {len(inputs)} and {len(graph.output)}")
+
+    def sig(value_info) -> dict[str, Any]:
+        ttype = value_info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
+        if any(d <= 0 for d in dims):
+            raise _Failed("import_failed", f"{value_info.name!r} has a dynamic shape {dims}")
+        return {"name": value_info.name, "shape": dims, "dtype": _ONNX_DTYPES.get(ttype.elem_type, str(ttype.elem_type))}
+
+    out = sig(graph.output[0])
+    del out["name"]
+    return sig(inputs[0]), out
+
+
+def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Path,
+           tuning: TuningConfig, out_dir: Path) -> dict[str, Any]:
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend import detach_params
+    from tvm.relax.frontend.onnx import from_onnx
+
+    start = time.monotonic()
+    try:
+        onnx_model = onnx.load_from_string(onnx_bytes)
+        input_sig, output_sig = _io_signature(onnx_model)
+        mod = from_onnx(
+            onnx_model,
+            shape_dict={input_sig["name"]: input_sig["shape"]},
+            dtype_dict={input_sig["name"]: input_sig["dtype"]},
+            keep_params_in_input=True,
+        )
+        mod, params = detach_params(mod)
+    except _Failed:
+        raise
+    except Exception as exc:
+        raise _Failed("import_failed", exc) from exc
+    weights = [p.numpy() for p in params.get("main", [])]
+
+    tvm_target = target.tvm_target()
+    tune_report: TuneReport | None = None
+    db_dir = database_dir_for(cache_dir, target.canonical_json(), tuning) if tuning.tuned else None
+    try:
+        with tvm_target:
+            mod = relax.transform.DecomposeOpsForInference()(mod)
+            mod = relax.transform.CanonicalizeBindings()(mod)
+            mod = relax.get_pipeline("zero")(mod)  # no database current: legalize + fuse only
+    except Exception as exc:
+        raise _Failed("build_failed", exc) from exc
+
+    if tuning.tuned:
+        try:
+            tune_report = tune_module(mod, tvm_target, db_dir, tuning)
+        except Exception as exc:
+            raise _Failed("tune_failed", exc) from exc
+
+    try:
+        with tvm_target:
+            if db_dir is not None:
+                with locked(db_dir):
+                    database = open_database(db_dir)
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            executable = tvm.compile(mod, target=tvm_target)
+    except Exception as exc:
+        raise _Failed("build_failed", exc) from exc
+
+    lib_path = out_dir / LIBRARY_FILE
+    try:
+        if target.cross_cc:
+            executable.export_library(str(lib_path), cc=target.cross_cc)
+        else:
+            executable.export_library(str(lib_path))
+    except Exception as exc:
+        raise _Failed("link_failed", exc) from exc
+
+    if weights:
+        np.savez(out_dir / PARAMS_FILE, **{f"p{i:04d}": w for i, w in enumerate(weights)})
+    shutil.copyfile(onnx_path, out_dir / ONNX_FILE)
+    library_sha256 = sha256_file(lib_path)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "library": LIBRARY_FILE,
+        "params": PARAMS_FILE if weights else None,
+        "onnx": ONNX_FILE,
+        "onnx_sha256": sha256_file(out_dir / ONNX_FILE),
+        "library_sha256": library_sha256,
+        "target": target.target,
+        "target_preset": target.name,
+        "arch": target.arch,
+        "device_kind": target.device_kind,
+        "input": input_sig,
+        "output": output_sig,
+        "tvm_version": tvm.__version__,
+        "build_s": round(time.monotonic() - start, 3),
+        "tuning": {
+            "tuned": tuning.tuned,
+            "trials_per_task": tuning.trials_per_task,
+            "database": str(db_dir) if db_dir is not None else None,
+            "tasks_total": tune_report.tasks_total if tune_report else 0,
+            "tasks_from_db": tune_report.tasks_from_db if tune_report else 0,
+            "tasks_tuned_now": tune_report.tasks_tuned_now if tune_report else 0,
+        },
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    logger.info("built artifact in %.1f s (%s)", manifest["build_s"], target.name)
+    return manifest

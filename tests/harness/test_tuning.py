@@ -1,0 +1,115 @@
+"""Tests of harness/tuning.py: persistent per-target database, reuse, locking."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from harness.compile import compile_onnx
+from harness.export import export_onnx
+from harness.targets import resolve_target
+from harness.tuning import TuningConfig, database_info, locked, target_key
+
+
+class SmallNet(nn.Module):
+    """conv3x3(1->8)+BN+ReLU, one residual block, GAP, Linear(10); input 1x1x28x28."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _net() -> SmallNet:
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+def test_config_is_checked_early():
+    with pytest.raises(ValueError):
+        TuningConfig(trials_per_task=-1)
+    with pytest.raises(ValueError):
+        TuningConfig(population_size=0)
+    with pytest.raises(ValueError):
+        TuningConfig(builder="remote")
+    assert TuningConfig(trials_per_task=0).identity() == "untuned"
+    assert TuningConfig(trials_per_task=4).identity() != TuningConfig(trials_per_task=8).identity()
+
+
+def test_target_key_depends_on_target():
+    host, rpi4 = resolve_target("host"), resolve_target("rpi4")
+    assert target_key(host.canonical_json()) != target_key(rpi4.canonical_json())
+    assert target_key(host.canonical_json()).startswith("llvm-")
+
+
+def test_database_lock_excludes_other_processes(tmp_path):
+    probe = (
+        "import fcntl, sys\n"
+        "fh = open(sys.argv[1], 'a+')\n"
+        "try:\n"
+        "    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    print('free')\n"
+        "except BlockingIOError:\n"
+        "    print('held')\n"
+    )
+    lock_file = str(tmp_path / ".lock")
+    with locked(tmp_path):
+        held = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True)
+    free = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True)
+    assert held.stdout.strip() == "held"
+    assert free.stdout.strip() == "free"
+
+
+@pytest.mark.slow
+def test_tuning_fills_database_and_second_run_reuses_it(tmp_path):
+    onnx_path = tmp_path / "small.onnx"
+    export_onnx(_net(), (1, 1, 28, 28), onnx_path)
+    db_dir = tmp_path / "db"
+    config = TuningConfig(trials_per_task=2, database_dir=db_dir)
+    host = resolve_target("host")
+
+    first = compile_onnx(onnx_path, host, tmp_path / "cache1", config)
+    assert first.error is None, first.error
+    tuning = first.artifact.manifest["tuning"]
+    assert tuning["tuned"] is True and tuning["trials_per_task"] == 2
+    assert tuning["database"] == str(db_dir)
+    assert tuning["tasks_total"] >= 4  # three fused convs + matmul + mean + layout ops
+    assert tuning["tasks_tuned_now"] == tuning["tasks_total"] and tuning["tasks_from_db"] == 0
+    info = database_info(db_dir)
+    assert info.workloads == tuning["tasks_total"]
+    assert info.records >= tuning["tasks_total"]  # at least one valid record per task
+    for line in (db_dir / "database_tuning_record.json").read_text().splitlines():
+        json.loads(line)  # every record line is whole JSON
+
+    # Same model, new artifact cache, same database: nothing is tuned again.
+    second = compile_onnx(onnx_path, host, tmp_path / "cache2", config)
+    assert second.error is None, second.error
+    tuning2 = second.artifact.manifest["tuning"]
+    assert tuning2["tasks_tuned_now"] == 0
+    assert tuning2["tasks_from_db"] == tuning["tasks_total"]
+    assert database_info(db_dir).records == info.records
+
+    # The tuned library computes the same function as torch.
+    import tvm
+    import tvm.runtime.vm
+
+    art = second.artifact.path
+    vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(art / "lib.so")), tvm.cpu(0))
+    params = np.load(art / "params.npz")
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(params[k]) for k in sorted(params.files)])
+    expected = _net()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, rtol=1e-4)
