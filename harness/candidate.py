@@ -68,8 +68,9 @@ class StageTimer:
 
 
 def tuning_key(tuning: TuningConfig) -> str:
-    """Key separating latencies of differently tuned builds in the cache, e.g. ``"trials=8"`` or ``"untuned"``."""
-    return "untuned" if tuning.trials_per_task == 0 else f"trials={tuning.trials_per_task}"
+    """Key separating latencies of differently tuned builds in the cache: ``TuningConfig.identity()``
+    (``"untuned"``, or the budget, search settings and database of a tuned build)."""
+    return tuning.identity()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,7 @@ class CandidateEvaluator:
             try:
                 report = export_onnx(pruned, self.input_shape, onnx_path)
             except ExportError as exc:
-                return failed(f"export_{exc.kind}", str(exc))
+                return failed(exc.kind, exc.message)
         t0 = time.perf_counter()
         compiled = compile_onnx(onnx_path, self.target, self.cache_dir, self.tuning)
         compile_s = time.perf_counter() - t0
@@ -227,7 +228,7 @@ class CandidateEvaluator:
             self.timer.add("build", compile_s)
             return failed(compiled.error.kind, compiled.error.message)
         artifact = compiled.artifact
-        tune_s = float((artifact.manifest.get("tuning") or {}).get("seconds") or 0.0) if not artifact.cache_hit else 0.0
+        tune_s = float((artifact.manifest.get("tuning") or {}).get("tune_s") or 0.0) if not artifact.cache_hit else 0.0
         self.timer.add("tune", min(tune_s, compile_s))
         self.timer.add("build", compile_s - min(tune_s, compile_s))
         self.stats["compiled"] += 1
@@ -238,7 +239,8 @@ class CandidateEvaluator:
         m = outcome.value
         self.stats["measured"] += 1
         st = m.stats
-        stats = dict(p50=st.p50, p90=st.p90, mean=st.mean, std=st.std, min=st.min, max=st.max, cov=st.cov, n=st.n, unstable=st.unstable)
+        stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
+                     cov=st.cov, n=st.n, unstable=st.unstable)
         mid = self.store.add_measurement(
             **key, source=m.source, stats=stats, latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
             artifact_sha256=artifact.library_sha256, onnx_sha256=report.onnx_sha256,
@@ -249,6 +251,6 @@ class CandidateEvaluator:
             },
         )
         return CandidateResult(
-            spec, top1, macs, params, st.p50, tuple(m.latency_ms), measurement_id=mid, source=m.source,
+            spec, top1, macs, params, st.p50_ms, tuple(m.latency_ms), measurement_id=mid, source=m.source,
             artifact_sha256=artifact.library_sha256,
         )

@@ -175,6 +175,12 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> dict:
     target = resolve_target(config.target)
     build_model(config.model)  # unknown model: clear error before any work
     device = make_device(config.device)
+    data_root = Path(config.data_root) if config.data_root else None
+    try:
+        splits = load_dataset(config.dataset, root=data_root, seed=config.seed, subset=config.subset)
+    except BaseException:
+        device.close()
+        raise
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_id = f"{config.model}-{config.device.replace(':', '_')}-s{config.seed}-{stamp}"
     run_dir = Path(config.out) / run_id
@@ -187,12 +193,10 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> dict:
     timer = StageTimer()
     status = "failed"
     try:
-        splits = load_dataset(config.dataset, root=Path(config.data_root) if config.data_root else None,
-                              seed=config.seed, subset=config.subset)
         with timer.time("train"):
             base_model, base_info = load_or_train_baseline(
                 config.model, config.dataset, seed=config.seed, epochs=config.train_epochs,
-                cache_dir=cache_dir, data_root=Path(config.data_root) if config.data_root else None,
+                cache_dir=cache_dir, data_root=data_root,
                 progress=progress, splits=splits,
             )
         input_shape = (1, *splits.input_shape)
@@ -201,7 +205,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> dict:
             model_name=config.model, base_model=base_model, groups=groups, input_shape=input_shape,
             val_data=splits.val, device=device, target=target,
             tuning=TuningConfig(trials_per_task=config.tune_trials),
-            measure=MeasureConfig(repeat=config.repeat), cache_dir=cache_dir, work_dir=run_dir,
+            measure=MeasureConfig(number=0, repeat=config.repeat, min_repeat_ms=20.0), cache_dir=cache_dir, work_dir=run_dir,
             store=store, eval_samples=config.eval_samples or None, timer=timer,
         )
         base_spec = full_spec(groups)

@@ -1,0 +1,41 @@
+"""The CLI contract: --help everywhere, one clear line and a non-zero exit for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+HILPRUNE = [sys.executable, "-m", "harness.cli"]
+
+
+@pytest.mark.parametrize("cmd", [[], ["search"], ["train"]])
+def test_help_on_every_subcommand(cmd):
+    r = subprocess.run(HILPRUNE + cmd + ["--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage: hilprune" in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "--model", "resnet999"], "resnet999"),
+    (["search", "--target", "pdp11"], "pdp11"),
+    (["search", "--device", "toaster"], "toaster"),
+    (["search", "--dataset", "imagenet22k"], "imagenet22k"),
+    (["search", "--latency-target", "1.7"], "latency_target"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, args, needle):
+    code = main(args + ["--out", str(tmp_path / "runs"), "--db", str(tmp_path / "r.db"),
+                        "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("hilprune: error:") and needle in err and "\n" not in err
+
+
+def test_negative_count_is_refused_by_the_parser():
+    r = subprocess.run(HILPRUNE + ["search", "--episodes", "-3"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "negative" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_dataset_names_the_fix(tmp_path, capsys):
+    code = main(["train", "--data-root", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "nowhere" in err and "dataset-fashion-mnist" in err and "\n" not in err
