@@ -139,6 +139,20 @@ def _check_tuning_runnable(target: TargetSpec, tuning: TuningConfig) -> None:
         )
 
 
+#: A ``.tmp-*`` build dir untouched this long was left by a killed process (s).
+STALE_TMP_S = 6 * 3600
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    now = time.time()
+    for entry in root.glob(".tmp-*"):
+        try:
+            if now - entry.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _load_manifest(path: Path) -> Artifact:
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     return Artifact(path, manifest, manifest["library_sha256"], cache_hit=True)
@@ -178,6 +192,7 @@ def compile_onnx(
         return CompileResult(_load_manifest(final), None)
 
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=root))
     try:
         manifest = _build(onnx_path, onnx_bytes, target, cache_dir, tuning, tmp)

@@ -176,3 +176,20 @@ def test_cache_key_separates_targets_and_tuning(onnx_path):
 def test_compile_result_holds_exactly_one():
     with pytest.raises(ValueError):
         CompileResult(None, None)
+
+
+def test_stale_temp_dirs_of_killed_builds_are_removed(tmp_path):
+    import os
+    import time
+
+    root = tmp_path / "cache" / "artifacts"
+    stale, fresh = root / ".tmp-stale", root / ".tmp-fresh"
+    stale.mkdir(parents=True)
+    fresh.mkdir()
+    old = time.time() - compile_mod.STALE_TMP_S - 60
+    os.utime(stale, (old, old))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    compile_onnx(bad, resolve_target("host"), tmp_path / "cache", UNTUNED)
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to a build still running in another process
