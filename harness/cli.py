@@ -1,6 +1,6 @@
 """The ``hilprune`` command line: the only place that wires every layer together.
 
-Subcommands:
+Subcommands (more are registered from SUBCOMMAND_MODULES):
     search   the main job: RL search for a faster pruned model (DESIGN.md §1)
     train    train and cache a baseline model
 
@@ -12,12 +12,18 @@ with status 2; nothing already measured is lost (it is in the results store).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
+
+#: Modules that add subcommands: each has ``register(subparsers)`` which adds its
+#: parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit status.
+#: Keep imports inside the ``func``s so ``--help`` and light commands start fast.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _nonneg_int(text: str) -> int:
@@ -94,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", default=None, help="cache root (default results/cache)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_train)
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return p
 
 

@@ -322,6 +322,7 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
             "tasks_total": tune_report.tasks_total if tune_report else 0,
             "tasks_from_db": tune_report.tasks_from_db if tune_report else 0,
             "tasks_tuned_now": tune_report.tasks_tuned_now if tune_report else 0,
+            "tune_s": round(tune_report.seconds, 3) if tune_report else 0.0,
         },
     }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
