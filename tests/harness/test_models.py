@@ -1,4 +1,5 @@
-"""Tests for harness/models.py: CIFAR-style ResNet-20 with per-layer widths."""
+"""Tests for harness/models.py: the model zoo (CIFAR ResNet-20/32/56, VGG-11/16-BN,
+MobileNetV2, ImageNet ResNet-18) with per-layer widths."""
 
 from __future__ import annotations
 
@@ -100,5 +101,133 @@ def test_registry_and_other_sizes():
     deep = build_model("resnet56")
     assert sum(isinstance(m, nn.Conv2d) for m in deep.modules()) == 55 + 2
     assert isinstance(resnet56(), nn.Module)
-    with pytest.raises(ValueError, match="unknown model 'vgg99'; valid: resnet20, resnet56"):
+    with pytest.raises(ValueError, match="unknown model 'vgg99'; valid: mobilenet_v2, resnet18, resnet20, resnet32, resnet56, vgg11, vgg16"):
         build_model("vgg99")
+
+
+# ----------------------------------------------------------------- the rest of the zoo
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_resnet32_depth_params_and_28x28_1ch():
+    model = build_model("resnet32").eval()
+    assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in model.modules()) == 31
+    assert _params(model) == 466_618  # ~0.46M, He et al. Table 6
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    rgb = build_model("resnet32", in_channels=3, num_classes=100, input_size=32).eval()
+    assert rgb(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+    assert _conv_out(build_model("resnet32", widths={"layer2.4": 9}))["layer2.4.conv1"] == 9
+    with pytest.raises(ValueError, match="resnet32 needs 3 stages x 5 blocks"):
+        build_model("resnet32", config=ResNetCifarConfig())
+
+
+def test_resnet18_imagenet_shapes_params_and_widths():
+    from harness.models import ResNetImageNet
+
+    model = build_model("resnet18").eval()
+    assert isinstance(model, ResNetImageNet)
+    assert _params(model) == 11_689_512  # torchvision's resnet18, 1000 classes
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
+    feats = {}
+    for name in ("layer1", "layer4"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: feats.__setitem__(name, o.shape))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    assert feats == {"layer1": (1, 64, 56, 56), "layer4": (1, 512, 7, 7)}
+    small = build_model("resnet18", widths={"stem": 32, "layer1": 32, "layer4": 100, "layer3.1": 17}, num_classes=7)
+    outs = _conv_out(small)
+    assert outs["conv1"] == 32 and outs["layer4.1.conv2"] == 100 and outs["layer3.1.conv1"] == 17
+    assert "layer1.0.shortcut.0" not in outs and outs["layer4.0.shortcut.0"] == 100
+    assert small.fc.in_features == 100 and small.current_config() == small.config
+    with torch.no_grad():
+        assert small.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+
+
+@pytest.mark.parametrize(("name", "n_convs", "params_imagenet"), [("vgg11", 8, 132_866_088), ("vgg16", 13, 138_361_768)])
+def test_vgg_bn_layout_classifier_and_widths(name, n_convs, params_imagenet):
+    model = build_model(name).eval()  # CIFAR default: 3x32x32, 5 pools -> 1x1, one linear layer
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == n_convs and sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_convs
+    assert convs[-1].out_channels == 512 and model.classifier.out.in_features == 512
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    mnist = build_model(name, in_channels=1, input_size=28).eval()  # 28->14->7->3->1, 5th pool skipped
+    assert mnist.config.feature_size() == (1, 1)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in mnist.modules()) == 4
+    assert mnist(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    # ImageNet head sized for 224: 512*7*7 -> 4096 -> 4096 -> 1000 (torchvision's count minus conv biases,
+    # which BN makes redundant: 4,224 for VGG-16, 2,752 for VGG-11)
+    big = build_model(name, input_size=224, num_classes=1000, hidden=(4096, 4096))
+    assert big.classifier.fc1.in_features == 512 * 7 * 7 and _params(big) == params_imagenet
+    last = f"conv{n_convs}"
+    narrow = build_model(name, widths={"conv1": 5, last: 40}, input_size=(32, 48), hidden=(64,))
+    outs = _conv_out(narrow)
+    assert outs["features.conv1"] == 5 and outs[f"features.{last}"] == 40 and outs["features.conv2"] != 5
+    assert narrow.features.conv2.in_channels == 5
+    assert narrow.classifier.fc1.in_features == 40 * 1 * 1 and narrow.classifier.fc1.out_features == 64
+    assert narrow(torch.randn(1, 3, 32, 48)).shape == (1, 10)
+    assert narrow.width_key(f"features.{last}") == last and narrow.width_key("classifier.fc1") == "fc1"
+    with pytest.raises(ValueError, match="unknown width key"):
+        build_model(name, widths={"conv99": 3})
+
+
+def test_mobilenet_v2_stems_multiplier_and_widths():
+    from harness.models import MobileNetV2Config
+
+    imagenet = build_model("mobilenet_v2", input_size=224, num_classes=1000).eval()
+    assert imagenet.config.stem_stride == 2 and _params(imagenet) == 3_504_872  # torchvision's mobilenet_v2
+    assert len(imagenet.blocks) == 17 and imagenet.config.last == 1280
+    with torch.no_grad():
+        assert imagenet(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    cifar = build_model("mobilenet_v2").eval()  # 32x32 -> CIFAR stem, stride 1
+    assert cifar.config.stem_stride == 1 and cifar.stem[0].stride == (1, 1)
+    assert cifar(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    forced = build_model("mobilenet_v2", input_size=32, stem="imagenet")
+    assert forced.stem[0].stride == (2, 2)
+    half = build_model("mobilenet_v2", width_mult=0.5)
+    assert half.config.stem == 16 and half.config.blocks[-1].out == 160 and half.config.last == 1280
+    assert [b.use_residual for b in half.blocks][:4] == [False, False, True, False]
+    w = {"stem": 24, "block0": 8, "block1.expand": 20, "block1": 12, "block2.expand": 30, "block2": 12, "last": 100}
+    m = build_model("mobilenet_v2", widths=w, in_channels=1, num_classes=4).eval()
+    outs = _conv_out(m)
+    assert outs["stem.0"] == 24 and outs["blocks.0.conv.0.0"] == 24  # t=1: depthwise follows its input
+    assert outs["blocks.0.conv.1"] == 8 and outs["blocks.1.conv.0.0"] == 20 and outs["blocks.1.conv.2"] == 12
+    assert outs["blocks.2.conv.0.0"] == 30 and m.blocks[2].use_residual and outs["last.0"] == 100
+    assert m(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+    assert m.width_key("blocks.1.conv.0.0") == "block1.expand" and m.width_key("blocks.1.conv.1.0") is None
+    assert m.width_key("blocks.0.conv.1") == "block0" and m.width_key("blocks.0.conv.0.0") is None
+    with pytest.raises(ValueError, match="stem must be 'cifar' or 'imagenet'"):
+        build_model("mobilenet_v2", stem="tiny")
+    with pytest.raises(ValueError, match="hidden width must equal its input"):
+        from harness.models import InvertedResidualSpec
+
+        MobileNetV2Config(32, (InvertedResidualSpec(16, 16, 1, expand=False),), 64)
+
+
+def test_default_input_shapes_cover_the_registry_and_the_kwargs_are_uniform():
+    from harness.models import DEFAULT_INPUT_SHAPES, MODELS, default_input_shape
+
+    assert set(DEFAULT_INPUT_SHAPES) == set(MODELS)
+    for name in MODELS:
+        n, c, h, w = default_input_shape(name)
+        model = build_model(name, num_classes=3, in_channels=c, input_size=(h, w), seed=1).eval()
+        with torch.no_grad():
+            assert model(torch.randn(n, c, h, w)).shape == (1, 3), name
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        default_input_shape("nope")
+
+
+def test_pruning_groups_still_work_on_resnet20_and_56_after_the_zoo():
+    from harness.pruning import ArchSpec, apply_spec, find_groups, rebuild
+
+    for name, n_groups in (("resnet20", 12), ("resnet56", 30)):
+        model = build_model(name).eval()
+        groups = find_groups(model, (1, 28, 28))
+        assert len(groups) == n_groups
+        spec = ArchSpec(tuple(max(1, g.channels // 2) for g in groups))
+        pruned = apply_spec(model, spec, (1, 28, 28))
+        rebuilt = rebuild(name, spec)
+        rebuilt.load_state_dict(pruned.state_dict(), strict=True)
+        assert pruned(torch.randn(1, 1, 28, 28)).shape == (1, 10)
