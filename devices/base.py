@@ -280,21 +280,29 @@ class Device(abc.ABC):
         self.close()
 
 
-_PLANNED = ("ssh:BOARD", "farm:TAG", "sim:PROFILE")
+_PLANNED = ("ssh:BOARD", "farm:TAG")
 
 
 def make_device(name: str) -> Device:
     """Build a device from its name.
 
     Args:
-        name: ``"local"`` (this machine, via a daemon subprocess).
+        name: ``"local"`` (this machine, via a daemon subprocess), or
+            ``"sim:PROFILE"`` (the latency simulator with a profile name from
+            ``devices/profiles/`` or a profile ``.json`` path; results are
+            ``source="simulated"``).
 
     Raises:
-        ValueError: any other name; the message lists the valid names.
+        ValueError: any other name, or an unknown simulator profile; the
+            message lists the valid names.
     """
     if name == "local":
         from devices.local import LocalDevice
 
         return LocalDevice()
-    raise ValueError(f"unknown device {name!r}: valid names are 'local'; "
+    if name.startswith("sim:"):
+        from devices.sim.device import SimDevice
+
+        return SimDevice(name[len("sim:"):], name=name)
+    raise ValueError(f"unknown device {name!r}: valid names are 'local', 'sim:PROFILE'; "
                      f"{', '.join(repr(p) for p in _PLANNED)} are planned, not available yet")

@@ -1,0 +1,300 @@
+"""Fitting simulator profiles to measured latencies (maximum a posteriori, log space).
+
+Every parameter ``theta`` of :class:`~devices.sim.profile.SimParams` is fitted
+as ``log(theta)`` with ``scipy.optimize.least_squares`` (trust-region
+reflective, bounded) on the residuals
+
+    r_row   = log(predicted_ms) - log(measured_ms)              one per row
+    r_prior = prior_weight * (log(theta) - log(theta_prior)) / prior_sigma_log
+
+i.e. relative error on the latencies plus a weak log-normal prior that holds a
+parameter the data cannot see (an operator class absent from the rows, the
+thread exponent when every row has one thread count) at its datasheet prior,
+and keeps a fit with fewer rows than parameters well posed. ``prior_weight=0``
+is a plain least-squares fit.
+
+:data:`PRIORS` holds the starting profile of each device (datasheet figures,
+sources in each entry); :func:`prior_profile` builds it. ``scipy`` is imported
+lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from devices.sim.graph import OP_CLASSES, GraphFeatures
+from devices.sim.profile import SimParams, SimProfile, predict_latency_ms
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CalibrationRow", "FitReport", "PRIORS", "fit_profile", "fit_stats", "leave_one_group_out",
+           "prior_profile"]
+
+#: Operator-class efficiency relative to ``conv_kxk`` used by every prior
+#: (dimensionless; typical of im2col/Winograd CPU kernels: 1x1 convs are
+#: GEMMs without Winograd's MAC saving, depthwise and pooling are memory-bound
+#: loops). Source: our assumption, refined per board by calibration.
+_CLASS_SHAPE = {"conv1x1": 0.6, "conv_kxk": 1.0, "depthwise": 0.15, "grouped": 0.3, "dense": 0.3,
+                "pooling": 0.15, "elementwise": 0.3}
+
+
+def _prior(conv_kxk_gmacs_s: float, bandwidth_gb_s: float, layer_overhead_us: float,
+           model_overhead_ms: float, thread_exponent: float = 0.8) -> dict[str, Any]:
+    return {"gops_s": {c: conv_kxk_gmacs_s * s for c, s in _CLASS_SHAPE.items()},
+            "bandwidth_gb_s": bandwidth_gb_s, "layer_overhead_us": layer_overhead_us,
+            "model_overhead_ms": model_overhead_ms, "thread_exponent": thread_exponent}
+
+
+#: Datasheet priors (the start and the anchor of every calibration). The
+#: per-thread ``conv_kxk`` rate is the core's fp32 NEON/AVX MAC peak times a
+#: typical kernel efficiency, raised where ncnn uses fp16 arithmetic (ARMv8.2:
+#: A76, A78AE); bandwidth is DRAM peak (bus width x transfer rate) x ~0.3.
+PRIORS: dict[str, dict[str, Any]] = {
+    "rpi4": {
+        "description": "Raspberry Pi 4 Model B, BCM2711, 4x Cortex-A72 @ 1.8 GHz, CPU, fp32",
+        "threads": 4, "cores": 4,
+        "params": _prior(10.0, 4.0, 5.0, 0.05),
+        "sources": "Cortex-A72: 2x128-bit NEON, 8 fp32 MAC/cycle -> 14.4 GMAC/s/core peak (ARM TRM); "
+                   "LPDDR4-3200 x32 = 12.8 GB/s (RPi 4 datasheet)",
+    },
+    "rpi5": {
+        "description": "Raspberry Pi 5, BCM2712, 4x Cortex-A76 @ 2.4 GHz, CPU (ncnn: fp16 arithmetic)",
+        "threads": 4, "cores": 4,
+        "params": _prior(30.0, 5.0, 3.0, 0.05),
+        "sources": "Cortex-A76: 8 fp32 / 16 fp16 MAC/cycle -> 19.2 / 38.4 GMAC/s/core (ARM); "
+                   "LPDDR4X-4267 x32 = 17 GB/s (RPi 5 product brief)",
+    },
+    "jetson-nano": {
+        "description": "NVIDIA Jetson Nano, 4x Cortex-A57 @ 1.43 GHz, CPU, fp32",
+        "threads": 4, "cores": 4,
+        "params": _prior(6.0, 7.7, 5.0, 0.05),
+        "sources": "Cortex-A57: 4 fp32 MAC/cycle -> 5.7 GMAC/s/core; LPDDR4 x64 = 25.6 GB/s (Jetson Nano datasheet)",
+    },
+    "jetson-orin-nano": {
+        "description": "NVIDIA Jetson Orin Nano, 6x Cortex-A78AE @ 1.5 GHz, CPU (ncnn: fp16 arithmetic)",
+        "threads": 6, "cores": 6,
+        "params": _prior(20.0, 20.0, 3.0, 0.05),
+        "sources": "Cortex-A78AE: 8 fp32 / 16 fp16 MAC/cycle -> 12 / 24 GMAC/s/core; LPDDR5 x128 = 68 GB/s "
+                   "(Jetson Orin Nano datasheet)",
+    },
+    "jetson-nano-gpu": {
+        "description": "NVIDIA Jetson Nano, 128-core Maxwell GPU @ 921 MHz (ncnn Vulkan, fp16 storage)",
+        "threads": 1, "cores": 1,
+        "params": _prior(60.0, 12.0, 50.0, 1.0, 1.0),
+        "sources": "128 CUDA cores x 921 MHz = 118 GMAC/s fp32 (Jetson Nano datasheet); LPDDR4 25.6 GB/s shared",
+    },
+    "jetson-orin-nano-gpu": {
+        "description": "NVIDIA Jetson Orin Nano, 1024-core Ampere GPU @ 625 MHz (ncnn Vulkan, fp16 storage)",
+        "threads": 1, "cores": 1,
+        "params": _prior(300.0, 34.0, 30.0, 0.5, 1.0),
+        "sources": "1024 CUDA cores x 625 MHz = 640 GMAC/s fp32 (Jetson Orin Nano datasheet); LPDDR5 68 GB/s shared",
+    },
+    "host": {
+        "description": "this machine: AMD EPYC (Zen 4, KVM guest), 2 vCPUs, AVX-512, CPU",
+        "threads": 1, "cores": 2,
+        "params": _prior(15.0, 30.0, 3.0, 0.02),
+        "sources": "Zen 4: 2x256-bit FMA, 16 fp32 MAC/cycle -> ~40 GMAC/s/core peak at 2.6 GHz; "
+                   "32 MB L3 holds the CIFAR-size models (bandwidth is L3-like)",
+    },
+}
+
+
+def prior_profile(name: str) -> SimProfile:
+    """The uncalibrated datasheet profile of a device (version 0 is never written; version 1).
+
+    Raises:
+        ValueError: no prior for ``name`` (the message lists the known ones).
+    """
+    if name not in PRIORS:
+        raise ValueError(f"no prior for profile {name!r}; known: {', '.join(PRIORS)}")
+    e = PRIORS[name]
+    return SimProfile(name=name, version=1, description=e["description"], threads=e["threads"], cores=e["cores"],
+                      params=SimParams.from_dict(e["params"]),
+                      provenance={"prior_sources": e["sources"], "calibrated": False}, fit=None)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRow:
+    """One measured latency of one graph.
+
+    Attributes:
+        features: the graph's cost features.
+        latency_ms: measured latency (p50 or mean), ms, > 0.
+        threads: thread count of the measurement (>= 1).
+        label: free text (model name, measurement id) for reports.
+        group: leave-one-group-out key (e.g. the model name).
+    """
+
+    features: GraphFeatures
+    latency_ms: float
+    threads: int = 1
+    label: str = ""
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FitReport:
+    """A calibrated profile and its error on the rows it was fitted to.
+
+    Attributes:
+        profile: the fitted profile (``fit`` filled from :attr:`stats`).
+        stats: ``n_rows``, ``mape`` (%), ``max_ape`` (%), ``rmse_log``,
+            ``cost``, ``optimizer`` message.
+        rows: per row: ``label``, ``threads``, ``measured_ms``, ``predicted_ms``, ``ape`` (%).
+    """
+
+    profile: SimProfile
+    stats: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+_NP = len(OP_CLASSES) + 4  # gops_s[7], bandwidth, layer overhead, model overhead, thread exponent
+_BOUNDS = ([math.log(1e-4)] * len(OP_CLASSES) + [math.log(1e-3), math.log(1e-3), math.log(1e-5), math.log(0.05)],
+           [math.log(1e6)] * len(OP_CLASSES) + [math.log(1e4), math.log(1e5), math.log(1e4), 0.0])
+
+
+def _to_vec(p: SimParams) -> np.ndarray:
+    return np.log(np.concatenate([p.gops_s, [p.bandwidth_gb_s, max(p.layer_overhead_us, 1e-3),
+                                             max(p.model_overhead_ms, 1e-5), p.thread_exponent]]))
+
+
+def _from_vec(x: np.ndarray) -> SimParams:
+    v = np.exp(x)
+    return SimParams(v[:len(OP_CLASSES)].copy(), float(v[-4]), float(v[-3]), float(v[-2]), float(min(v[-1], 1.0)))
+
+
+class _Stacked:
+    """All rows' operators concatenated, for one vectorised prediction of every row."""
+
+    def __init__(self, rows: Sequence[CalibrationRow], cores: int) -> None:
+        self.work = np.concatenate([r.features.work for r in rows])
+        self.bytes = np.concatenate([r.features.bytes for r in rows])
+        self.cls = np.concatenate([r.features.op_class for r in rows])
+        counts = np.array([len(r.features) for r in rows])
+        self.row = np.repeat(np.arange(len(rows)), counts)
+        self.n_ops = counts.astype(np.float64)
+        self.threads = np.minimum(np.array([r.threads for r in rows], dtype=np.float64), cores)
+        self.log_threads_op = np.log(self.threads)[self.row]
+        self.n_rows = len(rows)
+
+    def predict_ms(self, x: np.ndarray) -> np.ndarray:
+        rate = np.exp(x[:len(OP_CLASSES)])[self.cls] * 1e9 * np.exp(np.exp(x[-1]) * self.log_threads_op)
+        t = np.maximum(self.work / rate, self.bytes / (math.exp(x[-4]) * 1e9))
+        per_row = np.bincount(self.row, weights=t, minlength=self.n_rows)
+        return 1e3 * (per_row + self.n_ops * math.exp(x[-3]) * 1e-6) + math.exp(x[-2])
+
+
+def fit_stats(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> dict[str, float]:
+    """``mape`` and ``max_ape`` (%), ``rmse_log`` (natural log units) and ``n_rows``."""
+    pred, meas = np.asarray(predicted_ms, float), np.asarray(measured_ms, float)
+    ape = 100.0 * np.abs(pred - meas) / meas
+    return {"n_rows": int(meas.size), "mape": float(ape.mean()), "max_ape": float(ape.max()),
+            "rmse_log": float(np.sqrt(np.mean((np.log(pred) - np.log(meas)) ** 2)))}
+
+
+def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: SimProfile | None = None,
+                prior_weight: float = 1.0, prior_sigma_log: float = math.log(4.0),
+                fit_thread_exponent: bool | None = None, max_nfev: int = 2000) -> FitReport:
+    """Fit ``start``'s parameters to ``rows``; returns the new profile and its error.
+
+    Args:
+        rows: measured latencies (>= 1 row; more rows than free parameters
+            when ``prior_weight == 0``).
+        start: initial parameters; name, threads, cores and description are
+            kept, ``version`` is bumped by one.
+        prior: the anchor of the prior term (default: ``start``).
+        prior_weight: weight of the prior residuals (0 = none).
+        prior_sigma_log: prior standard deviation of ``log(theta)`` (default
+            ln 4: a factor of 4 is one sigma).
+        fit_thread_exponent: fit the exponent (default: only when the rows
+            hold at least two thread counts).
+        max_nfev: optimizer's evaluation budget.
+
+    Raises:
+        ValueError: no rows, a non-positive latency, or too few rows for an
+            unregularised fit.
+    """
+    from scipy.optimize import least_squares
+
+    if not rows:
+        raise ValueError("fit_profile needs at least one measured row")
+    meas = np.array([r.latency_ms for r in rows], dtype=np.float64)
+    if not np.all(np.isfinite(meas)) or np.any(meas <= 0):
+        raise ValueError("every measured latency must be a finite number of ms > 0")
+    stacked = _Stacked(rows, start.cores)
+    anchor = _to_vec((prior or start).params)
+    x0 = np.clip(_to_vec(start.params), _BOUNDS[0], _BOUNDS[1])
+    if fit_thread_exponent is None:
+        fit_thread_exponent = len(set(np.minimum([r.threads for r in rows], start.cores).tolist())) > 1
+    free = np.ones(_NP, dtype=bool)
+    free[-1] = bool(fit_thread_exponent)
+    # a class with no work in any row cannot be seen: keep it at its start value
+    seen = np.bincount(stacked.cls, weights=stacked.work, minlength=len(OP_CLASSES)) > 0
+    free[:len(OP_CLASSES)] &= seen
+    if prior_weight <= 0 and free.sum() > len(rows):
+        raise ValueError(f"{free.sum()} free parameters but only {len(rows)} rows: add rows or use a prior")
+    log_meas = np.log(meas)
+    w = prior_weight / prior_sigma_log
+
+    def full(xf: np.ndarray) -> np.ndarray:
+        x = x0.copy()
+        x[free] = xf
+        return x
+
+    def residuals(xf: np.ndarray) -> np.ndarray:
+        x = full(xf)
+        r = np.log(stacked.predict_ms(x)) - log_meas
+        if w > 0:
+            r = np.concatenate([r, w * (xf - anchor[free])])
+        return r
+
+    lb, ub = np.array(_BOUNDS[0])[free], np.array(_BOUNDS[1])[free]
+    sol = least_squares(residuals, np.clip(x0[free], lb + 1e-9, ub - 1e-9), bounds=(lb, ub), method="trf",
+                        max_nfev=max_nfev, x_scale=1.0, xtol=1e-10, ftol=1e-12, gtol=1e-10)
+    x = full(sol.x)
+    params = _from_vec(x)
+    pred = stacked.predict_ms(x)
+    stats = fit_stats(pred, meas) | {"cost": float(sol.cost), "optimizer": str(sol.message),
+                                     "prior_weight": prior_weight, "prior_sigma_log": prior_sigma_log,
+                                     "free_params": int(free.sum()), "thread_exponent_fitted": bool(free[-1])}
+    profile = start.with_params(params, version=start.version + 1, fit=stats)
+    per_row = [{"label": r.label, "threads": r.threads, "measured_ms": float(m), "predicted_ms": float(p),
+                "ape": float(100 * abs(p - m) / m)} for r, m, p in zip(rows, meas, pred)]
+    logger.info("calibrated %s on %d rows: MAPE %.1f%%, rmse_log %.3f", start.name, len(rows),
+                stats["mape"], stats["rmse_log"])
+    return FitReport(profile, stats, per_row)
+
+
+def leave_one_group_out(rows: Sequence[CalibrationRow], start: SimProfile, **fit_kw: Any) -> dict[str, Any]:
+    """Fit on all groups but one, predict the held-out group; for every group.
+
+    Returns:
+        ``mape`` (%) over every held-out row, ``n_rows``, and ``groups``: per
+        group ``{"group", "rows": [{"label", "threads", "measured_ms",
+        "predicted_ms", "ape"}]}``.
+
+    Raises:
+        ValueError: fewer than two groups.
+    """
+    groups = sorted({r.group for r in rows})
+    if len(groups) < 2:
+        raise ValueError(f"leave-one-group-out needs >= 2 groups, got {groups}")
+    out, apes = [], []
+    for g in groups:
+        train = [r for r in rows if r.group != g]
+        test = [r for r in rows if r.group == g]
+        fitted = fit_profile(train, start, **fit_kw).profile
+        held = []
+        for r in test:
+            p = predict_latency_ms(r.features, fitted, threads=r.threads)
+            ape = 100 * abs(p - r.latency_ms) / r.latency_ms
+            apes.append(ape)
+            held.append({"label": r.label, "threads": r.threads, "measured_ms": r.latency_ms,
+                         "predicted_ms": p, "ape": ape})
+        out.append({"group": g, "rows": held})
+    return {"mape": float(np.mean(apes)), "n_rows": len(apes), "groups": out}

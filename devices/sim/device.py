@@ -1,0 +1,107 @@
+"""``sim:PROFILE``: the latency simulator as a :class:`~devices.base.Device`.
+
+It takes the same artifact directory as every device (DESIGN.md §2), reads the
+ONNX graph named by the manifest (``"onnx"``, default ``model.onnx``) and
+returns a :class:`~devices.base.Measurement` whose latencies are the profile's
+prediction, ``source="simulated"``. It never loads the TVM library, so it runs
+where no board and no TVM runtime are. Results are deterministic: the same
+graph, profile version and thread count give the same values, every repeat
+equal (std 0, CoV 0), so a search with a simulator is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from devices.base import Device, MeasureConfig, MeasureErrorKind, MeasureResult, Measurement
+from devices.sim.graph import SimGraphError, load_features
+from devices.sim.profile import SimProfile, load_profile, predict_latency_ms
+from devices.stats import LatencyStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SIM_PREFIX", "SimDevice"]
+
+#: Device names of the simulator: ``sim:`` + a profile name or path.
+SIM_PREFIX = "sim:"
+
+
+class SimDevice(Device):
+    """Predicts latencies with a profile instead of measuring them.
+
+    Args:
+        profile: a :class:`SimProfile`, or a profile name / ``.json`` path
+            for :func:`~devices.sim.profile.load_profile`.
+        name: device name recorded in each Measurement (default
+            ``"sim:" + profile.name``); the results store's latency cache is
+            keyed by it, so simulated rows never answer for ``local``.
+
+    Raises:
+        ValueError: unknown profile or bad profile file.
+    """
+
+    def __init__(self, profile: SimProfile | str | Path, name: str | None = None) -> None:
+        self.profile = profile if isinstance(profile, SimProfile) else load_profile(profile)
+        super().__init__(name or f"{SIM_PREFIX}{self.profile.name}")
+        self._lock = threading.Lock()
+
+    def hello(self) -> dict:
+        """Simulator facts in place of a daemon's hello (never raises)."""
+        p = self.profile
+        return {"device": self.name, "simulator": True, "profile": p.name, "profile_version": p.version,
+                "threads": p.threads, "cores": p.cores, "description": p.description,
+                "fit": p.fit, "provenance": p.provenance}
+
+    def predict(self, onnx_path: Path | str, num_threads: int | None = None) -> float:
+        """Predicted latency of an ONNX file in ms.
+
+        Raises:
+            SimGraphError: the graph cannot be read or costed (names the operator).
+        """
+        return predict_latency_ms(load_features(onnx_path), self.profile, threads=num_threads)
+
+    def measure(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
+        """Predict the artifact's latency; ``config.repeat`` equal raw values.
+
+        Returns:
+            A Measurement (``source="simulated"``, ``number=1``,
+            ``output_sha256=""``: nothing runs), or a ``load_failed`` error
+            for a missing/bad manifest or an uncostable graph (the message
+            names the operator).
+        """
+        artifact_dir = Path(artifact_dir)
+        try:
+            manifest = json.loads((artifact_dir / "manifest.json").read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("manifest is not a JSON object")
+        except (OSError, ValueError) as exc:
+            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
+                                      f"cannot read {artifact_dir / 'manifest.json'}: {exc}")
+        onnx_path = artifact_dir / str(manifest.get("onnx") or "model.onnx")
+        with self._lock:
+            try:
+                latency_ms = self.predict(onnx_path, config.num_threads)
+            except SimGraphError as exc:
+                return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED, f"simulator {self.name}: {exc}")
+        threads = min(config.num_threads or self.profile.threads, self.profile.cores)
+        state = {"simulator": True, "profile": self.profile.name, "profile_version": self.profile.version,
+                 "threads": threads}
+        raw = (latency_ms,) * config.repeat
+        out = manifest.get("output") if isinstance(manifest.get("output"), dict) else {}
+        value = Measurement(
+            device=self.name, backend=config.backend, artifact_sha256=manifest.get("library_sha256"),
+            latency_ms=raw, warmup_ms=(latency_ms,) * config.warmup, number=1,
+            stats=LatencyStats.from_raw(raw, max_cov=config.max_cov), output_sha256="", output_head=(),
+            output_shape=tuple(int(d) for d in out.get("shape", ())), device_state_before=state,
+            device_state_after=state, hello=self.hello(), source="simulated", remeasured=0,
+            tuning=manifest.get("tuning"), created_at=time.time(),
+        )
+        logger.debug("%s predicted %.4f ms for %s", self.name, latency_ms, onnx_path)
+        return MeasureResult(value=value)
+
+    def _close(self) -> None:
+        """Nothing to release."""
