@@ -1,0 +1,633 @@
+"""A board reached over SSH (paramiko): ``ssh:BOARD``.
+
+How we talk to a board (the inventory says what it *is*):
+
+- **Connect**: key authentication only (no agent, no ``~/.ssh`` keys, no
+  ``~/.ssh/config``); the host key is checked against the board's pinned key
+  or the farm known_hosts file with paramiko's ``RejectPolicy`` — never
+  auto-added. A *changed* key is refused with a message that says so.
+  Timeouts on TCP connect, banner and auth (``connect_timeout_s`` each);
+  keepalive every ``keepalive_s``.
+- **Per-run temp dir** (``mktemp -d REMOTE_TMP/hilprune-run.XXXXXX``): the
+  daemon, the watchdog and each artifact are uploaded there over SFTP (with a
+  deadline), their sha256 checked on the board with ``sha256sum``, and the dir
+  is removed when the session ends — also after errors (and dirs left by a
+  dead controller are swept after ``session_limit_s`` by the next session).
+- **Commands** are argv lists joined with :func:`shlex.join`, each wrapped in
+  ``timeout -s KILL N`` on the board and given the same deadline here: no
+  inventory field can inject shell, no command can hang.
+- **One daemon session per lease**: ``watchdog.py`` starts ``daemon.py`` in its
+  own process group (new session) with a hard limit of ``session_limit_s``;
+  the watchdog kills that group when its stdin closes — our channel closed on
+  a timeout, or a dead SSH connection — so nothing outlives the session. The
+  daemon's stdout and stderr are drained together by
+  :class:`~devices.client.DaemonSession`.
+- **Arch check** before any upload: the manifest's ``arch`` against the
+  board's ``uname -m`` (and the daemon hello's ``machine``).
+
+Expected failures are :class:`~devices.base.MeasureError` values:
+``device_lost`` (unreachable, host key, auth, connection dropped),
+``daemon_start``, ``timeout``, ``load_failed`` (wrong arch, corrupt upload),
+plus the daemon's own kinds.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import json
+import logging
+import shlex
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from devices.base import (
+    Device,
+    DeviceUnavailable,
+    MeasureConfig,
+    MeasureError,
+    MeasureErrorKind,
+    MeasureResult,
+    Measurement,
+)
+from devices.client import DaemonSession, Reply
+from devices.inventory import Board, normalise_arch
+from devices.lease import Lease, LeaseManager
+from devices.local import DAEMON_PATH, THROTTLED_NOW_MASK
+from devices.stats import LatencyStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BoardState", "SshDevice", "SshError", "SshSession"]
+
+WATCHDOG_PATH = Path(__file__).with_name("watchdog.py")
+HELLO_TIMEOUT_S = 120.0  # importing numpy/TVM on a Pi takes a while
+BYE_TIMEOUT_S = 5.0
+_KEEP: Any = object()
+
+
+class BoardState(str, enum.Enum):
+    """Where a board's session stands (labgrid's state machine, simplified)."""
+
+    UNKNOWN = "unknown"  #: not contacted yet, or the last session ended
+    LEASED = "leased"  #: our lease is held, no connection yet
+    REACHABLE = "reachable"  #: SSH connected, temp dir made
+    DAEMON_READY = "daemon_ready"  #: daemon said hello, measurements go through
+    FAILED = "failed"  #: the last attempt failed (see ``SshDevice.last_error``)
+
+
+class SshError(Exception):
+    """A transport failure with a MeasureError kind; ``fatal`` = retrying will not help
+    (host key refused, auth refused, wrong arch)."""
+
+    def __init__(self, kind: MeasureErrorKind, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.error = MeasureError(kind, message)
+        self.fatal = fatal
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class SshSession:
+    """One SSH connection to one board with its remote temp dir and daemon.
+
+    Args:
+        board: the inventory record.
+        env: environment of the daemon (board env plus per-config threads).
+
+    :meth:`open` connects, makes the temp dir, uploads and starts the daemon;
+    :meth:`close` stops it and removes the dir. Raises :class:`SshError`.
+    """
+
+    def __init__(self, board: Board, env: dict[str, str]) -> None:
+        self.board = board
+        self.env = dict(env)
+        self.client: paramiko.SSHClient | None = None
+        self.tmp: str | None = None
+        self.machine: str | None = None
+        self.channel: paramiko.Channel | None = None
+        self.daemon: DaemonSession | None = None
+        self.hello: dict | None = None
+        self.uploaded: dict[str, str] = {}  # local key -> remote artifact dir
+
+    # ------------------------------------------------------------- transport
+
+    def connect(self) -> None:
+        """SSH connect with host key verification and key auth.
+
+        Raises:
+            SshError: device_lost (unreachable, timeout; host key refused or
+                auth refused with ``fatal=True``).
+        """
+        b = self.board
+        where = f"board {b.name!r} ({b.user}@{b.host}:{b.port})"
+        client = paramiko.SSHClient()
+        keys = client.get_host_keys()  # never load_system_host_keys(): no dependence on ~/.ssh
+        if b.host_key is not None:
+            ktype, kdata = b.host_key.split()[:2]
+            try:
+                key = paramiko.PKey.from_type_string(ktype, base64.b64decode(kdata))
+            except Exception as exc:  # noqa: BLE001 - paramiko raises several types
+                raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: pinned host_key is not a valid "
+                                                             f"{ktype} key: {exc}", fatal=True) from None
+            keys.add(_known_hosts_name(b.host, b.port), ktype, key)
+        else:
+            try:
+                keys.load(str(b.known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: cannot read known_hosts "
+                                                             f"{b.known_hosts}: {exc}", fatal=True) from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        t = b.connect_timeout_s
+        try:
+            client.connect(b.host, port=b.port, username=b.user, key_filename=str(b.identity_file),
+                           timeout=t, banner_timeout=t, auth_timeout=t, channel_timeout=t,
+                           allow_agent=False, look_for_keys=False)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise SshError(MeasureErrorKind.DEVICE_LOST,
+                           f"{where}: HOST KEY CHANGED — the board offered {exc.key.get_name()} "
+                           f"{exc.key.get_base64()[:24]}... but the inventory pins {exc.expected_key.get_name()} "
+                           f"{exc.expected_key.get_base64()[:24]}...; refusing to connect (if the board was "
+                           f"reinstalled, verify and update host_key/known_hosts)", fatal=True) from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise SshError(MeasureErrorKind.DEVICE_LOST,
+                           f"{where}: authentication failed with identity_file {b.identity_file}: {exc} "
+                           f"(is its public key in the board's authorized_keys for user {b.user!r}?)",
+                           fatal=True) from None
+        except paramiko.SSHException as exc:
+            client.close()
+            text = str(exc)
+            if "known_hosts" in text or "not found in" in text:
+                raise SshError(MeasureErrorKind.DEVICE_LOST,
+                               f"{where}: host key not in the pinned key / known_hosts ({text}); "
+                               f"refusing to connect (keys are never auto-added)", fatal=True) from None
+            raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: SSH error: {text}") from None
+        except (OSError, socket.timeout, EOFError) as exc:
+            client.close()
+            raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: unreachable: {exc!r}") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(max(1, int(b.keepalive_s)))
+        self.client = client
+
+    @property
+    def alive(self) -> bool:
+        t = self.client.get_transport() if self.client is not None else None
+        return t is not None and t.is_active()
+
+    def run(self, argv: list[str], timeout_s: float | None = None, check: bool = True) -> tuple[int, str, str]:
+        """Run one command on the board; stdout and stderr drained together.
+
+        Args:
+            argv: the command; joined with :func:`shlex.join` (no injection).
+            timeout_s: limit (default ``command_timeout_s``), enforced on the
+                board (``timeout -s KILL``) and here.
+            check: raise on a non-zero exit status.
+
+        Returns:
+            (exit status, stdout, stderr).
+
+        Raises:
+            SshError: timeout, lost connection, or (``check``) a failure.
+        """
+        timeout_s = timeout_s or self.board.command_timeout_s
+        cmd = shlex.join(["timeout", "-s", "KILL", f"{max(1, int(timeout_s))}", *argv])
+        where = f"board {self.board.name!r}"
+        if not self.alive:
+            raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: SSH connection is down")
+        try:
+            chan = self.client.get_transport().open_session(timeout=self.board.connect_timeout_s)
+            chan.settimeout(self.board.connect_timeout_s)
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: cannot run {argv[0]}: {exc!r}") from None
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout_s + 2.0
+        try:
+            while True:
+                busy = False
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                    busy = True
+                if chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    busy = True
+                if busy:
+                    continue
+                if chan.exit_status_ready() and chan.eof_received:
+                    break
+                if chan.closed or not self.alive:
+                    raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: connection lost during {argv[0]}")
+                if time.monotonic() > deadline:
+                    raise SshError(MeasureErrorKind.TIMEOUT, f"{where}: {argv[0]} took over {timeout_s:g} s")
+                time.sleep(0.01)
+            rc = chan.recv_exit_status()
+        finally:
+            chan.close()
+        sout, serr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        if check and rc != 0:
+            kind = MeasureErrorKind.TIMEOUT if rc in (124, 137) else MeasureErrorKind.DEVICE_LOST
+            raise SshError(kind, f"{where}: {shlex.join(argv)[:200]} exited {rc}: {serr.strip()[-500:]}")
+        return rc, sout, serr
+
+    def upload(self, files: list[tuple[Path, str]]) -> None:
+        """SFTP ``(local, remote)`` files within ``upload_timeout_s``, then check sha256 on the board.
+
+        Raises:
+            SshError: timeout, lost connection, or load_failed on a checksum mismatch.
+        """
+        where = f"board {self.board.name!r}"
+        deadline = time.monotonic() + self.board.upload_timeout_s
+
+        def check_deadline(_done: int, _total: int) -> None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("upload deadline")
+
+        try:
+            sftp = self.client.open_sftp()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: cannot open SFTP: {exc!r}") from None
+        try:
+            sftp.get_channel().settimeout(self.board.upload_timeout_s)
+            for local, remote in files:
+                sftp.put(str(local), remote, callback=check_deadline, confirm=True)
+        except TimeoutError:
+            raise SshError(MeasureErrorKind.TIMEOUT, f"{where}: upload took over "
+                                                     f"{self.board.upload_timeout_s:g} s") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: upload failed: {exc!r}") from None
+        finally:
+            sftp.close()
+        want = {remote: _sha256(local) for local, remote in files}
+        _, out, _ = self.run(["sha256sum", "--", *want])
+        got = {}
+        for line in out.splitlines():
+            digest, _, name = line.partition("  ")
+            got[name] = digest
+        bad = [r for r, d in want.items() if got.get(r) != d]
+        if bad:
+            raise SshError(MeasureErrorKind.LOAD_FAILED, f"{where}: sha256 mismatch after upload of {bad}")
+
+    # ---------------------------------------------------------------- daemon
+
+    def open(self) -> dict:
+        """Connect, make the temp dir, upload and start the daemon; returns its hello.
+
+        Raises:
+            SshError: any step failed (everything already made is cleaned up).
+        """
+        b = self.board
+        try:
+            self.connect()
+            self.machine = normalise_arch(self.run(["uname", "-m"])[1])
+            if self.machine != b.arch:
+                raise SshError(MeasureErrorKind.DEVICE_LOST,
+                               f"board {b.name!r}: uname -m says {self.machine} but the inventory's target "
+                               f"{b.target!r} means {b.arch}; fix the inventory", fatal=True)
+            stale_min = str(int(b.session_limit_s // 60) + 10)
+            self.run(["find", b.remote_tmp, "-maxdepth", "1", "-name", "hilprune-run.*", "-mmin", f"+{stale_min}",
+                      "-exec", "rm", "-rf", "--", "{}", "+"], check=False)
+            self.tmp = self.run(["mktemp", "-d", f"{b.remote_tmp}/hilprune-run.XXXXXX"])[1].strip()
+            if not self.tmp.startswith(b.remote_tmp + "/hilprune-run."):
+                raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: odd mktemp output {self.tmp!r}")
+            self.upload([(DAEMON_PATH, f"{self.tmp}/daemon.py"), (WATCHDOG_PATH, f"{self.tmp}/watchdog.py")])
+            self.start_daemon()
+            return dict(self.hello)
+        except BaseException:
+            self.close(polite=False)
+            raise
+
+    def start_daemon(self) -> None:
+        """Start watchdog + daemon on the board and wait for hello.
+
+        Raises:
+            SshError: daemon_start (no hello), device_lost.
+        """
+        b = self.board
+        env = [f"{k}={v}" for k, v in sorted(self.env.items())]
+        argv = ["env", *env, b.python, "-u", f"{self.tmp}/watchdog.py", f"{b.session_limit_s:g}",
+                f"{self.tmp}/daemon.pgid", b.python, "-u", f"{self.tmp}/daemon.py"]
+        cmd = f"cd {shlex.quote(self.tmp)} && exec {shlex.join(argv)}"
+        try:
+            chan = self.client.get_transport().open_session(timeout=b.connect_timeout_s)
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: cannot start daemon: {exc!r}") from None
+        chan.settimeout(None)
+        self.channel = chan
+        self.daemon = DaemonSession(chan.makefile_stdin("wb"), chan.makefile("rb"), chan.makefile_stderr("rb"))
+        reply = self.daemon.call("hello", HELLO_TIMEOUT_S)
+        if not reply.ok or reply.result.get("protocol") != 1:
+            why = reply.error.message if reply.error else f"unexpected hello {reply.result}"
+            raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: daemon did not say hello "
+                                                          f"(python {b.python}): {why}")
+        self.hello = dict(reply.result, board=b.name)
+        if normalise_arch(str(self.hello.get("machine"))) != b.arch:
+            raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: daemon runs on "
+                                                          f"{self.hello.get('machine')}, inventory says {b.arch}",
+                           fatal=True)
+        logger.info("board %s: daemon up in %s (%s)", b.name, self.tmp, json.dumps(self.hello))
+
+    def stop_daemon(self, polite: bool = True) -> None:
+        """Bye (if ``polite`` and healthy), close the channel; the watchdog kills what is left."""
+        daemon, chan = self.daemon, self.channel
+        self.daemon = self.channel = None
+        self.hello = None
+        if daemon is not None and polite and daemon.broken is None and self.alive:
+            daemon.call("bye", BYE_TIMEOUT_S)
+        if daemon is not None:
+            daemon.close()
+        if chan is not None:
+            try:
+                chan.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+
+    def close(self, polite: bool = True) -> None:
+        """Stop the daemon, kill its group, remove the temp dir, disconnect. Never raises."""
+        self.stop_daemon(polite=polite)
+        if self.tmp is not None and self.alive:
+            script = ('p=$(cat "$1/daemon.pgid" 2>/dev/null) && [ -n "$p" ] && kill -KILL -- "-$p" 2>/dev/null; '
+                      'rm -rf -- "$1"')
+            try:
+                self.run(["sh", "-c", script, "sh", self.tmp], check=False)
+                self.tmp = None
+            except SshError as exc:
+                logger.warning("board %s: cleanup of %s failed: %s", self.board.name, self.tmp, exc)
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        self.uploaded.clear()
+
+    # -------------------------------------------------------------- artifacts
+
+    def put_artifact(self, artifact_dir: Path, manifest: dict, manifest_bytes: bytes, backend: str) -> str:
+        """Upload what ``backend`` needs of an artifact (once per session); returns the remote dir.
+
+        Raises:
+            SshError: load_failed (wrong arch, missing file, checksum), timeout, device_lost.
+        """
+        b = self.board
+        arch = manifest.get("arch")
+        if normalise_arch(str(arch)) != (self.machine or b.arch):
+            raise SshError(MeasureErrorKind.LOAD_FAILED,
+                           f"artifact {artifact_dir.name} is built for {arch} but board {b.name!r} is "
+                           f"{self.machine or b.arch} (target {b.target!r}); compile for that target", fatal=False)
+        names = ["manifest.json"]
+        keys = ("library", "params") if backend == "tvm" else ("onnx",)
+        names += [manifest[k] for k in keys if isinstance(manifest.get(k), str)]
+        key = hashlib.sha256(manifest_bytes + backend.encode()).hexdigest()[:20]
+        if key in self.uploaded:
+            return self.uploaded[key]
+        files = []
+        for n in names:
+            local = artifact_dir / n
+            if "/" in n or n.startswith(".") or not local.is_file():
+                raise SshError(MeasureErrorKind.LOAD_FAILED, f"artifact {artifact_dir}: file {n!r} is missing")
+            files.append((local, n))
+        remote = f"{self.tmp}/a/{key}"
+        self.run(["mkdir", "-p", "--", remote])
+        self.upload([(local, f"{remote}/{n}") for local, n in files])
+        self.uploaded[key] = remote
+        return remote
+
+
+def _throttled(state: dict) -> bool:
+    bits = state.get("throttled")
+    return isinstance(bits, int) and bool(bits & THROTTLED_NOW_MASK)
+
+
+class SshDevice(Device):
+    """Measures on one inventory board over SSH; one daemon session per lease.
+
+    Args:
+        board: the inventory record.
+        leases: lease manager; None = no lease (tests, ``devices check``
+            with ``--no-lease``).
+        lease_wait_s: how long to wait for a board leased by someone else.
+        name: device name (default ``ssh:BOARD``).
+
+    The session (lease, connection, temp dir, daemon) opens on first use and
+    is reused; after a transport failure the next call opens a fresh one.
+    """
+
+    def __init__(self, board: Board, leases: LeaseManager | None = None, lease_wait_s: float = 60.0,
+                 name: str | None = None) -> None:
+        super().__init__(name or f"ssh:{board.name}")
+        self.board = board
+        self.leases = leases
+        self.lease_wait_s = lease_wait_s
+        self.state = BoardState.UNKNOWN
+        self.last_error: MeasureError | None = None
+        self.last_fatal = False
+        self._session: SshSession | None = None
+        self._lease: Lease | None = None
+        self._threads: int | None = None
+        self._lock = threading.RLock()
+
+    # -------------------------------------------------------------- session
+
+    @property
+    def session(self) -> SshSession | None:
+        """The open session (tests and diagnostics)."""
+        return self._session
+
+    def _fail(self, err: SshError | MeasureError, fatal: bool = False) -> MeasureError:
+        if isinstance(err, SshError):
+            fatal, err = err.fatal, err.error
+        self.last_error, self.last_fatal = err, fatal
+        self.state = BoardState.FAILED
+        return err
+
+    def _ensure(self, num_threads: int | None) -> MeasureError | None:
+        if self._closed:
+            return MeasureError(MeasureErrorKind.DEVICE_LOST, f"device {self.name!r} is closed")
+        s = self._session
+        if s is not None and (not s.alive or s.daemon is None or s.daemon.broken is not None):
+            self._drop_session(polite=False)
+            s = None
+        if self.leases is not None and (self._lease is None or self._lease.lost):
+            self._lease = self.leases.acquire(self.board.name, wait_s=self.lease_wait_s)
+            if self._lease is None:
+                held = self.leases.holder_of(self.board.name) or {}
+                return self._fail(MeasureError(MeasureErrorKind.DEVICE_LOST,
+                                               f"board {self.board.name!r} is leased by {held.get('holder')} "
+                                               f"until {held.get('expires_at')}"))
+            self.state = BoardState.LEASED
+        if s is not None and self._threads != num_threads:
+            s.stop_daemon()
+            try:
+                s.env = self._env(num_threads)
+                s.start_daemon()
+                self._threads = num_threads
+            except SshError as exc:
+                self._drop_session(polite=False)
+                return self._fail(exc)
+            return None
+        if s is None:
+            s = SshSession(self.board, self._env(num_threads))
+            try:
+                s.open()
+            except SshError as exc:
+                return self._fail(exc)
+            self._session, self._threads = s, num_threads
+            self.state = BoardState.DAEMON_READY
+        return None
+
+    def _env(self, num_threads: int | None) -> dict[str, str]:
+        env = self.board.env_dict
+        if num_threads is not None:
+            env["TVM_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(num_threads)
+        return env
+
+    def _drop_session(self, polite: bool) -> None:
+        s, self._session = self._session, None
+        if s is not None:
+            s.close(polite=polite)
+
+    def call(self, op: str, *, timeout_s: float, daemon_threads: int | None = _KEEP, **fields: Any) -> Reply:
+        """One raw daemon request (diagnostics, tests' ``sleep`` op). On a timeout or
+        lost stream the remote daemon group is killed and the temp dir removed."""
+        with self._lock:
+            err = self._ensure(self._threads if daemon_threads is _KEEP else daemon_threads)
+            if err is not None:
+                return Reply(error=err)
+            reply = self._session.daemon.call(op, timeout_s, **fields)
+            if self._session.daemon.broken is not None:
+                logger.warning("board %s: %s; killing the remote daemon", self.board.name, reply.error.kind.value)
+                self._fail(reply.error)
+                self._drop_session(polite=False)
+            return reply
+
+    def hello(self) -> dict:
+        """The board daemon's hello (plus ``board``).
+
+        Raises:
+            DeviceUnavailable: unreachable, host key/auth refused, no daemon.
+        """
+        with self._lock:
+            err = self._ensure(self._threads)
+            if err is not None:
+                raise DeviceUnavailable(err)
+            return dict(self._session.hello)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._drop_session(polite=True)
+            if self._lease is not None and self.leases is not None:
+                self.leases.release(self._lease)
+            self._lease = None
+            self.state = BoardState.UNKNOWN
+
+    # -------------------------------------------------------------- measure
+
+    def measure(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
+        """Upload (once per session) and time ``artifact_dir`` on the board.
+
+        A throttled sample (vcgencmd bits 0-3 before or after) is invalid: the
+        board rests ``cooldown_s`` and the measurement is repeated, up to
+        ``config.max_remeasure`` times; a high CoV re-measures at once.
+        Still throttled at the end -> ``unstable``.
+
+        Returns:
+            MeasureResult; errors: load_failed (manifest, arch, upload),
+            device_lost, daemon_start, timeout, protocol, run_failed, unstable.
+        """
+        with self._lock:
+            return self._measure(Path(artifact_dir).resolve(), config)
+
+    def _measure(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
+        try:
+            raw = (artifact_dir / "manifest.json").read_bytes()
+            manifest = json.loads(raw)
+            if not isinstance(manifest, dict):
+                raise ValueError("manifest is not a JSON object")
+        except (OSError, ValueError) as exc:
+            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
+                                      f"cannot read {artifact_dir / 'manifest.json'}: {exc}")
+        arch = normalise_arch(str(manifest.get("arch")))
+        if arch != self.board.arch:  # before connecting or uploading anything
+            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
+                                      f"artifact {artifact_dir.name} is built for {manifest.get('arch')} but "
+                                      f"board {self.board.name!r} is {self.board.arch} (target "
+                                      f"{self.board.target!r}); it is never sent there")
+        err = self._ensure(config.num_threads)
+        if err is not None:
+            return MeasureResult(error=err)
+        try:
+            remote = self._session.put_artifact(artifact_dir, manifest, raw, config.backend)
+        except SshError as exc:
+            e = self._fail(exc)
+            if e.kind in (MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.TIMEOUT):
+                self._drop_session(polite=False)
+            return MeasureResult(error=e)
+        request = {"artifact": remote, "backend": config.backend, "warmup": config.warmup,
+                   "number": config.number, "repeat": config.repeat, "min_repeat_ms": config.min_repeat_ms,
+                   "seed": config.seed, "num_threads": config.num_threads}
+        best = None
+        attempts = 0
+        for attempt in range(config.max_remeasure + 1):
+            attempts = attempt + 1
+            reply = self.call("measure", timeout_s=config.timeout_s, daemon_threads=config.num_threads, **request)
+            if not reply.ok:
+                return MeasureResult(error=reply.error)
+            result = reply.result
+            try:
+                stats = LatencyStats.from_raw(result["latency_ms"], max_cov=config.max_cov)
+            except (KeyError, TypeError, ValueError) as exc:
+                return MeasureResult.fail(MeasureErrorKind.PROTOCOL, f"bad measure result: {exc}")
+            throttled = _throttled(result.get("device_state_before", {})) or \
+                _throttled(result.get("device_state_after", {}))
+            rank = (throttled, stats.cov)
+            if best is None or rank < best[0]:
+                best = (rank, result, stats)
+            if not throttled and not stats.unstable:
+                break
+            if throttled and attempt < config.max_remeasure:
+                logger.info("board %s throttled (bits %s): cooling down %.1f s before re-measuring",
+                            self.board.name, result.get("device_state_after", {}).get("throttled"),
+                            self.board.cooldown_s)
+                time.sleep(self.board.cooldown_s)
+        (throttled, _), result, stats = best
+        if throttled:
+            return MeasureResult.fail(MeasureErrorKind.UNSTABLE,
+                                      f"board {self.board.name!r} throttled in all {attempts} measurements "
+                                      f"(vcgencmd bits {result['device_state_after'].get('throttled')}), "
+                                      f"{self.board.cooldown_s:g} s cooldown between them")
+        try:
+            value = Measurement(
+                device=self.name, backend=config.backend, artifact_sha256=manifest.get("library_sha256"),
+                latency_ms=tuple(float(v) for v in result["latency_ms"]),
+                warmup_ms=tuple(float(v) for v in result["warmup_ms"]),
+                number=int(result["number"]), stats=stats,
+                output_sha256=str(result["output_sha256"]),
+                output_head=tuple(float(v) for v in result["output_head"]),
+                output_shape=tuple(int(v) for v in result["output_shape"]),
+                device_state_before=dict(result["device_state_before"]),
+                device_state_after=dict(result["device_state_after"]),
+                hello=dict(self._session.hello if self._session and self._session.hello else {}),
+                source="measured", remeasured=attempts - 1, tuning=manifest.get("tuning"),
+                created_at=time.time(),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            return MeasureResult.fail(MeasureErrorKind.PROTOCOL, f"bad measure result: {exc!r}")
+        self.last_error, self.last_fatal = None, False
+        return MeasureResult(value=value)
