@@ -280,21 +280,24 @@ class Device(abc.ABC):
         self.close()
 
 
-_PLANNED = ("ssh:BOARD", "farm:TAG")
-
-
-def make_device(name: str) -> Device:
+def make_device(name: str, *, inventory: Any = None, fallback: str | None = None) -> Device:
     """Build a device from its name.
 
     Args:
-        name: ``"local"`` (this machine, via a daemon subprocess), or
+        name: ``"local"`` (this machine, via a daemon subprocess),
             ``"sim:PROFILE"`` (the latency simulator with a profile name from
             ``devices/profiles/`` or a profile ``.json`` path; results are
-            ``source="simulated"``).
+            ``source="simulated"``), ``"ssh:BOARD"`` (one inventory board over
+            SSH) or ``"farm:TAG"`` (any healthy inventory board with that tag).
+        inventory: for ``ssh:``/``farm:``: an inventory TOML path or a loaded
+            :class:`devices.inventory.Inventory`.
+        fallback: for ``farm:``: ``"fail"`` or ``"sim"`` when no healthy board
+            is left; None = the inventory's ``[farm] fallback``.
 
     Raises:
-        ValueError: any other name, or an unknown simulator profile; the
-            message lists the valid names.
+        ValueError: any other name, an unknown simulator profile, a missing
+            inventory, or an unknown board/tag; the message says which.
+        devices.inventory.InventoryError: a bad inventory (one line).
     """
     if name == "local":
         from devices.local import LocalDevice
@@ -304,5 +307,9 @@ def make_device(name: str) -> Device:
         from devices.sim.device import SimDevice
 
         return SimDevice(name[len("sim:"):], name=name)
-    raise ValueError(f"unknown device {name!r}: valid names are 'local', 'sim:PROFILE'; "
-                     f"{', '.join(repr(p) for p in _PLANNED)} are planned, not available yet")
+    if name.startswith(("ssh:", "farm:")):
+        from devices.farm import make_farm_device
+
+        return make_farm_device(name, inventory, fallback=fallback)
+    raise ValueError(f"unknown device {name!r}: valid names are 'local', 'sim:PROFILE', 'ssh:BOARD', 'farm:TAG' "
+                     f"(the last two need an inventory)")

@@ -80,6 +80,7 @@ class BoardState(str, enum.Enum):
     REACHABLE = "reachable"  #: SSH connected, temp dir made
     DAEMON_READY = "daemon_ready"  #: daemon said hello, measurements go through
     FAILED = "failed"  #: the last attempt failed (see ``SshDevice.last_error``)
+    BUSY = "busy"  #: leased by another holder
 
 
 class SshError(Exception):
@@ -468,9 +469,11 @@ class SshDevice(Device):
             self._lease = self.leases.acquire(self.board.name, wait_s=self.lease_wait_s)
             if self._lease is None:
                 held = self.leases.holder_of(self.board.name) or {}
-                return self._fail(MeasureError(MeasureErrorKind.DEVICE_LOST,
-                                               f"board {self.board.name!r} is leased by {held.get('holder')} "
-                                               f"until {held.get('expires_at')}"))
+                err = self._fail(MeasureError(MeasureErrorKind.DEVICE_LOST,
+                                              f"board {self.board.name!r} is leased by {held.get('holder')} "
+                                              f"until {held.get('expires_at')}"))
+                self.state = BoardState.BUSY
+                return err
             self.state = BoardState.LEASED
         if s is not None and self._threads != num_threads:
             s.stop_daemon()
