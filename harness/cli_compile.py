@@ -1,0 +1,474 @@
+"""``hilprune compile``, ``hilprune bench`` and ``hilprune tune``: one model, one target, no search.
+
+The command-line contract of issue 3 (other tools rely on these names)::
+
+    hilprune compile (--model NAME | --onnx PATH) [--input-shape 1,3,224,224] --target PRESET
+                     [--tune-trials N] [--out DIR]
+        -> prints the artifact directory (DIR, or the content-addressed cache entry)
+    hilprune bench   (--model NAME | --onnx PATH) [--input-shape ...] --target PRESET --device local
+                     [--backend tvm|onnxruntime] [--repeat N] [--tune-trials N] [--db PATH] [--json]
+        -> a table, or ONE JSON object (see :data:`BENCH_JSON_KEYS`); the measurement goes to the
+           results store (default results/hilprune.db)
+    hilprune tune    (--model NAME | --onnx PATH) [--input-shape ...] --target PRESET [--trials N]
+        -> tasks total / from the database / tuned now, database records before -> after, and the
+           tuned latency on this machine when the target is this machine
+
+A model comes from the zoo (``--model``, random seeded weights, exported to
+ONNX opset 17 and checked against ONNX Runtime by :func:`harness.export.export_onnx`)
+or from an ONNX file (``--onnx``, one static-shape input). ``--input-shape``
+is N,C,H,W; for a zoo model it defaults to the model's natural shape
+(:data:`harness.models.DEFAULT_INPUT_SHAPES`) and sets its ``in_channels`` and
+``input_size``; for an ONNX file it must match the graph's input.
+
+Bad input (unknown model, target or device, a malformed shape, a missing ONNX
+file) raises ``ValueError``/``FileNotFoundError`` with a message naming the
+fix; :func:`harness.cli.main` prints it as one ``hilprune: error: ...`` line
+and exits 2. Expected pipeline failures (export, compile or measurement
+failed) print one ``hilprune: error: <kind>: ...`` line and exit 1.
+
+Extension point (nightly benchmarks, a later issue): ``bench``'s model source
+is an argparse mutually exclusive group that is *not* argparse-required (the
+handler checks that one source was given), so ``--suite FILE`` can join the
+group (:func:`_add_source_args` returns it) and ``bench compare`` can be added
+with ``bench_parser.add_subparsers(dest="bench_command")`` without changing
+the flags above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BENCH_JSON_KEYS", "DEFAULT_TUNE_TRIALS", "parse_input_shape", "register"]
+
+#: Default MetaSchedule trials per task of compile/bench/tune: the search's default
+#: (``SearchConfig.tune_trials``), so a bench number is comparable with a search's.
+DEFAULT_TUNE_TRIALS = 8
+#: Keys every ``bench --json`` object has (a contract for scripts and nightly tools).
+BENCH_JSON_KEYS = (
+    "latency_p50_ms", "latency_p90_ms", "latency_mean_ms", "latency_std_ms", "latency_min_ms",
+    "latency_max_ms", "latency_cov", "unstable", "n", "number", "source", "device", "target", "backend",
+    "tuned", "tuning", "artifact_sha256", "onnx_sha256", "artifact_dir", "model", "input_shape",
+    "measurement_id", "db", "compile_cache_hit", "output_sha256", "remeasured",
+)
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int, int]:
+    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``: batch-1-or-more NCHW.
+
+    Raises:
+        ValueError: not four positive integers; the message shows the expected form.
+    """
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or any(d < 1 for d in dims):
+        raise ValueError(f"malformed --input-shape {text!r}: give N,C,H,W as 4 positive integers, e.g. 1,3,224,224")
+    return dims  # type: ignore[return-value]
+
+
+def _trials(text: str) -> int:
+    from harness.cli import _nonneg_int
+
+    return _nonneg_int(text)
+
+
+def _pos(text: str) -> int:
+    from harness.cli import _pos_int
+
+    return _pos_int(text)
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """--model/--onnx (exclusive; checked in the handler), --input-shape, --seed, --cache-dir, --threads."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="zoo model: resnet20/32/56, resnet18, vgg11, vgg16, mobilenet_v2")
+    src.add_argument("--onnx", metavar="PATH", help="an ONNX file with one static-shape input")
+    p.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="input shape, e.g. 1,3,224,224 (default: the zoo model's natural shape / the ONNX graph's)")
+    p.add_argument("--seed", type=_trials, default=0, help="seed of the zoo model's random weights (default 0)")
+    p.add_argument("--target", default=None,
+                   help="required: TVM target preset (host, rpi4, rpi5, jetson-nano, jetson-orin-nano) or a JSON dict")
+    p.add_argument("--cache-dir", default=None, help="artifacts and tuning databases (default results/cache "
+                                                     "or $HILPRUNE_CACHE)")
+    p.add_argument("--threads", type=_pos, default=None,
+                   help="CPU threads for tuning and measuring (default: all cores)")
+    return src
+
+
+def register(subparsers) -> None:
+    """Add ``compile``, ``bench`` and ``tune`` to the ``hilprune`` parser."""
+    c = subparsers.add_parser("compile", help="compile a model for a target into an artifact directory",
+                              description="Export (zoo model) and compile an ONNX graph with TVM for a target; "
+                                          "prints the artifact directory. Cached by content: compiling the same "
+                                          "thing twice is a cache hit.")
+    _add_source_args(c)
+    c.add_argument("--tune-trials", type=_trials, default=DEFAULT_TUNE_TRIALS,
+                   help=f"MetaSchedule trials per new task, 0 = untuned (default {DEFAULT_TUNE_TRIALS})")
+    c.add_argument("--out", metavar="DIR", default=None,
+                   help="copy the artifact here (default: print the cache entry's path)")
+    c.add_argument("--json", action="store_true", help="print the manifest as one JSON object (with 'path')")
+    c.set_defaults(func=_cmd_compile)
+
+    b = subparsers.add_parser("bench", help="compile and measure one model on a device",
+                              description="Compile (cached) and time a model on a device; the measurement is "
+                                          "stored in the results store.")
+    _add_source_args(b)
+    b.add_argument("--device", default="local", help="where to measure (default local: this machine)")
+    b.add_argument("--backend", choices=("tvm", "onnxruntime"), default="tvm",
+                   help="time the TVM library (default) or the artifact's ONNX file with ONNX Runtime")
+    b.add_argument("--repeat", type=_pos, default=30, help="timed blocks (raw latencies) (default 30)")
+    b.add_argument("--warmup", type=_trials, default=5, help="untimed warm-up calls (default 5)")
+    b.add_argument("--min-repeat-ms", type=float, default=50.0,
+                   help="each timed block lasts at least this long, in ms (default 50)")
+    b.add_argument("--timeout-s", type=float, default=600.0, help="limit of one measurement, s (default 600)")
+    b.add_argument("--tune-trials", type=_trials, default=DEFAULT_TUNE_TRIALS,
+                   help=f"MetaSchedule trials per new task, 0 = untuned (default {DEFAULT_TUNE_TRIALS})")
+    b.add_argument("--db", default="results/hilprune.db", help="results store (default results/hilprune.db)")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    b.set_defaults(func=_cmd_bench)
+
+    t = subparsers.add_parser("tune", help="tune a model's tasks into the target's tuning database",
+                              description="MetaSchedule-tune the tasks of a model that the target's database "
+                                          "lacks, then build and (for this machine) measure the tuned artifact.")
+    _add_source_args(t)
+    t.add_argument("--trials", type=_pos, default=DEFAULT_TUNE_TRIALS,
+                   help=f"trials per new task (default {DEFAULT_TUNE_TRIALS})")
+    t.add_argument("--device", default="local", help="where the tuned latency is measured (default local)")
+    t.add_argument("--repeat", type=_pos, default=20, help="timed blocks of the latency check (default 20)")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=_cmd_tune)
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What is compiled: ``label`` (model name or ``onnx:<stem>``), the ONNX file,
+    its input shape, the architecture signature stored with measurements, export seconds."""
+
+    label: str
+    onnx_path: Path
+    input_shape: tuple[int, ...]
+    arch_signature: str
+    export_s: float
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from harness.search import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def _onnx_input_shape(path: Path) -> tuple[int, ...]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__}); pass a .onnx model") from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ValueError(f"{path} has {len(inputs)} graph inputs; hilprune compiles models with exactly one")
+    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim)
+    if any(d < 1 for d in dims):
+        raise ValueError(f"{path} has a dynamic input shape {list(dims)}; re-export it with a static shape")
+    return dims
+
+
+def _resolve_source(args: argparse.Namespace, work_dir: Path) -> _Source:
+    """Check the source flags and produce the ONNX file (exporting a zoo model into ``work_dir``).
+
+    Raises:
+        ValueError: no or both sources, unknown model, malformed or mismatching shape.
+        FileNotFoundError: ``--onnx`` names no file.
+        harness.export.ExportError: the zoo model failed to export (a pipeline failure).
+    """
+    if not args.model and not args.onnx:
+        raise ValueError(f"give a model: --model NAME (a zoo model) or --onnx PATH; e.g. "
+                         f"hilprune {args.command} --model resnet18 --target host")
+    shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    if args.onnx:
+        path = Path(args.onnx)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX file {str(path)!r} not found; pass an existing .onnx file "
+                                    "or a zoo model with --model NAME")
+        graph_shape = _onnx_input_shape(path)
+        if shape is not None and tuple(shape) != graph_shape:
+            raise ValueError(f"--input-shape {','.join(map(str, shape))} differs from the ONNX graph's input "
+                             f"{','.join(map(str, graph_shape))}; drop --input-shape or re-export the model")
+        from harness.export import sha256_file
+
+        return _Source(f"onnx:{path.stem}", path, graph_shape, "onnx-" + sha256_file(path)[:16], 0.0)
+
+    from harness.models import build_model, default_input_shape
+
+    shape = shape or default_input_shape(args.model)  # unknown model -> ValueError naming the valid ones
+    import torch
+
+    from harness.export import export_onnx
+
+    model = build_model(args.model, in_channels=shape[1], input_size=shape[2:], seed=args.seed)
+    path = work_dir / f"{args.model}.onnx"
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        export_onnx(model, tuple(shape), path)
+    export_s = time.perf_counter() - t0
+    signature = f"zoo-default-s{args.seed}@{'x'.join(map(str, shape))}"
+    return _Source(args.model, path, tuple(shape), signature, export_s)
+
+
+def _target(args: argparse.Namespace):
+    """The TargetSpec of ``--target`` (checked here, not by argparse, so the error is one line)."""
+    from harness.targets import PRESETS, resolve_target
+
+    if not args.target:
+        raise ValueError(f"give --target PRESET ({', '.join(PRESETS)}) or a JSON target dict")
+    return resolve_target(args.target)
+
+
+def _tuning(trials: int, threads: int | None):
+    from harness.tuning import TuningConfig
+
+    return TuningConfig(trials_per_task=trials, num_threads=threads)
+
+
+def _compile(source: _Source, target, cache_dir: Path, tuning):
+    """compile_onnx or a ``_Failure``."""
+    from harness.compile import compile_onnx
+
+    result = compile_onnx(source.onnx_path, target, cache_dir, tuning)
+    if result.error is not None:
+        raise _Failure(f"{result.error.kind}: {result.error.message}")
+    return result.artifact
+
+
+class _Failure(Exception):
+    """An expected pipeline failure (export/compile/measure): exit 1, one line."""
+
+
+def _run_guarded(fn, args: argparse.Namespace) -> int:
+    from harness.export import ExportError
+
+    try:
+        return fn(args)
+    except ExportError as exc:
+        print(f"hilprune: error: export failed: {exc}", file=sys.stderr)
+        return 1
+    except _Failure as exc:
+        print(f"hilprune: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check_measurable(target, device_name: str) -> None:
+    """ValueError when the local device cannot run the target's code."""
+    if device_name != "local":
+        return
+    host = "x86_64" if platform.machine() in ("x86_64", "AMD64") else "aarch64"
+    if target.device_kind != "cpu" or target.arch != host:
+        raise ValueError(f"target {target.name!r} builds {target.arch}/{target.device_kind} code but device 'local' "
+                         f"is this {host} CPU; measure it with --target host, or on a board of that target")
+
+
+def _measure(device_name: str, artifact_dir: Path, config):
+    from devices.base import make_device
+
+    device = make_device(device_name)  # unknown -> ValueError listing the valid names
+    try:
+        result = device.measure(artifact_dir, config)
+    finally:
+        device.close()
+    if result.error is not None:
+        raise _Failure(f"measure {result.error.kind.value}: {result.error.message}")
+    return result.value
+
+
+# --------------------------------------------------------------------------------------------- compile
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    return _run_guarded(_compile_impl, args)
+
+
+def _compile_impl(args: argparse.Namespace) -> int:
+    target = _target(args)
+    tuning = _tuning(args.tune_trials, args.threads)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise ValueError(f"--out {str(out)!r} exists and is not an artifact directory; pass a new or empty DIR")
+    with tempfile.TemporaryDirectory(prefix="hilprune-compile-") as work:
+        source = _resolve_source(args, Path(work))
+        artifact = _compile(source, target, _cache_dir(args), tuning)
+    path = artifact.path
+    if out is not None:
+        path = _copy_artifact(artifact.path, out)
+    if args.json:
+        print(json.dumps({"path": str(path), "cache_hit": artifact.cache_hit, **artifact.manifest}, sort_keys=True))
+    else:
+        print(path)
+    return 0
+
+
+def _copy_artifact(src: Path, out: Path) -> Path:
+    """Copy an artifact directory to ``out`` (replacing an artifact there) via a sibling temp dir."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for f in src.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- bench
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    return _run_guarded(_bench_impl, args)
+
+
+def _bench_impl(args: argparse.Namespace) -> int:
+    from devices.base import MeasureConfig
+    from harness.store import ResultsStore
+
+    target = _target(args)
+    _check_measurable(target, args.device)
+    if args.device != "local":
+        from devices.base import make_device
+
+        make_device(args.device).close()  # unknown device: ValueError before any work
+    config = MeasureConfig(backend=args.backend, warmup=args.warmup, number=0, repeat=args.repeat,
+                           min_repeat_ms=args.min_repeat_ms, timeout_s=args.timeout_s, num_threads=args.threads)
+    tuning = _tuning(args.tune_trials, args.threads)
+    with tempfile.TemporaryDirectory(prefix="hilprune-bench-") as work:
+        source = _resolve_source(args, Path(work))
+        artifact = _compile(source, target, _cache_dir(args), tuning)
+    m = _measure(args.device, artifact.path, config)
+    st = m.stats
+    stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
+                 cov=st.cov, n=st.n, unstable=st.unstable)
+    manifest = artifact.manifest
+    store = ResultsStore(args.db)
+    try:
+        mid = store.add_measurement(
+            model=source.label, arch_signature=source.arch_signature, device=m.device, target=target.name,
+            backend=m.backend, tuning_key=tuning.identity(), source=m.source, stats=stats,
+            latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
+            artifact_sha256=artifact.library_sha256, onnx_sha256=manifest.get("onnx_sha256"),
+            metadata={"device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
+                      "hello": m.hello, "tuning": manifest.get("tuning"), "remeasured": m.remeasured,
+                      "output_sha256": m.output_sha256, "input_shape": list(source.input_shape),
+                      "number": m.number, "command": "bench", "num_threads": args.threads},
+        )
+    finally:
+        store.close()
+    tuning_info = manifest.get("tuning") or {}
+    row: dict[str, Any] = {
+        "latency_p50_ms": st.p50_ms, "latency_p90_ms": st.p90_ms, "latency_mean_ms": st.mean_ms,
+        "latency_std_ms": st.std_ms, "latency_min_ms": st.min_ms, "latency_max_ms": st.max_ms,
+        "latency_cov": st.cov, "unstable": st.unstable, "n": st.n, "number": m.number, "source": m.source,
+        "device": m.device, "target": target.name, "backend": m.backend, "tuned": bool(tuning_info.get("tuned")),
+        "tuning": tuning_info, "artifact_sha256": artifact.library_sha256,
+        "onnx_sha256": manifest.get("onnx_sha256"), "artifact_dir": str(artifact.path), "model": source.label,
+        "input_shape": list(source.input_shape), "measurement_id": mid, "db": str(args.db),
+        "compile_cache_hit": artifact.cache_hit, "output_sha256": m.output_sha256, "remeasured": m.remeasured,
+    }
+    if args.json:
+        print(json.dumps(row, sort_keys=True))
+    else:
+        _print_bench(row)
+    return 0
+
+
+def _print_bench(r: dict[str, Any]) -> None:
+    tuned = f"tuned, {r['tuning'].get('trials_per_task')} trials/task" if r["tuned"] else "UNTUNED"
+    print(f"{r['model']} {'x'.join(map(str, r['input_shape']))} on {r['device']} "
+          f"(target {r['target']}, backend {r['backend']}, {tuned})")
+    print(f"{'p50 ms':>10} {'p90 ms':>10} {'mean ms':>10} {'min ms':>10} {'CoV':>7} {'n':>4}")
+    print(f"{r['latency_p50_ms']:10.3f} {r['latency_p90_ms']:10.3f} {r['latency_mean_ms']:10.3f} "
+          f"{r['latency_min_ms']:10.3f} {r['latency_cov']:7.3f} {r['n']:4d}"
+          + ("  UNSTABLE" if r["unstable"] else ""))
+    print(f"artifact {r['artifact_dir']} ({'cache hit' if r['compile_cache_hit'] else 'built'}); "
+          f"stored as measurement {r['measurement_id']} in {r['db']}")
+
+
+# ------------------------------------------------------------------------------------------------ tune
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    return _run_guarded(_tune_impl, args)
+
+
+def _tune_impl(args: argparse.Namespace) -> int:
+    from devices.base import MeasureConfig
+    from harness.tuning import database_dir_for, database_info
+
+    target = _target(args)
+    tuning = _tuning(args.trials, args.threads)
+    cache_dir = _cache_dir(args)
+    db_dir = database_dir_for(cache_dir, target.canonical_json(), tuning)
+    before = database_info(db_dir)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hilprune-tune-") as work:
+        source = _resolve_source(args, Path(work))
+        artifact = _compile(source, target, cache_dir, tuning)
+    wall_s = time.perf_counter() - t0
+    after = database_info(db_dir)
+    info = dict(artifact.manifest.get("tuning") or {})
+    if artifact.cache_hit:  # nothing tuned by this call; the manifest's numbers are from its build
+        info.update(tasks_from_db=info.get("tasks_total", 0), tasks_tuned_now=0, tune_s=0.0)
+    row: dict[str, Any] = {
+        "model": source.label, "input_shape": list(source.input_shape), "target": target.name,
+        "trials_per_task": args.trials, "database": str(db_dir),
+        "tasks_total": info.get("tasks_total"), "tasks_from_db": info.get("tasks_from_db"),
+        "tasks_tuned_now": info.get("tasks_tuned_now"), "tune_s": info.get("tune_s"),
+        "wall_s": round(wall_s, 3), "db_workloads_before": before.workloads, "db_workloads_after": after.workloads,
+        "db_records_before": before.records, "db_records_after": after.records,
+        "artifact_dir": str(artifact.path), "artifact_sha256": artifact.library_sha256,
+        "compile_cache_hit": artifact.cache_hit, "latency_p50_ms": None, "device": None,
+    }
+    try:
+        _check_measurable(target, args.device)
+    except ValueError as exc:
+        row["latency_note"] = str(exc)
+    else:
+        config = MeasureConfig(number=0, repeat=args.repeat, timeout_s=600.0, num_threads=args.threads)
+        m = _measure(args.device, artifact.path, config)
+        row.update(latency_p50_ms=m.stats.p50_ms, latency_cov=m.stats.cov, device=m.device)
+    if args.json:
+        print(json.dumps(row, sort_keys=True))
+        return 0
+    print(f"{row['model']} {'x'.join(map(str, row['input_shape']))} for {row['target']}: "
+          f"{row['trials_per_task']} trials per new task, database {row['database']}")
+    print(f"tasks: {row['tasks_total']} total, {row['tasks_from_db']} from the database, "
+          f"{row['tasks_tuned_now']} tuned now ({row['tune_s']:.1f} s tuning, {wall_s:.1f} s in all)"
+          + ("; artifact cache hit" if artifact.cache_hit else ""))
+    print(f"database records: {before.records} -> {after.records} "
+          f"(workloads {before.workloads} -> {after.workloads})")
+    if row["latency_p50_ms"] is not None:
+        print(f"tuned latency on {row['device']}: p50 {row['latency_p50_ms']:.3f} ms (CoV {row['latency_cov']:.3f})")
+    else:
+        print(f"tuned latency: not measured ({row['latency_note']})")
+    print(f"artifact {row['artifact_dir']}")
+    return 0
