@@ -1,0 +1,59 @@
+"""devices/lease.py: exclusive leases, heartbeat renewal, a killed client's lease expires."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devices.lease import LeaseManager
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_exclusive_and_released(tmp_path):
+    a = LeaseManager(tmp_path / "l.sqlite", ttl_s=30, holder="a")
+    b = LeaseManager(tmp_path / "l.sqlite", ttl_s=30, holder="b")
+    lease = a.acquire("b1")
+    assert lease is not None and a.holder_of("b1")["holder"] == "a"
+    assert b.acquire("b1") is None and b.acquire("b2") is not None  # per board
+    a.release(lease)
+    assert b.acquire("b1", wait_s=1) is not None
+    a.close()
+    b.close()
+
+
+def test_heartbeat_keeps_a_live_lease(tmp_path):
+    a = LeaseManager(tmp_path / "l.sqlite", ttl_s=0.6, holder="a")
+    lease = a.acquire("b1")
+    time.sleep(1.5)  # > 2 ttl: only the heartbeat keeps it
+    assert not lease.lost and a.holder_of("b1")["holder"] == "a"
+    assert LeaseManager(tmp_path / "l.sqlite", ttl_s=1, holder="b").acquire("b1") is None
+    a.close()
+    assert a.holder_of("b1") is None
+
+
+def test_killed_client_lease_expires(tmp_path):
+    db = tmp_path / "l.sqlite"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]);"
+            "from devices.lease import LeaseManager;"
+            "m = LeaseManager(sys.argv[1], ttl_s=1.5, holder='doomed'); assert m.acquire('b1');"
+            "print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(REPO)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"held"
+        other = LeaseManager(db, ttl_s=5, holder="other")
+        time.sleep(2.0)  # the heartbeat is renewing it: still held
+        assert other.holder_of("b1")["holder"] == "doomed" and other.acquire("b1") is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        t0 = time.monotonic()
+        lease = other.acquire("b1", wait_s=5, poll_s=0.1)
+        assert lease is not None and time.monotonic() - t0 <= 1.5 + 0.5
+        other.close()
+    finally:
+        proc.kill()
+        proc.wait()
