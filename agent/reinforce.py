@@ -6,7 +6,20 @@ Source: seed document ``../shared/seed/`` §3.2 step 4 and §4.4::
 
 i.e. an update after *every* step with that step's reward (no return, no
 baseline), Adam with lr 1e-3 (seed §4.4). DESIGN.md §3 keeps this as the
-default. The agent knows gymnasium spaces and torch, nothing of the harness.
+default (``mode="per_step"``).
+
+Also selectable (``mode="episodic"``): the textbook REINFORCE of Williams
+(1992) / Sutton & Barto (2018, §13.3–13.4): at the end of an episode, with
+discounted returns G_t = Σ_{k≥t} γ^{k−t} R_k (γ = ``discount``, the seed's
+objective in §3.1) and an optional moving-average baseline b (``baseline=
+"moving_average"``: b ← m·b + (1−m)·mean_t G_t after each episode, m =
+``baseline_momentum``; Sutton & Barto §13.4), one Adam step on
+
+    loss = −Σ_t log πθ(a_t | s_t) · (G_t − b).
+
+The loop calls ``observe`` after every step and ``end_episode`` at the end of
+each episode; each mode does its update in one of them. The agent knows
+gymnasium spaces and torch, nothing of the harness.
 """
 
 from __future__ import annotations
@@ -30,15 +43,33 @@ class ReinforceConfig:
         lr: Adam learning rate (seed: 1e-3).
         hidden: policy hidden widths (seed: 64, 64).
         seed: seeds the policy's initial weights and its action sampling.
+        mode: ``"per_step"`` (seed §3.2, default) or ``"episodic"`` (discounted returns).
+        discount: γ of the discounted return, episodic mode only.
+        baseline: ``"none"`` or ``"moving_average"`` (episodic mode only).
+        baseline_momentum: m of the moving average b ← m·b + (1−m)·mean G.
     """
 
     lr: float = 1e-3
     hidden: tuple[int, ...] = (64, 64)
     seed: int = 0
+    mode: str = "per_step"
+    discount: float = 0.99
+    baseline: str = "none"
+    baseline_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be > 0 (the seed uses 1e-3)")
+        if self.mode not in ("per_step", "episodic"):
+            raise ValueError(f"mode={self.mode!r} must be 'per_step' (the seed's) or 'episodic'")
+        if not 0 <= self.discount <= 1:
+            raise ValueError(f"discount={self.discount} must be in [0, 1]")
+        if self.baseline not in ("none", "moving_average"):
+            raise ValueError(f"baseline={self.baseline!r} must be 'none' or 'moving_average'")
+        if self.baseline == "moving_average" and self.mode != "episodic":
+            raise ValueError("baseline='moving_average' needs mode='episodic' (the seed's per-step update has none)")
+        if not 0 <= self.baseline_momentum < 1:
+            raise ValueError(f"baseline_momentum={self.baseline_momentum} must be in [0, 1)")
 
 
 class ReinforceAgent:
@@ -63,6 +94,8 @@ class ReinforceAgent:
         self.policy = MLPPolicy(observation_space.shape[0], int(action_space.n), config.hidden)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self._episode: list[tuple[np.ndarray, int, float, np.ndarray | None]] = []
+        self.baseline_value: float | None = None
 
     def act(self, obs: np.ndarray, mask: np.ndarray | None = None, greedy: bool = False) -> tuple[int, float]:
         """Sample an action a ~ π(·|obs) (or the argmax when ``greedy``).
@@ -100,12 +133,53 @@ class ReinforceAgent:
         self.optimizer.step()
         return float(loss.detach())
 
+    def observe(self, obs: np.ndarray, action: int, reward: float, mask: np.ndarray | None = None) -> float | None:
+        """Call after every env step. Per-step mode: the seed's update now (returns the loss).
+        Episodic mode: remembers the step for ``end_episode`` (returns None)."""
+        if self.config.mode == "per_step":
+            return self.update(obs, action, reward, mask)
+        if not np.isfinite(reward):
+            raise ValueError(f"reward={reward!r} is not finite")
+        self._episode.append((np.asarray(obs, dtype=np.float32).copy(), int(action), float(reward),
+                              None if mask is None else np.asarray(mask).copy()))
+        return None
+
+    def end_episode(self) -> float | None:
+        """Call at the end of every episode. Episodic mode: one update on the discounted
+        returns minus the baseline (returns the loss); per-step mode: nothing."""
+        if self.config.mode == "per_step" or not self._episode:
+            self._episode.clear()
+            return None
+        rewards = [r for _, _, r, _ in self._episode]
+        returns = np.zeros(len(rewards), dtype=np.float64)
+        running = 0.0
+        for t in reversed(range(len(rewards))):
+            running = rewards[t] + self.config.discount * running
+            returns[t] = running
+        b = 0.0
+        if self.config.baseline == "moving_average":
+            b = self.baseline_value if self.baseline_value is not None else 0.0
+            mean = float(returns.mean())
+            m = self.config.baseline_momentum
+            self.baseline_value = mean if self.baseline_value is None else m * self.baseline_value + (1 - m) * mean
+        loss = torch.zeros(())
+        for (obs, action, _, mask), g in zip(self._episode, returns):
+            dist = self.policy.distribution(self._obs(obs), self._mask(mask))
+            loss = loss - dist.log_prob(torch.tensor(action)) * float(g - b)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self._episode.clear()
+        return float(loss.detach())
+
     def state_dict(self) -> dict:
-        """Policy, optimizer and sampler state, for checkpoints and resume."""
+        """Policy, optimizer, sampler and baseline state, for checkpoints and resume."""
         return {
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "baseline_value": self.baseline_value,
+            "episode": list(self._episode),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -113,6 +187,8 @@ class ReinforceAgent:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        self.baseline_value = state.get("baseline_value")
+        self._episode = list(state.get("episode", []))
 
     @staticmethod
     def _obs(obs: np.ndarray) -> torch.Tensor:

@@ -87,6 +87,7 @@ class CandidateResult:
         source: ``measured`` (or ``simulated`` for a simulator device).
         latency_cache_hit: latency came from the store, nothing was compiled or measured.
         artifact_sha256: sha256 of the compiled library (None on a cache hit or failure).
+        artifact_path: the compiled artifact directory (None on a cache hit or failure).
         error_kind, error_message: set when the candidate failed.
     """
 
@@ -100,6 +101,7 @@ class CandidateResult:
     source: str = "measured"
     latency_cache_hit: bool = False
     artifact_sha256: str | None = None
+    artifact_path: str | None = None
     error_kind: str | None = None
     error_message: str | None = None
 
@@ -252,5 +254,5 @@ class CandidateEvaluator:
         )
         return CandidateResult(
             spec, top1, macs, params, st.p50_ms, tuple(m.latency_ms), measurement_id=mid, source=m.source,
-            artifact_sha256=artifact.library_sha256,
+            artifact_sha256=artifact.library_sha256, artifact_path=str(artifact.path),
         )

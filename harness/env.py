@@ -170,10 +170,27 @@ class PruningEnv(gym.Env):
                     self.current = result
                     self.current_terms = self._terms(result)
                     reward = self.current_terms.reward
-                    terminated = self._target_met(result) or not self._any_possible()
+                    terminated = self.target_met(result) or not self._any_possible()
                     event = "pruned"
         truncated = (not terminated) and self.steps >= self.config.max_steps
         return self._obs(), float(reward), bool(terminated), bool(truncated), self._info(result, event)
+
+    def restore(self, kept: tuple[int, ...], steps: int, current: Any) -> tuple[np.ndarray, dict]:
+        """Put the env back into a checkpointed mid-episode state (for ``--resume``).
+
+        Args:
+            kept: kept channels per group.
+            steps: steps already taken in this episode.
+            current: the evaluated candidate of ``kept`` (the baseline when unpruned).
+
+        Returns:
+            (observation, info) as ``reset`` would give them for that state.
+        """
+        self.kept = np.array(kept, dtype=np.int64)
+        self.steps = int(steps)
+        self.current = current
+        self.current_terms = None if current is self.baseline else self._terms(current)
+        return self._obs(), self._info(None, None)
 
     # -- helpers --------------------------------------------------------------
     def _reset_state(self) -> None:
@@ -214,7 +231,8 @@ class PruningEnv(gym.Env):
             return result.macs / self.baseline.macs
         return result.latency_p50_ms / self.baseline.latency_p50_ms
 
-    def _target_met(self, result: Any) -> bool:
+    def target_met(self, result: Any) -> bool:
+        """True when ``result`` reaches the target ratio of the target metric."""
         return self._ratio(result) <= self.config.latency_target
 
     def _obs(self) -> np.ndarray:

@@ -8,12 +8,24 @@ DESIGN.md §1–§6. One run:
 2. find the prunable groups; evaluate the unpruned model (accuracy, MACs,
    compile + tune for the target, measure on the device) — the reference of
    every ΔP, ΔC, ΔH;
-3. for each episode, reset the env and let REINFORCE pick actions, updating
-   after every step (seed §3.2); every candidate goes to the results store;
+3. for each episode, reset the env and let REINFORCE pick actions (per-step
+   update by default, seed §3.2); every candidate goes to the results store
+   and a checkpoint is written after every step;
 4. pick the best candidate that met the target (else the best reward),
-   optionally fine-tune it, measure it again afresh, and write ``summary.json``.
+   fine-tune it, measure it and the unpruned model again afresh, and write
+   ``summary.json``, ``pareto.csv``, ``pareto.png`` and the best model (ONNX,
+   TVM artifact, state dict with its spec).
 
-Every random source is seeded from ``SearchConfig.seed``.
+A run lives in ``OUT/RUN_ID/``. A killed run loses nothing measured (rows are
+committed per step) and ``resume_search(RUN_ID)`` continues after its last
+completed step; with latencies from the store's cache it makes the same
+choices as an uninterrupted run. Every random source is seeded from
+``SearchConfig.seed``.
+
+Overlap of compile and measure: in this per-step MDP the next candidate
+depends on the reward of the current one, so one env cannot compile the next
+candidate while the device measures the current; the device API has
+``submit`` futures for callers that can (several envs, benchmarks).
 """
 
 from __future__ import annotations
@@ -24,10 +36,13 @@ import logging
 import os
 import platform
 import random
+import shutil
 import time
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,17 +52,23 @@ from devices.base import MeasureConfig, make_device
 from harness.candidate import CandidateEvaluator, CandidateResult, StageTimer
 from harness.data import load_dataset
 from harness.env import EnvConfig, PruningEnv
+from harness.export import export_onnx
 from harness.models import build_model
-from harness.pruning import ArchSpec, find_groups, full_spec
+from harness.pruning import ArchSpec, find_groups, full_spec, rebuild
 from harness.reward import RewardWeights
 from harness.store import ResultsStore
 from harness.targets import resolve_target
 from harness.train import evaluate, finetune, load_or_train_baseline
 from harness.tuning import TuningConfig
 
-__all__ = ["SearchConfig", "run_search", "default_cache_dir"]
+__all__ = [
+    "SearchConfig", "run_search", "resume_search", "default_cache_dir", "load_config_file",
+    "load_best_model", "pareto_front",
+]
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
 
 
 def default_cache_dir() -> Path:
@@ -57,22 +78,29 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class SearchConfig:
-    """Every option of a search; the CLI flags map one to one.
+    """Every option of a search; the CLI flags and the TOML config file map one to one.
 
     Attributes:
         model: zoo model name.
         dataset: dataset name (``fashion-mnist``).
         device: device name (``local``).
         target: target preset or TVM JSON target.
+        backend: ``tvm`` (the compiled artifact) or ``onnxruntime`` (the ONNX file, labelled).
         episodes: number of episodes (≥ 1).
         max_steps: step limit per episode (≥ 2).
-        latency_target: stop an episode once p50 ≤ this × the unpruned p50.
+        latency_target: an episode ends once the target metric ≤ this × the unpruned value.
+        target_metric: ``latency`` (measured p50) or ``macs``.
         alpha, beta, gamma: reward weights (seed §3.1).
         seed: seeds data splits, training, policy and sampling.
         tune_trials: MetaSchedule trials per task (0 = untuned, labelled so).
         train_epochs: epochs of the baseline (cached by model, dataset, seed, epochs).
         finetune_epochs: epochs of fine-tuning for the best candidate (0 = none).
         step_fraction: share of a group's original filters one action removes.
+        round_to: kept widths stay on multiples of this (1 = off).
+        importance: group magnitude criterion (``l1``).
+        reinforce: ``per_step`` (the seed's update) or ``episodic`` (discounted returns).
+        discount: γ of the episodic return.
+        baseline: ``none`` or ``moving_average`` (episodic only).
         eval_samples: validation images per candidate (0 = the whole validation split).
         subset: cap on each data split (tests; None = full data).
         repeat: timed blocks per measurement.
@@ -86,9 +114,11 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     device: str = "local"
     target: str = "host"
+    backend: str = "tvm"
     episodes: int = 3
     max_steps: int = 4
     latency_target: float = 0.8
+    target_metric: str = "latency"
     alpha: float = 2.0
     beta: float = 0.5
     gamma: float = 1.0
@@ -97,6 +127,11 @@ class SearchConfig:
     train_epochs: int = 4
     finetune_epochs: int = 1
     step_fraction: float = 0.25
+    round_to: int = 1
+    importance: str = "l1"
+    reinforce: str = "per_step"
+    discount: float = 0.99
+    baseline: str = "none"
     eval_samples: int = 2000
     subset: int | None = None
     repeat: int = 30
@@ -106,20 +141,64 @@ class SearchConfig:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "max_steps", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples", "repeat"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("episodes", "max_steps", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples",
+                     "repeat", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.episodes < 1:
-            raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
-        if self.max_steps < 2:
-            raise ValueError(f"--max-steps must be >= 2, got {self.max_steps}")
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.repeat < 1:
-            raise ValueError(f"--repeat must be >= 1, got {self.repeat}")
+            raise ValueError(f"repeat must be >= 1, got {self.repeat}")
         if self.subset is not None and self.subset < 1:
-            raise ValueError(f"--subset must be >= 1, got {self.subset}")
-        # the value objects below validate the rest with their own field names
+            raise ValueError(f"subset must be >= 1, got {self.subset}")
+        if self.backend not in ("tvm", "onnxruntime"):
+            raise ValueError(f"backend={self.backend!r} must be 'tvm' or 'onnxruntime'")
+        # the value objects validate the rest with their own field names
         RewardWeights(self.alpha, self.beta, self.gamma)
-        EnvConfig(step_fraction=self.step_fraction, max_steps=self.max_steps, latency_target=self.latency_target)
+        EnvConfig(step_fraction=self.step_fraction, max_steps=self.max_steps, latency_target=self.latency_target,
+                  target_metric=self.target_metric, round_to=self.round_to)
+        ReinforceConfig(mode=self.reinforce, discount=self.discount, baseline=self.baseline)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> SearchConfig:
+        """Build from a dict (a TOML file, a saved ``config.json``); unknown keys are an error.
+
+        Keys may use ``-`` or ``_`` (``tune-trials`` = ``tune_trials``).
+
+        Raises:
+            ValueError: an unknown key (listing the valid ones) or a bad value.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        clean = {}
+        for key, value in values.items():
+            k = key.replace("-", "_")
+            if k not in names:
+                raise ValueError(f"{source}: unknown search option {key!r}; valid options: {', '.join(sorted(names))}")
+            clean[k] = value
+        try:
+            return cls(**clean)
+        except TypeError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+
+def load_config_file(path: Path | str) -> dict[str, Any]:
+    """Read a TOML search config: top-level keys or a ``[search]`` table, named like the CLI flags.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid TOML (with the line), or unknown keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; pass an existing TOML file to --config")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    data = data.get("search", data)
+    SearchConfig.from_dict(data, source=str(path))  # validate names and values early
+    return data
 
 
 def _seed_everything(seed: int) -> None:
@@ -128,7 +207,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _row(result: CandidateResult, *, episode: int, step: int, action: int | None, reward: float, terms, device: str, target: str) -> dict:
+def _row(result: CandidateResult, *, episode: int, step: int, action: int | None, reward: float, terms,
+         device: str, target: str) -> dict:
     return dict(
         episode=episode, step=step, action=action, arch_signature=result.spec.signature(),
         spec_json=json.dumps(list(result.spec.channels)), top1=result.top1, macs=result.macs, params=result.params,
@@ -153,167 +233,391 @@ def _public(result: CandidateResult, test_top1: float | None = None) -> dict:
     }
 
 
-def run_search(config: SearchConfig, *, progress: bool = True) -> dict:
-    """Run one search end to end and return its summary (also written to ``summary.json``).
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
-    Returns:
-        A dict with at least ``run_id``, ``run_dir``, ``candidates`` (number
-        evaluated), ``baseline`` and ``best`` (each with ``top1`` — test
-        top-1 —, ``macs``, ``params``, ``latency_p50_ms``; ``best`` also with
-        ``speedup`` = baseline p50 / best p50, and ``spec``), ``stage_seconds``
-        and ``wall_s``.
 
-    Raises:
-        ValueError: bad configuration (unknown model, dataset, device or target).
-        harness.data.DatasetError: the dataset is missing or damaged.
-        devices errors are *values* inside the loop; a failed baseline raises
-        RuntimeError since nothing can be compared with it.
-    """
-    t_start = time.perf_counter()
-    _seed_everything(config.seed)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    target = resolve_target(config.target)
-    build_model(config.model)  # unknown model: clear error before any work
-    device = make_device(config.device)
-    data_root = Path(config.data_root) if config.data_root else None
-    try:
-        splits = load_dataset(config.dataset, root=data_root, seed=config.seed, subset=config.subset)
-    except BaseException:
-        device.close()
-        raise
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_id = f"{config.model}-{config.device.replace(':', '_')}-s{config.seed}-{stamp}"
-    run_dir = Path(config.out) / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    cfg = dataclasses.asdict(config)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    store = ResultsStore(config.db)
-    store.create_run(run_id, model=config.model, dataset=config.dataset, device=config.device,
-                     target=target.name, seed=config.seed, config=cfg)
-    timer = StageTimer()
-    status = "failed"
-    try:
-        with timer.time("train"):
-            base_model, base_info = load_or_train_baseline(
-                config.model, config.dataset, seed=config.seed, epochs=config.train_epochs,
-                cache_dir=cache_dir, data_root=data_root,
-                progress=progress, splits=splits,
+class _Run:
+    """Everything one run holds while it goes (built fresh on start and on resume)."""
+
+    def __init__(self, config: SearchConfig, run_id: str, run_dir: Path, store: ResultsStore, *, progress: bool,
+                 interrupt_after_steps: int | None) -> None:
+        self.config, self.run_id, self.run_dir, self.store = config, run_id, run_dir, store
+        self.progress = progress
+        self.interrupt_after_steps = interrupt_after_steps
+        self.timer = StageTimer()
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        self.target = resolve_target(config.target)
+        build_model(config.model)  # unknown model: clear error before any work
+        data_root = Path(config.data_root) if config.data_root else None
+        self.splits = load_dataset(config.dataset, root=data_root, seed=config.seed, subset=config.subset)
+        self.device = make_device(config.device)
+        self.data_root = data_root
+
+    def close(self) -> None:
+        self.device.close()
+
+    def setup(self) -> None:
+        """Baseline (trained or cached), groups, evaluator, unpruned reference, env and agent."""
+        c = self.config
+        with self.timer.time("train"):
+            self.base_model, base_info = load_or_train_baseline(
+                c.model, c.dataset, seed=c.seed, epochs=c.train_epochs, cache_dir=self.cache_dir,
+                data_root=self.data_root, progress=self.progress, splits=self.splits,
             )
-        input_shape = (1, *splits.input_shape)
-        groups = find_groups(base_model, torch.zeros(input_shape))
-        evaluator = CandidateEvaluator(
-            model_name=config.model, base_model=base_model, groups=groups, input_shape=input_shape,
-            val_data=splits.val, device=device, target=target,
-            tuning=TuningConfig(trials_per_task=config.tune_trials),
-            measure=MeasureConfig(number=0, repeat=config.repeat, min_repeat_ms=20.0), cache_dir=cache_dir, work_dir=run_dir,
-            store=store, eval_samples=config.eval_samples or None, timer=timer,
+        self.base_info = base_info if isinstance(base_info, dict) else dataclasses.asdict(base_info)
+        self.input_shape = (1, *self.splits.input_shape)
+        self.groups = find_groups(self.base_model, torch.zeros(self.input_shape))
+        self.evaluator = CandidateEvaluator(
+            model_name=c.model, base_model=self.base_model, groups=self.groups, input_shape=self.input_shape,
+            val_data=self.splits.val, device=self.device, target=self.target,
+            tuning=TuningConfig(trials_per_task=c.tune_trials),
+            measure=MeasureConfig(backend=c.backend, number=0, repeat=c.repeat, min_repeat_ms=20.0),
+            cache_dir=self.cache_dir, work_dir=self.run_dir, store=self.store,
+            eval_samples=c.eval_samples or None, importance=c.importance, timer=self.timer,
         )
-        base_spec = full_spec(groups)
-        baseline = evaluator.evaluate(base_spec)
-        if not baseline.ok:
-            raise RuntimeError(f"the unpruned {config.model} could not be measured: {baseline.error_kind}: {baseline.error_message}")
-        store.add_candidate(run_id, _row(baseline, episode=-1, step=0, action=None, reward=0.0, terms=None,
-                                         device=config.device, target=target.name))
-        weights = RewardWeights(config.alpha, config.beta, config.gamma)
-        env = PruningEnv(evaluator, groups, baseline, EnvConfig(
-            step_fraction=config.step_fraction, max_steps=config.max_steps,
-            latency_target=config.latency_target, weights=weights))
-        agent = ReinforceAgent(env.observation_space, env.action_space, ReinforceConfig(seed=config.seed))
-        best = _loop(config, env, agent, store, run_id, target.name, timer, progress)
+        self.base_spec = full_spec(self.groups)
+        self.baseline = self.evaluator.evaluate(self.base_spec)
+        if not self.baseline.ok:
+            raise RuntimeError(f"the unpruned {c.model} could not be measured: "
+                               f"{self.baseline.error_kind}: {self.baseline.error_message}")
+        self.env = PruningEnv(self.evaluator, self.groups, self.baseline, EnvConfig(
+            step_fraction=c.step_fraction, max_steps=c.max_steps, latency_target=c.latency_target,
+            target_metric=c.target_metric, round_to=c.round_to,
+            weights=RewardWeights(c.alpha, c.beta, c.gamma)))
+        self.agent = ReinforceAgent(self.env.observation_space, self.env.action_space, ReinforceConfig(
+            seed=c.seed, mode=c.reinforce, discount=c.discount, baseline=c.baseline))
 
-        report = _finish(config, evaluator, splits, base_model, baseline, best, run_dir, timer)
-        summary = {
-            "run_id": run_id,
-            "run_dir": str(run_dir),
-            "candidates": len(store.candidates(run_id)) - 1,
-            "evaluator": evaluator.stats,
-            **report,
-            "device": config.device,
-            "target": target.name,
-            "target_dict": target.target,
-            "tuning": {"trials_per_task": config.tune_trials, "tuned": config.tune_trials > 0},
-            "baseline_train": base_info if isinstance(base_info, dict) else dataclasses.asdict(base_info),
-            "stage_seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
+    # -- the loop ---------------------------------------------------------------
+    def loop(self, ckpt: dict | None) -> None:
+        """Episodes × steps; a checkpoint after every step; resumes from ``ckpt`` if given."""
+        from tqdm import tqdm
+
+        c, env, agent = self.config, self.env, self.agent
+        self.best_spec: ArchSpec | None = None
+        self.best_key: tuple | None = None
+        start_episode, start_step, obs, info = 0, 0, None, None
+        if ckpt is not None:
+            agent.load_state_dict(ckpt["agent"])
+            self.timer.seconds.update(ckpt["timer"])
+            if ckpt["best_spec"] is not None:
+                self.best_spec, self.best_key = ArchSpec(tuple(ckpt["best_spec"])), tuple(ckpt["best_key"])
+            start_episode, start_step = ckpt["episode"], ckpt["step"]
+            if ckpt["episode_done"] and start_episode + 1 >= c.episodes:
+                return  # killed after the last step, before the end: only finish() is left
+            if ckpt["episode_done"]:
+                start_episode, start_step = start_episode + 1, 0
+            else:
+                current = (self.baseline if ckpt["current_spec"] is None
+                           else self.evaluator.evaluate(ArchSpec(tuple(ckpt["current_spec"]))))
+                obs, info = env.restore(tuple(ckpt["kept"]), ckpt["env_steps"], current)
+        total = c.episodes * c.max_steps
+        done_before = min(total, start_episode * c.max_steps + start_step)
+        bar = tqdm(total=total, initial=done_before, disable=not self.progress, desc="search", unit="step")
+        steps_this_call = 0
+        try:
+            for episode in range(start_episode, c.episodes):
+                first = start_step if episode == start_episode else 0
+                if first == 0:
+                    obs, info = env.reset(seed=c.seed + episode)
+                for step in range(first + 1, c.max_steps + 1):
+                    t0 = time.perf_counter()
+                    mask = info["action_mask"]
+                    action, _ = agent.act(obs, mask)
+                    self.timer.add("agent", time.perf_counter() - t0)
+                    next_obs, reward, terminated, truncated, info = env.step(action)
+                    t0 = time.perf_counter()
+                    agent.observe(obs, action, reward, mask)
+                    episode_done = terminated or truncated or step == c.max_steps
+                    if episode_done:
+                        agent.end_episode()
+                    self.timer.add("agent", time.perf_counter() - t0)
+                    cand = info["candidate"] if info["candidate"] is not None else env.current
+                    failed = info["event"] == "failed"
+                    self.store.add_candidate(self.run_id, _row(
+                        cand, episode=episode, step=step, action=action, reward=reward,
+                        terms=None if failed else info["reward_terms"], device=c.device, target=self.target.name))
+                    if cand.ok and not failed and cand is not self.baseline:
+                        met = env.target_met(cand)
+                        key = (met, reward)
+                        if self.best_key is None or key > self.best_key:
+                            self.best_spec, self.best_key = cand.spec, key
+                    obs = next_obs
+                    self._checkpoint(episode, step, episode_done)
+                    bar.update(1)
+                    self._postfix(bar, episode)
+                    steps_this_call += 1
+                    if self.interrupt_after_steps is not None and steps_this_call >= self.interrupt_after_steps:
+                        raise KeyboardInterrupt("interrupt_after_steps reached")
+                    if episode_done:
+                        bar.update(c.max_steps - step)
+                        break
+        finally:
+            bar.close()
+
+    def _postfix(self, bar, episode: int) -> None:
+        if not self.progress:
+            return
+        best = self.evaluator.evaluate(self.best_spec) if self.best_spec is not None else None
+        bar.set_postfix(ep=episode, best_r=f"{self.best_key[1]:.3f}" if self.best_key else "-",
+                        best_lat=f"{best.latency_p50_ms / self.baseline.latency_p50_ms:.2f}" if best else "-",
+                        best_top1=f"{best.top1:.3f}" if best else "-")
+
+    def _checkpoint(self, episode: int, step: int, episode_done: bool) -> None:
+        env = self.env
+        _atomic_torch_save({
+            "format_version": 1, "episode": episode, "step": step, "episode_done": episode_done,
+            "kept": [int(k) for k in env.kept], "env_steps": env.steps,
+            "current_spec": None if env.current is self.baseline else list(env.current.spec.channels),
+            "agent": self.agent.state_dict(), "timer": dict(self.timer.seconds),
+            "best_spec": list(self.best_spec.channels) if self.best_spec is not None else None,
+            "best_key": list(self.best_key) if self.best_key is not None else None,
+        }, self.run_dir / CHECKPOINT)
+
+    # -- the end ----------------------------------------------------------------
+    def finish(self, t_start: float) -> dict:
+        """Fine-tune and re-measure the best, write the run directory's files; returns the summary."""
+        c, ev = self.config, self.evaluator
+        base_test = evaluate(self.base_model, self.splits.test)
+        base_fresh = ev.evaluate(self.base_spec, fresh=True, model=self.base_model)
+        base_lat = base_fresh.latency_p50_ms if base_fresh.ok else self.baseline.latency_p50_ms
+        baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
+                    "latency_p50_ms_search": self.baseline.latency_p50_ms}
+        best_out = None
+        if self.best_spec is not None:
+            best = ev.evaluate(self.best_spec)
+            model = ev.prune(self.best_spec)
+            test_before = evaluate(model, self.splits.test)
+            if c.finetune_epochs > 0:
+                with self.timer.time("finetune"):
+                    finetune(model, self.splits, epochs=c.finetune_epochs, seed=c.seed)
+            test_after = evaluate(model, self.splits.test)
+            final = ev.evaluate(self.best_spec, fresh=True, model=model)
+            lat = final.latency_p50_ms if final.ok else best.latency_p50_ms
+            self._save_best(model, final)
+            best_out = {
+                **_public(final if final.ok else best, test_after),
+                "latency_p50_ms": lat,
+                "val_top1_search": best.top1,
+                "top1_before_finetune": test_before,
+                "latency_p50_ms_search": best.latency_p50_ms,
+                "speedup": base_lat / lat if lat else None,
+                "top1_drop": base_test - test_after,
+                "macs_ratio": best.macs / self.baseline.macs,
+                "finetune_epochs": c.finetune_epochs,
+                "met_target": bool(self.best_key[0]),
+                "reward": self.best_key[1],
+            }
+        front = pareto_front(self.store.candidates(self.run_id))
+        _write_pareto(front, self.store.candidates(self.run_id), self.run_dir, base_lat)
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "candidates": sum(1 for r in self.store.candidates(self.run_id) if r["episode"] >= 0),
+            "evaluator": ev.stats,
+            "baseline": baseline,
+            "best": best_out,
+            "pareto_size": len(front),
+            "device": c.device,
+            "target": self.target.name,
+            "target_dict": self.target.target,
+            "backend": c.backend,
+            "tuning": {"trials_per_task": c.tune_trials, "tuned": c.tune_trials > 0},
+            "baseline_train": {k: v for k, v in self.base_info.items() if k != "history"},
+            "stage_seconds": {k: round(v, 3) for k, v in self.timer.seconds.items()},
             "wall_s": round(time.perf_counter() - t_start, 3),
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
         }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+    def _save_best(self, model: torch.nn.Module, final: CandidateResult) -> None:
+        spec = list(final.spec.channels)
+        torch.save({"format_version": 1, "model": self.config.model, "spec": spec,
+                    "num_classes": self.splits.num_classes, "input_shape": list(self.input_shape),
+                    "state_dict": model.state_dict()}, self.run_dir / "best_model.pt")
+        (self.run_dir / "best_spec.json").write_text(json.dumps(
+            {"model": self.config.model, "spec": spec, "arch_signature": final.spec.signature()}, indent=2))
+        export_onnx(model, self.input_shape, self.run_dir / "best_model.onnx")
+        if final.artifact_path:
+            dest = self.run_dir / "best_artifact"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(final.artifact_path, dest)
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Non-dominated candidates: no other has top-1 ≥ and latency ≤ with one strictly better.
+
+    Args:
+        rows: candidate rows (``top1`` = validation top-1, ``latency_p50_ms``); rows
+            without both are ignored; duplicates of one architecture count once.
+
+    Returns:
+        The front sorted by latency, ascending.
+    """
+    seen: dict[str, dict] = {}
+    for r in rows:
+        if r.get("top1") is not None and r.get("latency_p50_ms") is not None and not r.get("error_kind"):
+            seen.setdefault(r["arch_signature"], r)
+    pts = list(seen.values())
+    front = [p for p in pts if not any(
+        (q["top1"] >= p["top1"] and q["latency_p50_ms"] <= p["latency_p50_ms"])
+        and (q["top1"] > p["top1"] or q["latency_p50_ms"] < p["latency_p50_ms"]) for q in pts)]
+    return sorted(front, key=lambda r: r["latency_p50_ms"])
+
+
+def _write_pareto(front: list[dict], rows: list[dict], run_dir: Path, base_lat: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    cols = ["arch_signature", "spec_json", "top1", "latency_p50_ms", "macs", "params", "episode", "step", "source"]
+    df = pd.DataFrame(front, columns=cols).rename(columns={"top1": "val_top1", "spec_json": "spec"})
+    df.to_csv(run_dir / "pareto.csv", index=False)
+    ok = [r for r in rows if r.get("top1") is not None and r.get("latency_p50_ms") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.scatter([r["latency_p50_ms"] for r in ok], [r["top1"] for r in ok], s=14, c="0.6", label="candidates")
+    ax.plot(df["latency_p50_ms"], df["val_top1"], "o-", c="tab:red", label="Pareto front")
+    ax.axvline(base_lat, ls="--", c="tab:blue", lw=1, label="unpruned p50")
+    ax.set_xlabel("measured latency p50 (ms)")
+    ax.set_ylabel("validation top-1")
+    ax.set_title(run_dir.name, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "pareto.png")
+    plt.close(fig)
+
+
+def load_best_model(run_dir: Path | str) -> tuple[torch.nn.Module, ArchSpec]:
+    """Rebuild a run's best model from its spec alone and load its fine-tuned weights.
+
+    Raises:
+        FileNotFoundError: the run has no ``best_model.pt`` (it found no candidate).
+    """
+    path = Path(run_dir) / "best_model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run saved no best model")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    spec = ArchSpec(tuple(saved["spec"]))
+    shape = saved["input_shape"]
+    model = rebuild(saved["model"], spec, num_classes=saved["num_classes"], in_channels=shape[1],
+                    input_shape=tuple(shape[1:]))
+    model.load_state_dict(saved["state_dict"], strict=True)
+    return model.eval(), spec
+
+
+def _execute(run: _Run, ckpt: dict | None, t_start: float) -> dict:
+    status = "failed"
+    try:
+        run.setup()
+        if ckpt is None:
+            run.store.add_candidate(run.run_id, _row(run.baseline, episode=-1, step=0, action=None, reward=0.0,
+                                                     terms=None, device=run.config.device, target=run.target.name))
+        run.loop(ckpt)
+        summary = run.finish(t_start)
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
         status = "finished"
         return summary
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        store.finish_run(run_id, status, None if status != "finished" else json.loads((run_dir / "summary.json").read_text()))
-        store.close()
-        device.close()
+        run.store.finish_run(run.run_id, status, None if status != "finished"
+                             else json.loads((run.run_dir / "summary.json").read_text()))
+        run.store.close()
+        run.close()
 
 
-def _loop(config, env, agent, store, run_id, target_name, timer, progress) -> CandidateResult | None:
-    """Episodes × steps of per-step REINFORCE; returns the best candidate (see ``_better``)."""
-    from tqdm import tqdm
+def run_search(config: SearchConfig, *, progress: bool = True, interrupt_after_steps: int | None = None) -> dict:
+    """Run one search end to end and return its summary (also written to ``summary.json``).
 
-    best: CandidateResult | None = None
-    best_key: tuple | None = None
-    total = config.episodes * config.max_steps
-    bar = tqdm(total=total, disable=not progress, desc="search", unit="step")
+    Args:
+        config: every option.
+        progress: show a tqdm bar (episode, step, best reward, best latency ratio and its top-1).
+        interrupt_after_steps: test hook — raise KeyboardInterrupt after this many steps,
+            as Ctrl-C would.
+
+    Returns:
+        A dict with at least ``run_id``, ``run_dir``, ``candidates`` (steps
+        evaluated), ``baseline`` and ``best`` (each with ``top1`` — test
+        top-1 —, ``macs``, ``params``, ``latency_p50_ms`` measured afresh at
+        the end; ``best`` also with ``speedup`` = baseline p50 / best p50 and
+        ``spec``), ``stage_seconds`` and ``wall_s``.
+
+    Raises:
+        ValueError: bad configuration (unknown model, dataset, device or target).
+        harness.data.DatasetError: the dataset is missing or damaged.
+        RuntimeError: the unpruned model could not be measured (nothing to compare with).
+        KeyboardInterrupt: Ctrl-C; the run is marked ``interrupted`` and can be resumed.
+    """
+    t_start = time.perf_counter()
+    _seed_everything(config.seed)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id = f"{config.model}-{config.device.replace(':', '_')}-s{config.seed}-{stamp}"
+    store = ResultsStore(config.db)
     try:
-        for episode in range(config.episodes):
-            obs, info = env.reset(seed=config.seed + episode)
-            for step in range(1, config.max_steps + 1):
-                t0 = time.perf_counter()
-                mask = info["action_mask"]
-                action, _ = agent.act(obs, mask)
-                timer.add("agent", time.perf_counter() - t0)
-                next_obs, reward, terminated, truncated, info = env.step(action)
-                t0 = time.perf_counter()
-                agent.update(obs, action, reward, mask)
-                timer.add("agent", time.perf_counter() - t0)
-                cand = info["candidate"]
-                if cand is None:  # stop or impossible: the state itself is the candidate of this step
-                    cand = env.current
-                store.add_candidate(run_id, _row(cand, episode=episode, step=step, action=action, reward=reward,
-                                                 terms=info["reward_terms"] if info["event"] != "failed" else None,
-                                                 device=config.device, target=target_name))
-                if cand.ok and info["event"] in ("pruned", "stop") and cand is not env.baseline:
-                    met = cand.latency_p50_ms <= config.latency_target * env.baseline.latency_p50_ms
-                    key = (met, reward)
-                    if best_key is None or key > best_key:
-                        best, best_key = cand, key
-                bar.update(1)
-                bar.set_postfix(ep=episode, best_r=f"{best_key[1]:.3f}" if best_key else "-",
-                                lat=f"{info['latency_ratio']:.2f}", top1=f"{info['top1']:.3f}")
-                obs = next_obs
-                if terminated or truncated:
-                    bar.update(config.max_steps - step)
-                    break
-    finally:
-        bar.close()
-    return best
+        run_dir = Path(config.out) / run_id
+        run = _Run(config, run_id, run_dir, store, progress=progress, interrupt_after_steps=interrupt_after_steps)
+    except BaseException:
+        store.close()
+        raise
+    suffix = 1
+    while run_dir.exists() or store.get_run(run.run_id) is not None:  # two runs in one second
+        suffix += 1
+        run.run_id = f"{run_id}-{suffix}"
+        run_dir = run.run_dir = Path(config.out) / run.run_id
+    run_dir.mkdir(parents=True)
+    cfg = dataclasses.asdict(config)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    store.create_run(run.run_id, model=config.model, dataset=config.dataset, device=config.device,
+                     target=run.target.name, seed=config.seed, config=cfg)
+    return _execute(run, None, t_start)
 
 
-def _finish(config, evaluator, splits, base_model, baseline, best, run_dir, timer) -> dict:
-    """Test top-1 before/after, optional fine-tune of the best, a fresh measurement."""
-    base_test = evaluate(base_model, splits.test)
-    out = {"baseline": {**_public(baseline, base_test)}, "best": None}
-    if best is None:
-        return out
-    model = evaluator.prune(best.spec)
-    test_before_ft = evaluate(model, splits.test)
-    if config.finetune_epochs > 0:
-        with timer.time("finetune"):
-            finetune(model, splits, epochs=config.finetune_epochs, seed=config.seed)
-    test_after = evaluate(model, splits.test)
-    final = evaluator.evaluate(best.spec, fresh=True, model=model)
-    torch.save({"spec": list(best.spec.channels), "model": config.model, "state_dict": model.state_dict()},
-               run_dir / "best_model.pt")
-    lat = final.latency_p50_ms if final.ok else best.latency_p50_ms
-    out["best"] = {
-        **_public(final if final.ok else best, test_after),
-        "top1_before_finetune": test_before_ft,
-        "latency_p50_ms_search": best.latency_p50_ms,
-        "speedup": baseline.latency_p50_ms / lat if lat else None,
-        "top1_drop": base_test - test_after,
-        "finetune_epochs": config.finetune_epochs,
-    }
-    return out
+def resume_search(run_id: str, *, out: str | None = None, db: str | None = None, progress: bool = True,
+                  interrupt_after_steps: int | None = None) -> dict:
+    """Continue run ``run_id`` from its last completed step (see the module doc).
+
+    Args:
+        run_id: the run to continue; its directory is ``out/run_id``.
+        out, db: where the run directory and the store are (default: the run's own config).
+
+    Raises:
+        FileNotFoundError: no such run directory or no config in it.
+        ValueError: the run finished already.
+    """
+    t_start = time.perf_counter()
+    base_out = out or SearchConfig().out
+    run_dir = Path(base_out) / run_id
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no run {run_id!r} under {base_out} ({cfg_path} missing); pass --out of that run")
+    values = json.loads(cfg_path.read_text())
+    if db is not None:
+        values["db"] = db
+    values["out"] = base_out
+    config = SearchConfig.from_dict(values, source=str(cfg_path))
+    store = ResultsStore(config.db)
+    row = store.get_run(run_id)
+    if row is None:
+        store.close()
+        raise ValueError(f"run {run_id!r} is not in the results store {config.db}; pass the --db it used")
+    if row["status"] == "finished":
+        store.close()
+        raise ValueError(f"run {run_id!r} finished already; its summary is {run_dir / 'summary.json'}")
+    _seed_everything(config.seed)
+    ckpt_path = run_dir / CHECKPOINT
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
+    if ckpt is not None:
+        store.delete_candidates_after(run_id, ckpt["episode"], ckpt["step"])
+    else:
+        store.delete_candidates_after(run_id, -2, 0)  # nothing was checkpointed: start over
+    store.set_run_status(run_id, "running")
+    try:
+        run = _Run(config, run_id, run_dir, store, progress=progress, interrupt_after_steps=interrupt_after_steps)
+    except BaseException:
+        store.close()
+        raise
+    return _execute(run, ckpt, t_start)

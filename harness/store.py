@@ -269,6 +269,21 @@ class ResultsStore:
             )
             return int(cur.lastrowid)
 
+    def delete_candidates_after(self, run_id: str, episode: int, step: int) -> int:
+        """Remove a run's candidate rows after (episode, step): rows a killed run wrote
+        after its last checkpoint, which ``--resume`` will produce again. Returns the count."""
+        with self._tx() as c:
+            cur = c.execute(
+                "DELETE FROM candidates WHERE run_id=? AND (episode > ? OR (episode = ? AND step > ?))",
+                (run_id, episode, episode, step),
+            )
+            return cur.rowcount
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Set a run's status without touching its summary (e.g. back to ``running`` on resume)."""
+        with self._tx() as c:
+            c.execute("UPDATE runs SET status=? WHERE run_id=?", (status, run_id))
+
     def candidates(self, run_id: str) -> list[dict]:
         """All candidate rows of a run, in (episode, step) order."""
         with self._lock:

@@ -2,33 +2,49 @@
 
 Untuned builds (``--tune-trials 0``) keep this within CI time; tuning has its
 own tests in tests/harness/test_tuning.py. The runs are labelled untuned.
+All tests of this module share one cache and one results store, so later
+tests reuse the baseline and the latencies the first one measured.
 """
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
 import pytest
+import torch
 
 from harness.cli import main
+from harness.search import SearchConfig, load_best_model, resume_search, run_search
 
 pytestmark = pytest.mark.slow
 
-
-def _search_args(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "search", "--episodes", "2", "--max-steps", "3", "--subset", "1000", "--train-epochs", "1",
-        "--eval-samples", "200", "--tune-trials", "0", "--finetune-epochs", "1", "--repeat", "10",
-        "--latency-target", "0.5", "--out", str(tmp_path / "runs"), "--db", str(tmp_path / "r.db"),
-        "--cache-dir", str(tmp_path / "cache"), "--json", *extra,
-    ]
+SMALL = dict(episodes=2, max_steps=3, subset=1000, train_epochs=1, eval_samples=200, tune_trials=0,
+             finetune_epochs=1, repeat=10, latency_target=0.5)
 
 
-def test_search_end_to_end_writes_rows_and_summary(tmp_path, capsys):
-    assert main(_search_args(tmp_path)) == 0
-    out = json.loads(capsys.readouterr().out)
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    return dict(out=str(root / "runs"), db=str(root / "r.db"), cache_dir=str(root / "cache"))
+
+
+def _cli_args(ws, **over) -> list[str]:
+    args = ["search"]
+    for k, v in {**SMALL, **ws, **over}.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args + ["--json"]
+
+
+@pytest.fixture(scope="module")
+def first_run(ws):
+    return run_search(SearchConfig(**SMALL, **ws), progress=False)
+
+
+def test_search_end_to_end_writes_rows_and_summary(ws, first_run, capsys):
+    out = first_run
     for part in ("baseline", "best"):
         for key in ("top1", "macs", "params", "latency_p50_ms"):
             assert out[part][key] is not None, (part, key)
@@ -38,11 +54,13 @@ def test_search_end_to_end_writes_rows_and_summary(tmp_path, capsys):
     assert all(1 <= k <= b for k, b in zip(out["best"]["spec"], out["baseline"]["spec"]))
 
     run_dir = Path(out["run_dir"])
-    assert run_dir.name == out["run_id"] and run_dir.parent == tmp_path / "runs"
+    assert run_dir.name == out["run_id"] and run_dir.parent == Path(ws["out"])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["run_id"] == out["run_id"] and json.loads((run_dir / "config.json").read_text())["episodes"] == 2
+    for name in ("pareto.csv", "pareto.png", "best_model.pt", "best_model.onnx", "best_artifact/manifest.json"):
+        assert (run_dir / name).is_file(), name
 
-    db = sqlite3.connect(tmp_path / "r.db")
+    db = sqlite3.connect(ws["db"])
     rows = db.execute("SELECT episode, step, top1, macs, params, latency_p50_ms, latency_raw_ms, reward, source "
                       "FROM candidates WHERE run_id=? ORDER BY episode, step", (out["run_id"],)).fetchall()
     assert rows[0][:2] == (-1, 0)  # the unpruned reference
@@ -51,15 +69,81 @@ def test_search_end_to_end_writes_rows_and_summary(tmp_path, capsys):
     assert {r[0] for r in steps} == {0, 1}
     for ep, step, top1, macs, params, p50, raw, reward, source in steps:
         assert 1 <= step <= 3 and source == "measured"
-        assert reward == reward and abs(reward) < 10  # finite, never NaN
+        assert np.isfinite(reward) and abs(reward) < 10  # finite, never NaN
         if p50 is not None:
             assert len(json.loads(raw)) >= 10 and p50 > 0 and 0 <= top1 <= 1
-    status = db.execute("SELECT status FROM runs WHERE run_id=?", (out["run_id"],)).fetchone()[0]
-    assert status == "finished"
-    # the second run hits the latency cache for every architecture the first one measured
+    assert db.execute("SELECT status FROM runs WHERE run_id=?", (out["run_id"],)).fetchone()[0] == "finished"
+
+    # the CLI prints the same contract; a second run hits the latency cache for what the first measured
     n_meas = db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
-    assert main(_search_args(tmp_path, "--finetune-epochs", "0")) == 0
+    assert main(_cli_args(ws, finetune_epochs=0)) == 0
     second = json.loads(capsys.readouterr().out)
+    assert {"run_id", "candidates", "baseline", "best"} <= set(second)
     assert second["evaluator"]["latency_cache_hits"] >= 1
     n_meas2 = db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
-    assert n_meas2 - n_meas <= second["evaluator"]["measured"] + 1  # +1: the fresh final measurement
+    assert n_meas2 - n_meas <= second["evaluator"]["measured"]
+
+
+def test_pareto_file_holds_only_non_dominated_candidates(first_run):
+    run_dir = Path(first_run["run_dir"])
+    front = pd.read_csv(run_dir / "pareto.csv")
+    assert len(front) >= 1 and list(front["latency_p50_ms"]) == sorted(front["latency_p50_ms"])
+    db_rows = pd.DataFrame(sqlite3.connect(Path(first_run["run_dir"]).parent.parent / "r.db").execute(
+        "SELECT arch_signature, top1, latency_p50_ms FROM candidates WHERE run_id=? AND latency_p50_ms IS NOT NULL",
+        (first_run["run_id"],)).fetchall(), columns=["sig", "top1", "lat"])
+    for _, p in front.iterrows():
+        dominated = db_rows[(db_rows.top1 >= p.val_top1) & (db_rows.lat <= p.latency_p50_ms)
+                            & ((db_rows.top1 > p.val_top1) | (db_rows.lat < p.latency_p50_ms))]
+        assert dominated.empty, p.arch_signature
+    # and every candidate off the front is dominated by one on it
+    off = db_rows[~db_rows.sig.isin(front.arch_signature)]
+    for _, q in off.iterrows():
+        assert ((front.val_top1 >= q.top1) & (front.latency_p50_ms <= q.lat)).any()
+
+
+def test_best_model_reloads_from_its_spec_with_the_same_outputs(first_run):
+    run_dir = Path(first_run["run_dir"])
+    model, spec = load_best_model(run_dir)
+    assert list(spec.channels) == first_run["best"]["spec"]
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(run_dir / "best_model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], y, atol=1e-4, rtol=1e-4)
+
+
+def test_resumed_run_makes_the_same_choices_as_an_uninterrupted_one(ws, first_run):
+    cfg = SearchConfig(**{**SMALL, "finetune_epochs": 0}, **ws)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, progress=False, interrupt_after_steps=2)
+    db = sqlite3.connect(ws["db"])
+    run_id = db.execute("SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()[0]
+    assert db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()[0] == "interrupted"
+    kept = db.execute("SELECT COUNT(*) FROM candidates WHERE run_id=? AND episode >= 0", (run_id,)).fetchone()[0]
+    assert kept == 2  # nothing measured before the interrupt is lost
+    resumed = resume_search(run_id, out=ws["out"], db=ws["db"], progress=False)
+    assert resumed["best"]["spec"] == first_run["best"]["spec"]
+
+    def actions(rid):
+        return db.execute("SELECT episode, step, action, arch_signature FROM candidates WHERE run_id=? "
+                          "ORDER BY episode, step", (rid,)).fetchall()
+
+    assert actions(run_id) == actions(first_run["run_id"])
+    with pytest.raises(ValueError, match="finished already"):
+        resume_search(run_id, out=ws["out"], db=ws["db"], progress=False)
+
+
+def test_config_file_gives_options_and_flags_override(ws, tmp_path, capsys):
+    cfg = tmp_path / "search.toml"
+    cfg.write_text("[search]\nepisodes = 1\nmax-steps = 2\nseed = 0\nalpha = 3.0\n")
+    args = _cli_args(ws, finetune_epochs=0)
+    drop = args.index("--episodes")
+    del args[drop:drop + 2]
+    assert main(args + ["--config", str(cfg), "--alpha", "4.0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    saved = json.loads((Path(out["run_dir"]) / "config.json").read_text())
+    assert saved["episodes"] == 1 and saved["alpha"] == 4.0 and saved["max_steps"] == 3  # flag beats file
+    bad = tmp_path / "bad.toml"
+    bad.write_text("episodez = 3\n")
+    assert main(["search", "--config", str(bad)]) == 2
+    assert "episodez" in capsys.readouterr().err

@@ -16,7 +16,7 @@ def test_policy_shape_matches_seed():
     p = MLPPolicy(5, 4)
     linears = [m for m in p.net if isinstance(m, torch.nn.Linear)]
     assert [(l.in_features, l.out_features) for l in linears] == [(5, 64), (64, 64), (64, 4)]
-    probs = p(torch.rand(5))
+    probs = p(torch.rand(5)).detach()
     assert probs.shape == (4,) and float(probs.sum()) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -58,3 +58,37 @@ def test_non_finite_reward_refused():
     agent = ReinforceAgent(OBS, ACT)
     with pytest.raises(ValueError, match="not finite"):
         agent.update(np.zeros(5, np.float32), 0, float("nan"))
+
+
+def test_episodic_discounted_returns_with_moving_average_baseline_by_hand():
+    cfg = ReinforceConfig(seed=2, mode="episodic", discount=0.5, baseline="moving_average", baseline_momentum=0.9)
+    a = ReinforceAgent(OBS, ACT, cfg)
+    ref = MLPPolicy(5, 4)
+    ref.load_state_dict(a.policy.state_dict())
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    obs = [np.full(5, v, dtype=np.float32) for v in (0.1, 0.2, 0.3)]
+    acts, rews = [0, 3, 1], [1.0, 0.0, 2.0]
+    for o, act, r in zip(obs, acts, rews):
+        assert a.observe(o, act, r) is None  # episodic: no update yet
+    a.end_episode()
+    # G = [1 + 0.5·0 + 0.25·2, 0 + 0.5·2, 2] = [1.5, 1.0, 2.0]; first episode: b = 0, then b = mean G = 1.5
+    returns = [1.5, 1.0, 2.0]
+    loss = sum(-torch.log(ref(torch.as_tensor(o))[act]) * g for o, act, g in zip(obs, acts, returns))
+    opt.zero_grad(); loss.backward(); opt.step()
+    for pa, pb in zip(a.policy.parameters(), ref.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    assert a.baseline_value == pytest.approx(1.5)
+    for o, act, r in zip(obs, acts, rews):
+        a.observe(o, act, r)
+    a.end_episode()
+    assert a.baseline_value == pytest.approx(0.9 * 1.5 + 0.1 * 1.5)
+
+
+def test_per_step_mode_updates_in_observe_and_config_is_checked():
+    a = ReinforceAgent(OBS, ACT, ReinforceConfig(seed=0))
+    assert a.observe(np.zeros(5, np.float32), 1, 0.5) is not None
+    assert a.end_episode() is None
+    with pytest.raises(ValueError, match="episodic"):
+        ReinforceConfig(baseline="moving_average")
+    with pytest.raises(ValueError, match="mode"):
+        ReinforceConfig(mode="ppo")
