@@ -1,0 +1,210 @@
+"""``hilprune devices list|check``: the farm inventory and the health of its boards.
+
+    hilprune devices list  --inventory FILE [--json]
+    hilprune devices check --inventory FILE [--json] [--board NAME ...] [--golden DIR] [--no-measure]
+
+``list`` reads the inventory only (no network): board, endpoint, target,
+arch, tags, and who holds its lease. ``check`` contacts every board in
+parallel: SSH reachability (host key, auth), the daemon's hello (Python,
+numpy, TVM runtime, ONNX Runtime, glibc, machine), the machine against the
+target's architecture, the thermal/throttling state, and a golden-model
+measurement (a tiny conv net compiled for the board's target and cached, or
+``--golden DIR``). Exit status 1 if any board is unhealthy, 2 on a bad
+inventory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "check_board", "golden_artifact"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``devices list`` and ``devices check``."""
+    d = subparsers.add_parser("devices", help="list the farm inventory or check its boards",
+                              description="The device farm: list the boards of an inventory, or check them.")
+    sub = d.add_subparsers(dest="devices_command", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="boards of an inventory (no network)")
+    ls.add_argument("--inventory", required=True, help="farm inventory TOML file")
+    ls.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ls.set_defaults(func=cmd_list)
+    ck = sub.add_parser("check", help="reach every board, say hello, measure a golden model; exit 1 if unhealthy")
+    ck.add_argument("--inventory", required=True, help="farm inventory TOML file")
+    ck.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ck.add_argument("--board", action="append", default=None, help="only this board (repeatable)")
+    ck.add_argument("--golden", default=None, help="artifact dir to measure (default: a tiny model compiled for "
+                                                   "each board's target, cached)")
+    ck.add_argument("--no-measure", action="store_true", help="skip the golden-model measurement")
+    ck.add_argument("--cache-dir", default=None, help="artifact cache for the golden model")
+    ck.add_argument("--lease-wait-s", type=float, default=30.0, help="wait this long for a leased board (s)")
+    ck.set_defaults(func=cmd_check)
+
+
+def _load(args: argparse.Namespace):
+    from devices.inventory import InventoryError, load_inventory
+
+    try:
+        return load_inventory(args.inventory)
+    except InventoryError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    cells = [[str(r.get(c, "") if r.get(c) is not None else "-") for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the inventory's boards; exit 0."""
+    from devices.lease import LeaseManager
+
+    inv = _load(args)
+    leases = LeaseManager(inv.farm.lease_db, ttl_s=inv.farm.lease_ttl_s)
+    rows = []
+    for b in inv.boards:
+        held = leases.holder_of(b.name)
+        rows.append({"name": b.name, "endpoint": f"{b.user}@{b.host}:{b.port}", "target": b.target, "arch": b.arch,
+                     "tags": ",".join(b.tags), "python": b.python,
+                     "host_key": "pinned" if b.host_key else f"known_hosts {b.known_hosts}",
+                     "lease": f"{held['holder']} until {time.strftime('%H:%M:%S', time.localtime(held['expires_at']))}"
+                     if held else "free"})
+    if args.json:
+        print(json.dumps({"inventory": str(inv.path), "boards": rows}, indent=2))
+    else:
+        print(_table(rows, ["name", "endpoint", "target", "arch", "tags", "host_key", "lease"]))
+    return 0
+
+
+_TINY_CACHE: dict[str, Path] = {}
+
+
+def golden_artifact(target_name: str, cache_dir: Path) -> Path:
+    """A tiny conv net (1x1x8x8 -> 10) compiled for ``target_name``, cached in ``cache_dir``.
+
+    Raises:
+        ValueError: unknown target or a failed build (message says why).
+    """
+    if target_name in _TINY_CACHE:
+        return _TINY_CACHE[target_name]
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.compile import compile_onnx
+    from harness.targets import resolve_target
+    from harness.tuning import TuningConfig
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+             "b": rng.standard_normal((4,)).astype(np.float32),
+             "gw": rng.standard_normal((10, 4)).astype(np.float32),
+             "gb": rng.standard_normal((10,)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "gw", "gb"], ["output"], transB=1)]
+    graph = helper.make_graph(nodes, "golden", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = cache_dir / "golden-tiny.onnx"
+    onnx.save(model, str(onnx_path))
+    result = compile_onnx(onnx_path, resolve_target(target_name), cache_dir, TuningConfig(trials_per_task=0))
+    if not result.ok:
+        raise ValueError(f"golden model for {target_name}: {result.error}")
+    _TINY_CACHE[target_name] = result.artifact.path
+    return result.artifact.path
+
+
+def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) -> dict[str, Any]:
+    """Health of one board as a dict (``healthy`` bool and ``problem`` text); never raises."""
+    from devices.base import DeviceUnavailable, MeasureConfig
+    from devices.ssh import SshDevice
+
+    row: dict[str, Any] = {"name": board.name, "endpoint": f"{board.host}:{board.port}", "target": board.target,
+                           "arch": board.arch, "healthy": False, "problem": None}
+    dev = SshDevice(board, leases, lease_wait_s=lease_wait_s)
+    t0 = time.monotonic()
+    try:
+        try:
+            hello = dev.hello()
+        except DeviceUnavailable as exc:
+            row["problem"] = str(exc)
+            return row
+        row["reachable"] = True
+        row["connect_s"] = round(time.monotonic() - t0, 2)
+        for k in ("python", "numpy", "tvm", "onnxruntime", "glibc", "machine", "cpu_count"):
+            row[k] = hello.get(k)
+        row["arch_ok"] = hello.get("machine") == board.arch
+        if not row["arch_ok"]:
+            row["problem"] = f"machine {hello.get('machine')} is not the target's {board.arch}"
+            return row
+        if hello.get("tvm") is None:
+            row["problem"] = "no TVM runtime on the board"
+            return row
+        if golden is not None:
+            r = dev.measure(golden, MeasureConfig(warmup=2, number=0, repeat=10, min_repeat_ms=20, timeout_s=120))
+            if not r.ok:
+                row["problem"] = f"golden measurement: {r.error.kind.value}: {r.error.message.splitlines()[0]}"
+                return row
+            m = r.value
+            row["golden_p50_ms"] = round(m.stats.p50_ms, 4)
+            row["golden_cov"] = round(m.stats.cov, 3)
+            row["golden_output_sha256"] = m.output_sha256[:16]
+            state = m.device_state_after
+            temps = state.get("temps_c") or {}
+            row["temp_c"] = max(temps.values()) if temps else None
+            row["throttled"] = state.get("throttled")
+            row["governor"] = state.get("governor")
+            row["freq_khz"] = state.get("cur_freq_khz")
+            row["nvpmodel"] = state.get("nvpmodel")
+        row["healthy"] = True
+        return row
+    except Exception as exc:  # noqa: BLE001 - a report row, not a crash
+        row["problem"] = f"{type(exc).__name__}: {exc}"
+        return row
+    finally:
+        dev.close()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check the boards; print a table (or JSON); exit 1 if any is unhealthy."""
+    from devices.lease import LeaseManager
+
+    inv = _load(args)
+    boards = [inv.board(n) for n in args.board] if args.board else list(inv.boards)
+    leases = LeaseManager(inv.farm.lease_db, ttl_s=inv.farm.lease_ttl_s)
+    goldens: dict[str, Path | None] = {}
+    if not args.no_measure:
+        if args.golden:
+            goldens = {b.target: Path(args.golden) for b in boards}
+        else:
+            from harness.search import default_cache_dir
+
+            cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+            for t in sorted({b.target for b in boards}):
+                goldens[t] = golden_artifact(t, cache)
+    with ThreadPoolExecutor(max_workers=max(1, len(boards))) as pool:
+        rows = list(pool.map(lambda b: check_board(b, leases, goldens.get(b.target), args.lease_wait_s), boards))
+    leases.close()
+    if args.json:
+        print(json.dumps({"inventory": str(inv.path), "boards": rows}, indent=2))
+    else:
+        print(_table(rows, ["name", "endpoint", "target", "machine", "python", "numpy", "tvm", "glibc",
+                            "temp_c", "throttled", "golden_p50_ms", "healthy"]))
+        for r in rows:
+            if r["problem"]:
+                print(f"{r['name']}: {r['problem']}", file=sys.stderr)
+    return 0 if all(r["healthy"] for r in rows) else 1

@@ -1,0 +1,39 @@
+"""``hilprune devices list|check`` on loopback sshd boards (one healthy, one with a changed host key)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+from tests.devices.farm_fixtures import board_toml, client_key, needs_sshd, sshd_pair, write_inventory  # noqa: F401
+
+pytestmark = [needs_sshd, pytest.mark.slow]
+
+
+def test_devices_list_and_check(tmp_path, sshd_pair, client_key, tiny_artifact, capsys):
+    good = write_inventory(tmp_path / "good.toml", [board_toml("b1", sshd_pair[0], client_key)])
+    assert main(["devices", "list", "--inventory", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "b1" in out and "pinned" in out and "free" in out
+    assert main(["devices", "check", "--inventory", str(good), "--golden", str(tiny_artifact), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["boards"][0]
+    assert row["healthy"] and row["machine"] == "x86_64" and row["arch_ok"] and row["tvm"] and row["glibc"]
+    assert row["golden_p50_ms"] > 0 and row["problem"] is None
+
+    bad = write_inventory(tmp_path / "bad.toml", [
+        board_toml("b1", sshd_pair[0], client_key),
+        board_toml("b2", sshd_pair[1], client_key, host_key=sshd_pair[0].host_key)])
+    assert main(["devices", "check", "--inventory", str(bad), "--no-measure"]) == 1
+    captured = capsys.readouterr()
+    assert "b2: " in captured.err and "HOST KEY CHANGED" in captured.err
+    assert captured.out.splitlines()[0].split()[:3] == ["name", "endpoint", "target"]
+
+
+def test_devices_bad_inventory_exit_2(tmp_path, capsys):
+    p = tmp_path / "inv.toml"
+    p.write_text('[[board]]\nname = "x"\n')
+    assert main(["devices", "list", "--inventory", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hilprune: error: inventory") and "'x'" in err and len(err.strip().splitlines()) == 1
