@@ -39,13 +39,17 @@ __all__ = ["CalibrationRow", "FitReport", "PRIORS", "fit_profile", "fit_stats", 
 #: (dimensionless; typical of im2col/Winograd CPU kernels: 1x1 convs are
 #: GEMMs without Winograd's MAC saving, depthwise and pooling are memory-bound
 #: loops). Source: our assumption, refined per board by calibration.
-_CLASS_SHAPE = {"conv1x1": 0.6, "conv_kxk": 1.0, "depthwise": 0.15, "grouped": 0.3, "dense": 0.3,
-                "pooling": 0.15, "elementwise": 0.3}
+#: ``conv3x3s1`` gets ``winograd`` x the ``conv_kxk`` rate (2 where the runtime
+#: uses Winograd for 3x3 stride-1 convs: ncnn, TVM on ARM; 1 for ONNX Runtime's
+#: MLAS, which does not).
+_CLASS_SHAPE = {"conv1x1": 0.6, "conv3x3s1": 1.0, "conv_kxk": 1.0, "depthwise": 0.15, "grouped": 0.3,
+                "dense": 0.3, "pooling": 0.15, "elementwise": 0.3}
 
 
 def _prior(conv_kxk_gmacs_s: float, bandwidth_gb_s: float, layer_overhead_us: float,
-           model_overhead_ms: float, thread_exponent: float = 0.8) -> dict[str, Any]:
-    return {"gops_s": {c: conv_kxk_gmacs_s * s for c, s in _CLASS_SHAPE.items()},
+           model_overhead_ms: float, thread_exponent: float = 0.8, winograd: float = 2.0) -> dict[str, Any]:
+    shape = _CLASS_SHAPE | {"conv3x3s1": winograd}
+    return {"gops_s": {c: conv_kxk_gmacs_s * s for c, s in shape.items()},
             "bandwidth_gb_s": bandwidth_gb_s, "layer_overhead_us": layer_overhead_us,
             "model_overhead_ms": model_overhead_ms, "thread_exponent": thread_exponent}
 
@@ -97,7 +101,7 @@ PRIORS: dict[str, dict[str, Any]] = {
     "host": {
         "description": "this machine: AMD EPYC (Zen 4, KVM guest), 2 vCPUs, AVX-512, CPU",
         "threads": 1, "cores": 2,
-        "params": _prior(15.0, 30.0, 3.0, 0.02),
+        "params": _prior(15.0, 30.0, 3.0, 0.02, winograd=1.0),
         "sources": "Zen 4: 2x256-bit FMA, 16 fp32 MAC/cycle -> ~40 GMAC/s/core peak at 2.6 GHz; "
                    "32 MB L3 holds the CIFAR-size models (bandwidth is L3-like)",
     },
@@ -153,7 +157,7 @@ class FitReport:
     rows: list[dict[str, Any]]
 
 
-_NP = len(OP_CLASSES) + 4  # gops_s[7], bandwidth, layer overhead, model overhead, thread exponent
+_NP = len(OP_CLASSES) + 4  # gops_s[8], bandwidth, layer overhead, model overhead, thread exponent
 _BOUNDS = ([math.log(1e-4)] * len(OP_CLASSES) + [math.log(1e-3), math.log(1e-3), math.log(1e-5), math.log(0.05)],
            [math.log(1e6)] * len(OP_CLASSES) + [math.log(1e4), math.log(1e5), math.log(1e4), 0.0])
 
@@ -198,7 +202,7 @@ def fit_stats(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> dict[str, fl
 
 
 def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: SimProfile | None = None,
-                prior_weight: float = 1.0, prior_sigma_log: float = math.log(4.0),
+                prior_weight: float = 0.3, prior_sigma_log: float = math.log(4.0),
                 fit_thread_exponent: bool | None = None, max_nfev: int = 2000) -> FitReport:
     """Fit ``start``'s parameters to ``rows``; returns the new profile and its error.
 

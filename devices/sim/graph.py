@@ -6,7 +6,7 @@ costed operator becomes one row of :class:`GraphFeatures`:
 
 - ``op_class``: index into :data:`OP_CLASSES`;
 - ``work``: the operator's arithmetic work, in operations, batch included:
-  MACs for ``conv1x1``, ``conv_kxk``, ``depthwise``, ``grouped`` and
+  MACs for ``conv1x1``, ``conv3x3s1``, ``conv_kxk``, ``depthwise``, ``grouped`` and
   ``dense`` (multiply-accumulates, never FLOPs); output elements x window
   size for ``pooling``; output elements for ``elementwise`` (x inputs for
   variadic ones such as ``Sum``);
@@ -52,7 +52,12 @@ __all__ = [
 ]
 
 #: Operator classes, each with its own effective throughput in a profile.
-OP_CLASSES: tuple[str, ...] = ("conv1x1", "conv_kxk", "depthwise", "grouped", "dense", "pooling", "elementwise")
+#: ``conv3x3s1`` (dense 3x3, stride 1, dilation 1) is apart from the other
+#: ``conv_kxk`` (strided 3x3, 5x5, 7x7...) because ncnn and TVM's ARM schedules
+#: run it with Winograd transforms (F(6,3) needs ~5x fewer multiplies), so its
+#: effective MAC rate is far higher on the boards.
+OP_CLASSES: tuple[str, ...] = ("conv1x1", "conv3x3s1", "conv_kxk", "depthwise", "grouped", "dense", "pooling",
+                               "elementwise")
 _CLS = {name: i for i, name in enumerate(OP_CLASSES)}
 
 _POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax")
@@ -236,6 +241,9 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
                 klass = "grouped"
             elif all(k == 1 for k in kernel):
                 klass = "conv1x1"
+            elif (tuple(kernel) == (3, 3) and all(v == 1 for v in _attr(node, "strides", [1, 1]))
+                  and all(v == 1 for v in _attr(node, "dilations", [1, 1]))):
+                klass = "conv3x3s1"
             else:
                 klass = "conv_kxk"
             del c_out

@@ -57,9 +57,9 @@ class SimParams:
 
     Attributes:
         gops_s: effective throughput of ONE thread per operator class, in 1e9
-            operations per second, as a float64 array (7,) in
+            operations per second, as a float64 array (8,) in
             :data:`~devices.sim.graph.OP_CLASSES` order. For ``conv1x1``,
-            ``conv_kxk``, ``depthwise``, ``grouped`` and ``dense`` an
+            ``conv3x3s1``, ``conv_kxk``, ``depthwise``, ``grouped`` and ``dense`` an
             operation is a multiply-accumulate (GMAC/s); for ``pooling`` a
             window element, for ``elementwise`` an output element. It is an
             *effective* rate: Winograd convs, fp16 arithmetic (ncnn on ARMv8.2)
@@ -266,7 +266,7 @@ def load_profile(name_or_path: str | Path) -> SimProfile:
 
 # ---------------------------------------------------------------------- costing
 def _rates(profile: SimProfile, threads: int | None) -> tuple[np.ndarray, float, float, float]:
-    """(seconds per operation per class (7,), seconds per byte, overhead s per op, model overhead s)."""
+    """(seconds per operation per class (8,), seconds per byte, overhead s per op, model overhead s)."""
     p = profile.params
     n = min(int(threads or profile.threads), profile.cores)
     if n < 1:

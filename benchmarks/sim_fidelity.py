@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Fidelity and speed of the latency simulator (issue 5), in one run.
+
+Prints:
+1. for each board profile, leave-one-model-out MAPE on the classic networks
+   of the ncnn table that the zoo builds (resnet18, mobilenet_v2, vgg16 at
+   1x3x224x224): fit on the other models' rows (all thread counts), predict
+   the held-out model's rows;
+2. for ``host``: randomly pruned variants of ResNet-20 (1x1x28x28),
+   ResNet-56 (1x1x28x28) and MobileNetV2 (CIFAR stem, 1x3x32x32) measured on
+   the ``local`` device with the ONNX Runtime backend, 1 thread; a profile
+   fitted on a *calibration* set of variants (other seeds) predicts an
+   *evaluation* set; Spearman and MAPE of the prediction against the
+   measurement, with the MACs proxy's Spearman beside it;
+3. predictions per second on a ResNet-20 graph (features cached, and cold:
+   parse + shape inference + predict).
+
+Why ONNX Runtime on the host: a MetaSchedule-tuned TVM build costs minutes
+per variant on this 2-core machine (DESIGN.md §4), i.e. hours for 90
+variants; untuned TVM is naive loops whose latency tracks MACs (not a useful
+target). ONNX Runtime runs the same ONNX file in ~1 s per variant, and its
+fixed per-operator costs are exactly what a MACs proxy misses.
+
+Measurements are noisy (2 shared cores, other jobs running): each variant is
+measured in two passes in shuffled order and the smaller p50 kept. Results are
+cached in ``--db`` (default results/sim_fidelity.db); ``--fresh`` re-measures.
+
+Usage: .venv/bin/python benchmarks/sim_fidelity.py [--n-eval 20] [--n-calib 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from devices.sim.calibrate import CalibrationRow, fit_profile, fit_stats, leave_one_group_out, prior_profile  # noqa: E402
+from devices.sim.graph import clear_cache, load_features  # noqa: E402
+from devices.sim.profile import load_profile, predict_latency_ms  # noqa: E402
+
+NCNN_CSV = Path("/work/shared/data/ncnn_benchmark.csv")
+BOARDS = ("rpi4", "rpi5", "jetson-nano", "jetson-orin-nano", "jetson-nano-gpu", "jetson-orin-nano-gpu")
+HOST_MODELS = ("resnet20", "resnet56", "mobilenet_v2")
+
+
+def board_section(graph_dir: Path) -> dict:
+    from harness.sim_data import ncnn_rows
+    from harness.sim_graphs import export_classics
+
+    graphs = export_classics(graph_dir)
+    print(f"\n== board profiles: leave-one-model-out on ncnn classics {sorted(graphs)} "
+          f"(rows: every num_threads of the board; latency = avg_ms) ==")
+    print(f"{'profile':22} {'rows':>4} {'LOMO MAPE %':>11} {'in-sample MAPE %':>16}  held-out APE % by model")
+    out = {}
+    for name in BOARDS:
+        rows = ncnn_rows(NCNN_CSV, name, graphs)
+        start = prior_profile(name)
+        lomo = leave_one_group_out(rows, start)
+        full = fit_profile(rows, start)
+        per_model = {g["group"]: [round(r["ape"], 1) for r in g["rows"]] for g in lomo["groups"]}
+        print(f"{name:22} {len(rows):>4} {lomo['mape']:>11.1f} {full.stats['mape']:>16.1f}  {per_model}")
+        out[name] = {"rows": len(rows), "lomo_mape": lomo["mape"], "in_sample_mape": full.stats["mape"],
+                     "per_model": per_model}
+    return out
+
+
+def _artifact(variant, root: Path) -> Path:
+    """An ONNX-Runtime-only artifact dir (manifest + model.onnx link) for the daemon."""
+    d = root / variant.path.stem
+    d.mkdir(parents=True, exist_ok=True)
+    link = d / "model.onnx"
+    if not link.exists():
+        link.symlink_to(variant.path.resolve())
+    manifest = {"format_version": 1, "onnx": "model.onnx", "library": None, "params": None,
+                "input": {"name": "input", "shape": list(variant.input_shape), "dtype": "float32"},
+                "device_kind": "cpu"}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    return d
+
+
+def measure_variants(variants, db_path: Path, work: Path, fresh: bool, passes: int = 2) -> dict[str, float]:
+    """{variant label: smallest p50 ms over ``passes`` shuffled passes}, cached in the store."""
+    from devices.base import MeasureConfig
+    from devices.local import LocalDevice
+    from harness.export import sha256_file
+    from harness.store import ResultsStore
+
+    store = ResultsStore(db_path)
+    config = MeasureConfig(backend="onnxruntime", warmup=3, number=0, repeat=15, min_repeat_ms=10.0,
+                           num_threads=1, max_remeasure=1, timeout_s=120.0)
+    key = dict(device="local", target="host", backend="onnxruntime", tuning_key="ort-1thread")
+    best: dict[str, float] = {}
+    todo = []
+    for v in variants:
+        hit = None if fresh else store.find_measurement(model=v.model, arch_signature=v.signature, **key)
+        if hit is not None:
+            best[v.label] = hit["latency_p50_ms"]
+        else:
+            todo.append(v)
+    rng = np.random.default_rng(0)
+    device = LocalDevice()
+    try:
+        for p in range(passes):
+            for i in rng.permutation(len(todo)):
+                v = todo[int(i)]
+                res = device.measure(_artifact(v, work / "artifacts"), config)
+                if not res.ok:
+                    print(f"  measure failed for {v.label}: {res.error.kind.value}: {res.error.message}")
+                    continue
+                st = res.value.stats
+                store.add_measurement(
+                    model=v.model, arch_signature=v.signature, source="measured", onnx_sha256=sha256_file(v.path),
+                    stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms,
+                               max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
+                    latency_raw_ms=list(res.value.latency_ms), warmup_ms=list(res.value.warmup_ms),
+                    metadata={"pass": p, "num_threads": 1, "benchmark": "sim_fidelity"}, **key)
+                best[v.label] = min(best.get(v.label, math.inf), st.p50_ms)
+            print(f"  measured pass {p + 1}/{passes}: {len(todo)} variants")
+    finally:
+        device.close()
+        store.close()
+    return best
+
+
+def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool) -> dict:
+    from scipy.stats import spearmanr
+
+    from harness.sim_graphs import random_variants
+
+    graph_dir = work / "graphs"
+    t0 = time.perf_counter()
+    calib, evals = [], []
+    for m in HOST_MODELS:
+        calib += random_variants(m, n_calib, seed=101, out_dir=graph_dir)
+        evals += random_variants(m, n_eval, seed=202, out_dir=graph_dir, include_full=False)
+    print(f"\n== host: {len(calib)} calibration + {len(evals)} evaluation variants of {HOST_MODELS} "
+          f"(export {time.perf_counter() - t0:.0f} s) ==")
+    t0 = time.perf_counter()
+    lat = measure_variants(calib + evals, db, work, fresh)
+    print(f"  measured on local, backend onnxruntime, 1 thread ({time.perf_counter() - t0:.0f} s incl. cache hits)")
+    calib = [v for v in calib if v.label in lat]
+    evals = [v for v in evals if v.label in lat]
+    rows = [CalibrationRow(load_features(v.path), lat[v.label], 1, v.label, v.model) for v in calib]
+    fitted = fit_profile(rows, prior_profile("host")).profile
+    pred = np.array([predict_latency_ms(load_features(v.path), fitted, threads=1) for v in evals])
+    meas = np.array([lat[v.label] for v in evals])
+    macs = np.array([load_features(v.path).macs for v in evals], dtype=float)
+    out = {"n_calib": len(calib), "n_eval": len(evals)}
+
+    def report(label: str, idx: np.ndarray) -> None:
+        s_sim = spearmanr(pred[idx], meas[idx]).statistic
+        s_macs = spearmanr(macs[idx], meas[idx]).statistic
+        st = fit_stats(pred[idx], meas[idx])
+        print(f"  {label:14} n={idx.sum():3d}  Spearman sim {s_sim:6.3f}  MAPE {st['mape']:5.1f}%  "
+              f"max APE {st['max_ape']:5.1f}%  | macs_proxy Spearman {s_macs:6.3f}  "
+              f"(measured {meas[idx].min():.3f}-{meas[idx].max():.3f} ms)")
+        out[label] = {"n": int(idx.sum()), "spearman_sim": float(s_sim), "mape": st["mape"],
+                      "max_ape": st["max_ape"], "spearman_macs_proxy": float(s_macs)}
+
+    models = np.array([v.model for v in evals])
+    print("  profile fitted on the calibration set only; scores on the held-out evaluation set:")
+    report("all", np.ones(len(evals), dtype=bool))
+    for m in HOST_MODELS:
+        report(m, models == m)
+    try:
+        committed = load_profile("host")
+        pc = np.array([predict_latency_ms(load_features(v.path), committed, threads=1) for v in evals])
+        st = fit_stats(pc, meas)
+        out["committed_profile"] = {"version": committed.version, "spearman": float(spearmanr(pc, meas).statistic),
+                                    "mape": st["mape"]}
+        print(f"  committed devices/profiles/host.json v{committed.version} on the same set: Spearman "
+              f"{out['committed_profile']['spearman']:.3f}, MAPE {st['mape']:.1f}% (it was fitted on every "
+              "measured variant, these included)")
+    except ValueError as exc:
+        print(f"  (no committed host profile: {exc})")
+    return out
+
+
+def speed_section(work: Path) -> dict:
+    from harness.sim_graphs import random_variants
+
+    path = random_variants("resnet20", 1, seed=0, out_dir=work / "graphs")[0].path
+    profile = prior_profile("host")
+    feats = load_features(path)
+    n = 20000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        predict_latency_ms(feats, profile)
+    warm = n / (time.perf_counter() - t0)
+    n_cold = 50
+    t0 = time.perf_counter()
+    for _ in range(n_cold):
+        clear_cache()
+        predict_latency_ms(load_features(path), profile)
+    cold = n_cold / (time.perf_counter() - t0)
+    print(f"\n== speed (ResNet-20 graph, {len(feats)} costed operators) ==\n"
+          f"  {warm:,.0f} predictions/s with cached graph features; {cold:,.0f}/s cold (load + shape inference)")
+    return {"predictions_per_s": warm, "cold_predictions_per_s": cold}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="results/sim_fidelity", help="graphs and artifacts (default %(default)s)")
+    ap.add_argument("--db", default="results/sim_fidelity.db", help="measurement cache (default %(default)s)")
+    ap.add_argument("--n-eval", type=int, default=20, help="evaluation variants per model (default %(default)s)")
+    ap.add_argument("--n-calib", type=int, default=10, help="calibration variants per model (default %(default)s)")
+    ap.add_argument("--fresh", action="store_true", help="re-measure instead of using the cached measurements")
+    ap.add_argument("--skip-boards", action="store_true")
+    ap.add_argument("--skip-host", action="store_true")
+    ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    results = {}
+    if not args.skip_boards:
+        results["boards"] = board_section(work / "classics")
+    if not args.skip_host:
+        results["host"] = host_section(work, Path(args.db), args.n_eval, args.n_calib, args.fresh)
+    results["speed"] = speed_section(work)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

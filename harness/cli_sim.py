@@ -1,0 +1,236 @@
+"""``hilprune predict`` and ``hilprune sim ...``: the latency simulator's commands (issue 5).
+
+    hilprune predict MODEL.onnx [MORE.onnx ...] --device sim:PROFILE [--threads N] [--json] [--layers]
+    hilprune sim calibrate --profile NAME (--from-db [--device D] [--db PATH] [--backend B] | --from CSV) ...
+    hilprune sim profiles [--json]
+
+``predict`` and ``sim profiles`` import neither torch nor TVM: :func:`fast_main`
+runs them with a parser of their own before the full ``hilprune`` parser
+(whose ``search`` defaults import torch) is built. ``sim calibrate`` imports
+torch only to export the zoo's classic networks when ``--from`` is the ncnn
+table and ``--graphs`` is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["FAST_COMMANDS", "fast_main", "register"]
+
+#: First words handled by :func:`fast_main` (no torch, no TVM).
+FAST_COMMANDS = ("predict", "sim")
+DEFAULT_DB = "results/hilprune.db"
+CLASSICS_DIR = "results/cache/sim_classics"
+
+logger = logging.getLogger(__name__)
+
+
+def _pos_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``predict`` and ``sim`` (with ``calibrate``, ``profiles``) to ``sub``."""
+    p = sub.add_parser("predict", help="predict latency of ONNX graphs with a simulator profile (no board)",
+                       description="Predict batch-1 latency of ONNX graphs on a simulator profile "
+                                   "(devices/profiles/). Imports neither torch nor TVM.")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files with static input shapes")
+    p.add_argument("--device", default="sim:host", help="sim:PROFILE, a name or a profile .json (default sim:host)")
+    p.add_argument("--threads", type=_pos_int, default=None, help="thread count (default: the profile's)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {model, latency_ms, ...}")
+    p.add_argument("--layers", action="store_true", help="per-layer breakdown")
+    p.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("sim", help="simulator profiles: calibrate, list", description="Latency simulator profiles.")
+    ssub = s.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
+    c = ssub.add_parser(
+        "calibrate", help="fit a profile to measured latencies and write a new profile file",
+        description="Fit a profile's parameters (least squares on log latency, weak datasheet prior) to "
+                    "measurements: a device's rows in the results store (--from-db) or a CSV (--from: the ncnn "
+                    "table, or columns onnx,latency_ms[,threads,group]). Writes the profile with its fit error "
+                    "and a bumped version.")
+    c.add_argument("--profile", required=True, help="profile name (e.g. rpi4, host)")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-db", action="store_true", help="use measured rows of the results store")
+    src.add_argument("--from", dest="from_csv", metavar="CSV", help="use a CSV (ncnn table or onnx,latency_ms)")
+    c.add_argument("--device", default="local", help="--from-db: measured device (default local)")
+    c.add_argument("--db", default=DEFAULT_DB, help=f"--from-db: results store (default {DEFAULT_DB})")
+    c.add_argument("--backend", default="tvm", choices=("tvm", "onnxruntime"),
+                   help="--from-db: backend of the rows (default tvm)")
+    c.add_argument("--model", default=None, help="--from-db: only this model's rows")
+    c.add_argument("--onnx-dir", action="append", default=None,
+                   help="--from-db: folder searched for the rows' ONNX files by sha256 (repeatable; default results)")
+    c.add_argument("--threads", type=_pos_int, default=None,
+                   help="--from-db: threads the measurements used (default: the profile's)")
+    c.add_argument("--board", default=None, help="--from ncnn table: exact device string (default: the profile's)")
+    c.add_argument("--gpu-device", type=int, default=None, help="--from ncnn table: -1 CPU, 0 GPU (default: the profile's)")
+    c.add_argument("--graphs", default=None,
+                   help=f"--from ncnn table: folder of NAME.onnx graphs (default: export the zoo's into {CLASSICS_DIR})")
+    c.add_argument("--start", choices=("current", "prior"), default="current",
+                   help="start from the current profile file (default) or the datasheet prior")
+    c.add_argument("--prior-weight", type=float, default=0.3, help="weight of the datasheet prior (default 0.3; 0 = none)")
+    c.add_argument("--out", default=None, help="profile file to write (default devices/profiles/NAME.json)")
+    c.add_argument("--json", action="store_true", help="print the fit as one JSON object")
+    c.set_defaults(func=_cmd_calibrate)
+
+    lp = ssub.add_parser("profiles", help="list the simulator profiles")
+    lp.add_argument("--json", action="store_true")
+    lp.set_defaults(func=_cmd_profiles)
+
+
+def _sim_device(name: str):
+    from devices.sim.device import SIM_PREFIX, SimDevice
+
+    if not name.startswith(SIM_PREFIX):
+        raise ValueError(f"predict needs a simulator device 'sim:PROFILE', got {name!r}")
+    return SimDevice(name[len(SIM_PREFIX):], name=name)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from devices.sim.graph import load_features
+    from devices.sim.profile import layer_breakdown, predict_latency_ms
+
+    dev = _sim_device(args.device)
+    out = []
+    for m in args.models:
+        feats = load_features(m)
+        rec = {"model": m, "latency_ms": predict_latency_ms(feats, dev.profile, threads=args.threads),
+               "device": dev.name, "profile_version": dev.profile.version,
+               "threads": min(args.threads or dev.profile.threads, dev.profile.cores), "macs": feats.macs,
+               "source": "simulated"}
+        if args.layers:
+            rec["layers"] = layer_breakdown(feats, dev.profile, threads=args.threads)
+        out.append(rec)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for rec in out:
+        print(f"{rec['latency_ms']:10.4f} ms  {rec['macs']:>14,} MACs  {rec['model']}  "
+              f"({rec['device']} v{rec['profile_version']}, {rec['threads']} threads, simulated)")
+        if args.layers:
+            print(f"    {'node':32} {'op':18} {'class':11} {'ms':>9} {'bound':7}")
+            for r in rec["layers"]:
+                print(f"    {r['node'][:32]:32} {r['op_type']:18} {r['op_class']:11} {r['latency_ms']:9.4f} {r['bound']}")
+            print(f"    {'(per-model constant)':62} {dev.profile.params.model_overhead_ms:9.4f}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from devices.sim.calibrate import PRIORS, fit_profile, leave_one_group_out, prior_profile
+    from devices.sim.profile import PROFILE_DIR, load_profile
+    from harness import sim_data
+
+    name = args.profile
+    try:
+        current = load_profile(name)
+    except ValueError:
+        current = None
+    if current is None and name not in PRIORS:
+        raise ValueError(f"profile {name!r} has neither a file nor a datasheet prior; known priors: {', '.join(PRIORS)}")
+    prior = prior_profile(name) if name in PRIORS else current
+    start = current if (args.start == "current" and current is not None) else prior
+    if current is not None:
+        start = start.with_params(start.params, version=current.version)
+    if args.from_db:
+        threads = args.threads or start.threads
+        dirs = [Path(d) for d in (args.onnx_dir or ["results"])]
+        rows = sim_data.db_rows(Path(args.db), args.device, args.backend, dirs, threads=threads, model=args.model)
+        source = {"kind": "results-store", "db": str(args.db), "device": args.device, "backend": args.backend,
+                  "threads": threads, "model": args.model, "latency": "smallest p50 per graph"}
+    else:
+        csv_path = Path(args.from_csv)
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path} does not exist")
+        if sim_data.is_ncnn_csv(csv_path):
+            if args.graphs:
+                graphs = {p.stem: p for p in Path(args.graphs).glob("*.onnx")}
+            else:
+                from harness.sim_graphs import export_classics
+
+                graphs = export_classics(Path(CLASSICS_DIR))
+            rows = sim_data.ncnn_rows(csv_path, name, graphs, board=args.board, gpu_device=args.gpu_device)
+            board, gpu = sim_data.NCNN_BOARDS.get(name, (args.board, args.gpu_device))
+            source = {"kind": "ncnn-benchmark-table", "csv": str(csv_path), "board": args.board or board,
+                      "gpu_device": args.gpu_device if args.gpu_device is not None else gpu,
+                      "models": sorted({r.group for r in rows}), "latency": "avg_ms",
+                      "threads": sorted({r.threads for r in rows}),
+                      "note": "ncnn's kernels, not TVM's: the shape of the board's costs, not a TVM number"}
+        else:
+            rows = sim_data.csv_rows(csv_path)
+            source = {"kind": "csv", "csv": str(csv_path)}
+    report = fit_profile(rows, start, prior=prior, prior_weight=args.prior_weight)
+    stats = dict(report.stats)
+    if len({r.group for r in rows}) >= 2:
+        lomo = leave_one_group_out(rows, start, prior=prior, prior_weight=args.prior_weight)
+        stats["leave_one_group_out_mape"] = lomo["mape"]
+    profile = report.profile.with_params(report.profile.params, fit=stats, provenance={
+        "calibrated": True, "source": source, "rows": report.rows,
+        "command": "hilprune " + " ".join(getattr(args, "argv", None) or sys.argv[1:]),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "start": args.start, "prior_sources": PRIORS.get(name, {}).get("sources"),
+        "previous_version": current.version if current is not None else None,
+    })
+    path = profile.save(Path(args.out) if args.out else PROFILE_DIR / f"{name}.json")
+    if args.json:
+        print(json.dumps({"profile": name, "version": profile.version, "path": str(path), "fit": stats,
+                          "rows": report.rows}, default=str))
+        return 0
+    print(f"wrote {path} ({name} v{profile.version}) from {len(rows)} rows: MAPE {stats['mape']:.1f}%, "
+          f"max {stats['max_ape']:.1f}%, rmse(log) {stats['rmse_log']:.3f}"
+          + (f", leave-one-group-out MAPE {stats['leave_one_group_out_mape']:.1f}%" if "leave_one_group_out_mape" in stats else ""))
+    for r in report.rows:
+        print(f"  {r['label']:40} {r['threads']:>2}t  measured {r['measured_ms']:10.3f} ms  "
+              f"predicted {r['predicted_ms']:10.3f} ms  ({r['ape']:.1f}%)")
+    return 0
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from devices.sim.profile import available_profiles, load_profile
+
+    out = []
+    for n in available_profiles():
+        p = load_profile(n)
+        out.append({"name": n, "version": p.version, "threads": p.threads, "description": p.description,
+                    "mape": (p.fit or {}).get("mape"), "n_rows": (p.fit or {}).get("n_rows")})
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for r in out:
+            fit = f"fit MAPE {r['mape']:.1f}% on {r['n_rows']} rows" if r["mape"] is not None else "uncalibrated"
+            print(f"sim:{r['name']:22} v{r['version']:<3} {r['threads']}t  {fit:28} {r['description']}")
+    return 0
+
+
+def fast_main(argv: list[str]) -> int | None:
+    """Run ``predict`` / ``sim`` without building the full parser; None for any other command.
+
+    Returns:
+        The exit status (2 with one ``hilprune: error: ...`` line on bad
+        input), or None when ``argv``'s command is not in :data:`FAST_COMMANDS`.
+    """
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] not in FAST_COMMANDS:
+        return None
+    parser = argparse.ArgumentParser(prog="hilprune", description="hilprune latency simulator commands")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    args.argv = list(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"hilprune: error: {exc}", file=sys.stderr)
+        return 2

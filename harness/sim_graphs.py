@@ -1,0 +1,120 @@
+"""ONNX graphs for calibrating and checking the simulator (issue 5).
+
+- :func:`export_classics`: the classic networks of the ncnn benchmark table
+  (``../shared/data/ncnn_benchmark.csv``) that the zoo can build, at the
+  table's ImageNet configuration (batch 1, 3x224x224, 1000 classes): ncnn's
+  ``resnet18``, ``mobilenet_v2`` and ``vgg16`` (BN folded away by the export,
+  as ncnn folds it). MACs of our graphs vs ncnn's counts are in
+  :data:`CLASSIC_NETWORKS`' notes and checked by the benchmark.
+- :func:`random_variants`: randomly pruned variants of a zoo model
+  (Torch-Pruning groups with random keep ratios), exported to ONNX.
+
+Both cache their files by name under ``out_dir`` (a file that exists is
+reused). Imports torch: not for the fast ``predict`` path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLASSIC_NETWORKS", "Variant", "export_classics", "random_variants"]
+
+#: ncnn table name -> (zoo model, build kwargs, input shape NCHW).
+CLASSIC_NETWORKS: dict[str, tuple[str, dict[str, Any], tuple[int, int, int, int]]] = {
+    "resnet18": ("resnet18", {"num_classes": 1000, "in_channels": 3, "input_size": 224}, (1, 3, 224, 224)),
+    "mobilenet_v2": ("mobilenet_v2", {"num_classes": 1000, "in_channels": 3, "input_size": 224, "stem": "imagenet"},
+                     (1, 3, 224, 224)),
+    "vgg16": ("vgg16", {"num_classes": 1000, "in_channels": 3, "input_size": 224, "hidden": (4096, 4096)},
+              (1, 3, 224, 224)),
+}
+
+
+def export_classics(out_dir: Path, names: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Export the classic networks (random weights; latency only) to ``out_dir/NAME.onnx``.
+
+    Returns:
+        {ncnn model name: ONNX path}, for every name of ``names`` (default all
+        of :data:`CLASSIC_NETWORKS`).
+
+    Raises:
+        ValueError: a name the zoo cannot build.
+    """
+    from harness.export import export_onnx
+    from harness.models import build_model
+
+    out_dir = Path(out_dir)
+    paths = {}
+    for name in names or tuple(CLASSIC_NETWORKS):
+        if name not in CLASSIC_NETWORKS:
+            raise ValueError(f"the zoo cannot build ncnn's {name!r}; it builds: {', '.join(CLASSIC_NETWORKS)}")
+        path = out_dir / f"{name}.onnx"
+        if not path.is_file():
+            zoo, kw, shape = CLASSIC_NETWORKS[name]
+            logger.info("exporting %s (zoo %s, %s) to %s", name, zoo, shape, path)
+            export_onnx(build_model(zoo, **kw), shape, path)
+        paths[name] = path
+    return paths
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One randomly pruned model exported to ONNX.
+
+    Attributes:
+        model: zoo model name; label: ``MODEL-s{seed}-{i}``; path: the ONNX file;
+        keep: per-group keep ratios drawn; signature: the ArchSpec signature;
+        input_shape: NCHW.
+    """
+
+    model: str
+    label: str
+    path: Path
+    keep: tuple[float, ...]
+    signature: str
+    input_shape: tuple[int, ...]
+
+
+def random_variants(model: str, n: int, *, seed: int, out_dir: Path, keep_range: tuple[float, float] = (0.25, 1.0),
+                    input_shape: tuple[int, ...] | None = None, include_full: bool = True) -> list[Variant]:
+    """``n`` randomly pruned variants of a zoo model (the first is unpruned if ``include_full``).
+
+    Every prunable group keeps ``round(u * channels)`` channels (at least 1),
+    ``u ~ Uniform(keep_range)``, one draw per group from
+    ``numpy.random.default_rng(seed)``; models whose pruning is not supported
+    by :mod:`harness.pruning` raise.
+
+    Raises:
+        ValueError: unknown model, or a spec the model's groups reject.
+    """
+    from harness.export import export_onnx
+    from harness.models import build_model, default_input_shape
+    from harness.pruning import ArchSpec, apply_spec, find_groups
+
+    shape = tuple(input_shape or default_input_shape(model))
+    base = build_model(model, in_channels=shape[1], input_size=shape[2:])
+    groups = find_groups(base, shape)
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    variants = []
+    for i in range(n):
+        if i == 0 and include_full:
+            keep = tuple(1.0 for _ in groups)
+        else:
+            keep = tuple(float(u) for u in rng.uniform(*keep_range, size=len(groups)))
+        spec = ArchSpec(tuple(max(1, round(k * g.channels)) for k, g in zip(keep, groups)))
+        label = f"{model}-s{seed}-{i}"
+        digest = hashlib.sha256(spec.signature().encode()).hexdigest()[:12]
+        path = out_dir / f"{label}-{digest}.onnx"
+        if not path.is_file():
+            pruned = apply_spec(base, spec, shape)
+            export_onnx(pruned, shape, path)
+        variants.append(Variant(model, label, path, keep, spec.signature(), shape))
+    return variants
