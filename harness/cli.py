@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 #: Modules that add subcommands: each has ``register(subparsers)`` which adds its
 #: parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit status.
 #: Keep imports inside the ``func``s so ``--help`` and light commands start fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli_compile", "harness.cli_sim")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli_compile", "harness.cli_sim", "harness.cli_devices")
 
 
 def _nonneg_int(text: str) -> int:
@@ -57,36 +58,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="RL search for a pruned architecture that is faster on the device",
                        description="Run the RL pruning search. With no arguments: ResNet-20 on Fashion-MNIST, "
-                                   "measured on this machine (device local, target host).")
-    s.add_argument("--model", default=d.model, help=f"zoo model (default {d.model})")
-    s.add_argument("--dataset", default=d.dataset, help=f"dataset (default {d.dataset})")
-    s.add_argument("--data-root", default=None, help="dataset directory (default: the Debian package's)")
-    s.add_argument("--device", default=d.device, help=f"where latency is measured (default {d.device})")
-    s.add_argument("--target", default=d.target, help=f"TVM target preset or JSON dict (default {d.target})")
-    s.add_argument("--episodes", type=_pos_int, default=d.episodes, help=f"episodes (default {d.episodes})")
-    s.add_argument("--max-steps", type=_pos_int, default=d.max_steps, help=f"steps per episode (default {d.max_steps})")
-    s.add_argument("--latency-target", type=float, default=d.latency_target,
-                   help=f"episode ends once p50 <= R x unpruned p50 (default {d.latency_target})")
-    s.add_argument("--alpha", type=float, default=d.alpha, help=f"weight of ΔP, accuracy (default {d.alpha})")
-    s.add_argument("--beta", type=float, default=d.beta, help=f"weight of ΔC, MACs (default {d.beta})")
-    s.add_argument("--gamma", type=float, default=d.gamma, help=f"weight of ΔH, measured latency (default {d.gamma})")
-    s.add_argument("--seed", type=_nonneg_int, default=d.seed, help=f"seed of every random source (default {d.seed})")
-    s.add_argument("--tune-trials", type=_nonneg_int, default=d.tune_trials,
-                   help=f"MetaSchedule trials per task, 0 = untuned (default {d.tune_trials})")
-    s.add_argument("--train-epochs", type=_nonneg_int, default=d.train_epochs,
-                   help=f"epochs of the baseline, cached (default {d.train_epochs})")
-    s.add_argument("--finetune-epochs", type=_nonneg_int, default=d.finetune_epochs,
-                   help=f"fine-tuning epochs of the best model (default {d.finetune_epochs})")
-    s.add_argument("--step-fraction", type=float, default=d.step_fraction,
-                   help=f"share of a group's filters one action removes (default {d.step_fraction})")
-    s.add_argument("--eval-samples", type=_nonneg_int, default=d.eval_samples,
-                   help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
-    s.add_argument("--subset", type=_pos_int, default=None, help="cap each data split (quick runs and tests)")
-    s.add_argument("--repeat", type=_pos_int, default=d.repeat, help=f"timed blocks per measurement (default {d.repeat})")
-    s.add_argument("--out", default=d.out, help=f"run directories go to OUT/RUN_ID (default {d.out})")
-    s.add_argument("--db", default=d.db, help=f"results store (default {d.db})")
-    s.add_argument("--cache-dir", default=None, help="baselines, artifacts, tuning databases (default results/cache)")
-    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+                                   "measured on this machine (device local, target host). Options come from "
+                                   "the defaults, then --config FILE (TOML), then the flags given.",
+                       argument_default=argparse.SUPPRESS)
+    opt = s.add_argument
+    opt("--config", help="TOML file with any search option (keys named like the flags)")
+    opt("--resume", metavar="RUN_ID", help="continue RUN_ID (under --out, in --db) from its last completed step")
+    opt("--model", help=f"zoo model (default {d.model})")
+    opt("--dataset", help=f"dataset (default {d.dataset})")
+    opt("--data-root", help="dataset directory (default: the Debian package's)")
+    opt("--device", help=f"where latency is measured (default {d.device})")
+    opt("--target", help=f"TVM target preset or JSON dict (default {d.target})")
+    opt("--backend", choices=("tvm", "onnxruntime"), help=f"what the daemon times (default {d.backend})")
+    opt("--episodes", type=_pos_int, help=f"episodes (default {d.episodes})")
+    opt("--max-steps", type=_pos_int, help=f"steps per episode (default {d.max_steps})")
+    opt("--latency-target", type=float,
+        help=f"episode ends once the target metric <= R x unpruned (default {d.latency_target})")
+    opt("--target-metric", choices=("latency", "macs"), help=f"what --latency-target bounds (default {d.target_metric})")
+    opt("--alpha", type=float, help=f"weight of ΔP, accuracy (default {d.alpha})")
+    opt("--beta", type=float, help=f"weight of ΔC, MACs (default {d.beta})")
+    opt("--gamma", type=float, help=f"weight of ΔH, measured latency (default {d.gamma})")
+    opt("--seed", type=_nonneg_int, help=f"seed of every random source (default {d.seed})")
+    opt("--tune-trials", type=_nonneg_int, help=f"MetaSchedule trials per task, 0 = untuned (default {d.tune_trials})")
+    opt("--train-epochs", type=_nonneg_int, help=f"epochs of the baseline, cached (default {d.train_epochs})")
+    opt("--finetune-epochs", type=_nonneg_int, help=f"fine-tuning epochs of the best model (default {d.finetune_epochs})")
+    opt("--step-fraction", type=float, help=f"share of a group's filters one action removes (default {d.step_fraction})")
+    opt("--round-to", type=_pos_int, help=f"keep widths on multiples of N (default {d.round_to})")
+    opt("--importance", help=f"group magnitude criterion (default {d.importance})")
+    opt("--reinforce", choices=("per_step", "episodic"), help=f"REINFORCE update (default {d.reinforce}, the seed's)")
+    opt("--discount", type=float, help=f"discount of episodic returns (default {d.discount})")
+    opt("--baseline", choices=("none", "moving_average"), help=f"episodic return baseline (default {d.baseline})")
+    opt("--eval-samples", type=_nonneg_int, help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
+    opt("--subset", type=_pos_int, help="cap each data split (quick runs and tests)")
+    opt("--repeat", type=_pos_int, help=f"timed blocks per measurement (default {d.repeat})")
+    opt("--out", help=f"run directories go to OUT/RUN_ID (default {d.out})")
+    opt("--db", help=f"results store (default {d.db})")
+    opt("--cache-dir", help="baselines, artifacts, tuning databases (default results/cache)")
+    opt("--json", action="store_true", help="print one JSON object instead of a table")
     s.set_defaults(func=_cmd_search)
 
     t = sub.add_parser("train", help="train and cache a baseline model",
@@ -106,18 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from harness.search import SearchConfig, run_search
+    from harness.search import SearchConfig, load_config_file, resume_search, run_search
 
-    config = SearchConfig(
-        model=args.model, dataset=args.dataset, device=args.device, target=args.target, episodes=args.episodes,
-        max_steps=args.max_steps, latency_target=args.latency_target, alpha=args.alpha, beta=args.beta,
-        gamma=args.gamma, seed=args.seed, tune_trials=args.tune_trials, train_epochs=args.train_epochs,
-        finetune_epochs=args.finetune_epochs, step_fraction=args.step_fraction, eval_samples=args.eval_samples,
-        subset=args.subset, repeat=args.repeat, out=args.out, db=args.db, cache_dir=args.cache_dir,
-        data_root=args.data_root,
-    )
-    summary = run_search(config, progress=not args.json and sys.stderr.isatty())
-    if args.json:
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "json", "config", "resume")}
+    as_json = getattr(args, "json", False)
+    progress = not as_json and sys.stderr.isatty()
+    if getattr(args, "resume", None):
+        extra = set(given) - {"out", "db"}
+        if extra or getattr(args, "config", None):
+            raise ValueError(f"--resume takes only --out and --db (the run keeps its own config); drop "
+                             f"{', '.join('--' + k.replace('_', '-') for k in sorted(extra)) or '--config'}")
+        summary = resume_search(args.resume, out=given.get("out"), db=given.get("db"), progress=progress)
+    else:
+        values = load_config_file(args.config) if getattr(args, "config", None) else {}
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        config = SearchConfig.from_dict({**values, **given}, source="search options")
+        summary = run_search(config, progress=progress)
+    if as_json:
         print(json.dumps(summary, sort_keys=True, default=str))
     else:
         _print_search(summary)
@@ -176,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data import DatasetError
     from harness.store import StoreError
 
+    def _terminate(signum, frame):  # a `kill` is handled like Ctrl-C: the run is marked interrupted
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except (ValueError, DatasetError, StoreError, FileNotFoundError) as exc:
