@@ -16,6 +16,11 @@ Requests (``id`` is echoed back as given; any JSON value)::
     {"v":1,"id":..,"op":"hello"}
     {"v":1,"id":..,"op":"measure","artifact":"/abs/dir","backend":"tvm"|"onnxruntime",
      "warmup":5,"number":10,"repeat":30,"min_repeat_ms":50,"seed":0,"num_threads":null}
+    {"v":1,"id":..,"op":"time_func","lib":"/abs/x.so","args":[["float32",[1,8]],..],
+     "number":3,"repeat":1,"min_repeat_ms":50,"seed":0}
+        -> {"costs_s":[...]}: MetaSchedule's measurement of one tuning candidate
+        (a TIR module's entry function, random arguments, the runtime's
+        ``time_evaluator``), for the board-backed tuning runner.
     {"v":1,"id":..,"op":"bye"}              -> ok, then exit 0 (EOF also exits 0)
     {"v":1,"id":..,"op":"sleep","s":1.5,"child":false}
         TEST-ONLY: sleep ``s`` seconds (max 3600) before replying; with
@@ -470,11 +475,13 @@ class Daemon:
                 return _ok(rid, hello()), True
             if op == "measure":
                 return _ok(rid, self.measure(req)), True
+            if op == "time_func":
+                return _ok(rid, time_func(req)), True
             if op == "bye":
                 return _ok(rid, {}), False
             if op == "sleep":  # TEST-ONLY, see module docstring
                 return _ok(rid, self.sleep(req)), True
-            return _err(rid, "bad_request", f"unknown op {op!r}; ops: hello, measure, bye"), True
+            return _err(rid, "bad_request", f"unknown op {op!r}; ops: hello, measure, time_func, bye"), True
         except RequestError as exc:
             return _err(rid, exc.kind, exc.message), True
         except Exception as exc:  # noqa: BLE001 - never crash on a request
@@ -491,6 +498,54 @@ class Daemon:
         else:
             time.sleep(s)
         return {"slept_s": s}
+
+
+def time_func(req: dict) -> dict:
+    """Time the entry function of a compiled TIR module on random arguments (tuning runner).
+
+    Raises:
+        RequestError: bad_request (fields), load_failed (library), run_failed.
+    """
+    lib_path = req.get("lib")
+    args = req.get("args")
+    if not isinstance(lib_path, str) or not os.path.isabs(lib_path) or not os.path.isfile(lib_path):
+        raise RequestError("bad_request" if not isinstance(lib_path, str) else "load_failed",
+                           f"time_func: 'lib' must be an existing absolute path, got {lib_path!r}")
+    if not isinstance(args, list) or not all(
+            isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and isinstance(a[1], list)
+            and all(isinstance(d, int) and d >= 0 for d in a[1]) for a in args):
+        raise RequestError("bad_request", "time_func: 'args' must be [[dtype, [dims...]], ...]")
+    opts = {}
+    for name, default, lo in (("number", 3, 1), ("repeat", 1, 1), ("min_repeat_ms", 0, 0), ("seed", 0, 0)):
+        v = req.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise RequestError("bad_request", f"time_func: {name!r} must be an int >= {lo}, got {v!r}")
+        opts[name] = v
+    try:
+        import tvm.runtime as rt  # noqa: PLC0415 - lazy, runtime-only API
+
+        dev = rt.cpu(0)
+        lib = rt.load_module(lib_path)
+    except Exception as exc:  # noqa: BLE001
+        raise RequestError("load_failed", f"cannot load {lib_path}: {type(exc).__name__}: {exc}") from None
+    try:
+        rng = np.random.default_rng(opts["seed"])
+        tensors = []
+        for dtype, shape in args:
+            dt = np.dtype(dtype)
+            if dt.kind == "f":
+                host = rng.uniform(-1.0, 1.0, size=shape).astype(dt)
+            elif dt.kind in "iu":
+                host = rng.integers(0, 8, size=shape).astype(dt)
+            else:
+                host = np.zeros(shape, dtype=dt)
+            tensors.append(rt.tensor(host, dev))
+        evaluator = lib.time_evaluator(lib.entry_name, dev, number=opts["number"], repeat=opts["repeat"],
+                                       min_repeat_ms=opts["min_repeat_ms"])
+        costs = [float(c) for c in evaluator(*tensors).results]
+    except Exception as exc:  # noqa: BLE001
+        raise RequestError("run_failed", f"time_func failed: {type(exc).__name__}: {exc}") from None
+    return {"costs_s": costs}
 
 
 def _ok(rid, result: dict) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devices.base import Device, DeviceUnavailable, MeasureConfig, MeasureError, MeasureErrorKind, MeasureResult
+from devices.client import Reply
 from devices.inventory import FALLBACKS, Board, Inventory, InventoryError, load_inventory
 from devices.lease import LeaseManager
 from devices.ssh import BoardState, SshDevice
@@ -134,7 +135,7 @@ class FarmDevice(Device):
             self._busy.discard(board)
             self._cond.notify_all()
 
-    def _record(self, board: str, result: MeasureResult, dev: SshDevice) -> bool:
+    def _record(self, board: str, result: MeasureResult | Reply, dev: SshDevice) -> bool:
         """Book a result; True when it was a board fault (retry elsewhere)."""
         with self._cond:
             if result.ok:
@@ -164,15 +165,30 @@ class FarmDevice(Device):
             failed, the last board fault; with no healthy board left, the
             fallback's answer or a ``device_lost`` "farm exhausted" error.
         """
+        return self._on_board(lambda dev: dev.measure(artifact_dir, config),
+                              lambda: self._no_board(artifact_dir, config), Path(artifact_dir).name)
+
+    def time_function(self, lib_path: Path, args: list, **kw: Any) -> Reply:
+        """:meth:`SshDevice.time_function` on a free healthy board (tuning runner), with failover."""
+        def exhausted() -> Reply:
+            self.exhausted = True
+            why = "; ".join(f"{b}: {r}" for b, r in self.quarantined.items()) or "no board"
+            return Reply(error=MeasureError(MeasureErrorKind.DEVICE_LOST,
+                                            f"{EXHAUSTED}: no healthy board left in {self.name} ({why})"))
+
+        return self._on_board(lambda dev: dev.time_function(lib_path, args, **kw), exhausted, "tuning candidate")
+
+    def _on_board(self, job: Callable[[SshDevice], Any], no_board: Callable[[], Any], what: str) -> Any:
+        """Run ``job(board device)`` on a free healthy board; board faults are retried on the others."""
         tried: set[str] = set()
-        last: MeasureResult | None = None
+        last = None
         while True:
             board = self._take(tried)
             if board is None:
                 break
             dev = self.boards[board]
             try:
-                result = dev.measure(artifact_dir, config)
+                result = job(dev)
             except Exception as exc:  # noqa: BLE001 - a bug must not wedge the farm
                 logger.exception("%s: board %s raised", self.name, board)
                 result = MeasureResult.fail(MeasureErrorKind.DEVICE_LOST, f"board {board}: {exc!r}")
@@ -183,11 +199,11 @@ class FarmDevice(Device):
                 return result
             tried.add(board)
             last = result
-            logger.info("%s: %s failed on %s (%s); trying another board", self.name, Path(artifact_dir).name,
-                        board, result.error.kind.value)
+            logger.info("%s: %s failed on %s (%s); trying another board", self.name, what, board,
+                        result.error.kind.value)
         if self.healthy() and last is not None:
             return last  # every healthy board was tried for this request
-        return self._no_board(artifact_dir, config)
+        return no_board()
 
     def _no_board(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
         why = "; ".join(f"{b}: {r}" for b, r in self.quarantined.items()) or "no board"

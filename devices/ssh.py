@@ -520,6 +520,46 @@ class SshDevice(Device):
                 self._drop_session(polite=False)
             return reply
 
+    def time_function(self, lib_path: Path, args: list, *, arch: str, number: int = 3, repeat: int = 1,
+                      min_repeat_ms: int = 0, timeout_s: float = 60.0) -> Reply:
+        """Time one tuning candidate (a linked TIR module ``.so``) on the board.
+
+        Args:
+            lib_path: the candidate's shared library on this machine.
+            args: ``[[dtype, [dims]], ...]`` of the entry function.
+            arch: the library's CPU architecture (checked before upload).
+            number, repeat, min_repeat_ms: TVM ``time_evaluator`` settings.
+            timeout_s: limit of the timing request.
+
+        Returns:
+            A Reply: result ``{"costs_s": [...]}`` or a MeasureError value.
+        """
+        with self._lock:
+            if normalise_arch(arch) != self.board.arch:
+                return Reply(error=MeasureError(MeasureErrorKind.LOAD_FAILED,
+                                                f"candidate built for {arch} but board {self.board.name!r} is "
+                                                f"{self.board.arch}"))
+            err = self._ensure(self._threads)
+            if err is not None:
+                return Reply(error=err)
+            s = self._session
+            remote = f"{s.tmp}/tune-{hashlib.sha256(str(lib_path).encode()).hexdigest()[:16]}.so"
+            try:
+                s.upload([(Path(lib_path), remote)])
+            except SshError as exc:
+                e = self._fail(exc)
+                if e.kind in (MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.TIMEOUT):
+                    self._drop_session(polite=False)
+                return Reply(error=e)
+            reply = self.call("time_func", timeout_s=timeout_s, lib=remote, args=args, number=number,
+                              repeat=repeat, min_repeat_ms=int(min_repeat_ms))
+            if self._session is s:
+                try:
+                    s.run(["rm", "-f", "--", remote], check=False)
+                except SshError:
+                    pass
+            return reply
+
     def hello(self) -> dict:
         """The board daemon's hello (plus ``board``).
 
