@@ -37,13 +37,16 @@ the flags above.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,11 +251,31 @@ def _tuning(trials: int, threads: int | None):
     return TuningConfig(trials_per_task=trials, num_threads=threads)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (Python and file descriptor 1) to stderr meanwhile.
+
+    MetaSchedule prints its task tables and progress to stdout; stdout of these
+    commands is reserved for their result (one path, a table or one JSON object).
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _compile(source: _Source, target, cache_dir: Path, tuning):
-    """compile_onnx or a ``_Failure``."""
+    """compile_onnx (stdout diverted to stderr) or a ``_Failure``."""
     from harness.compile import compile_onnx
 
-    result = compile_onnx(source.onnx_path, target, cache_dir, tuning)
+    with _stdout_to_stderr():
+        result = compile_onnx(source.onnx_path, target, cache_dir, tuning)
     if result.error is not None:
         raise _Failure(f"{result.error.kind}: {result.error.message}")
     return result.artifact
