@@ -733,7 +733,9 @@ class MobileNetV2(nn.Module):
         """Which width a conv's output channels set: ``"stem.0"`` -> ``"stem"``,
         ``"blocks.I.conv.0.0"`` -> ``"blockI.expand"`` (expanding blocks),
         ``"blocks.I.conv.K"`` (the projection) -> ``"blockI"``, ``"last.0"`` ->
-        ``"last"``; None for depthwise convs (their width follows their input)."""
+        ``"last"``. A depthwise conv's width follows its input, so it maps to
+        the key of that input: ``"blockI.expand"``, or for a t=1 block the
+        previous block's output (``"stem"`` before block 0). None for other names."""
         if conv_name == "stem.0":
             return "stem"
         if conv_name == "last.0":
@@ -742,10 +744,11 @@ class MobileNetV2(nn.Module):
         if m is None:
             return None
         i, k, sub = int(m.group(1)), int(m.group(2)), m.group(3)
-        expand = self.config.blocks[i].expand
         if sub is None:
             return f"block{i}"
-        return f"block{i}.expand" if (expand and k == 0) else None
+        if self.config.blocks[i].expand:
+            return f"block{i}.expand"
+        return "stem" if i == 0 else f"block{i - 1}"
 
 
 def mobilenet_v2(

@@ -196,8 +196,9 @@ def test_mobilenet_v2_stems_multiplier_and_widths():
     assert outs["blocks.0.conv.1"] == 8 and outs["blocks.1.conv.0.0"] == 20 and outs["blocks.1.conv.2"] == 12
     assert outs["blocks.2.conv.0.0"] == 30 and m.blocks[2].use_residual and outs["last.0"] == 100
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 4)
-    assert m.width_key("blocks.1.conv.0.0") == "block1.expand" and m.width_key("blocks.1.conv.1.0") is None
-    assert m.width_key("blocks.0.conv.1") == "block0" and m.width_key("blocks.0.conv.0.0") is None
+    assert m.width_key("blocks.1.conv.0.0") == "block1.expand" == m.width_key("blocks.1.conv.1.0")  # dw follows
+    assert m.width_key("blocks.0.conv.1") == "block0" and m.width_key("blocks.0.conv.0.0") == "stem"
+    assert m.width_key("classifier.1") is None
     with pytest.raises(ValueError, match="stem must be 'cifar' or 'imagenet'"):
         build_model("mobilenet_v2", stem="tiny")
     with pytest.raises(ValueError, match="hidden width must equal its input"):
@@ -217,6 +218,25 @@ def test_default_input_shapes_cover_the_registry_and_the_kwargs_are_uniform():
             assert model(torch.randn(n, c, h, w)).shape == (1, 3), name
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         default_input_shape("nope")
+
+
+@pytest.mark.parametrize(("name", "chw", "n_groups"), [
+    ("resnet32", (1, 28, 28), 18), ("resnet18", (3, 64, 64), 12), ("vgg11", (3, 32, 32), 8),
+    ("mobilenet_v2", (3, 32, 32), 25),
+])
+def test_zoo_models_prune_and_rebuild_from_their_widths(name, chw, n_groups):
+    """find_groups/apply_spec/rebuild need nothing model-specific beyond width_key()."""
+    from harness.pruning import ArchSpec, apply_spec, find_groups, rebuild
+
+    model = build_model(name, in_channels=chw[0], num_classes=10).eval()
+    groups = find_groups(model, chw)
+    assert len(groups) == n_groups
+    spec = ArchSpec(tuple(max(1, g.channels // 2) for g in groups))
+    pruned = apply_spec(model, spec, chw)
+    rebuilt = rebuild(name, spec, num_classes=10, in_channels=chw[0], input_shape=chw)
+    rebuilt.load_state_dict(pruned.state_dict(), strict=True)
+    with torch.no_grad():
+        assert rebuilt.eval()(torch.randn(1, *chw)).shape == (1, 10)
 
 
 def test_pruning_groups_still_work_on_resnet20_and_56_after_the_zoo():
