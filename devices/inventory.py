@@ -25,7 +25,9 @@ typo never silently changes a lab's setup::
     cooldown_s = 5
     # optional limits (seconds): connect_timeout_s = 10, command_timeout_s = 60,
     # upload_timeout_s = 120, session_limit_s = 21600, keepalive_s = 5,
-    # remote_tmp = "/tmp", arch = "aarch64" (default: from the target preset)
+    # remote_tmp = "/tmp", arch = "aarch64" (default: from the target preset),
+    # emulated = false (true: `python` runs under qemu-user; the arch comes from
+    # the daemon's hello, not `uname -m`, and timings are labelled "emulated")
 
 Relative paths (``identity_file``, ``known_hosts``, ``lease_db``) are taken
 relative to the inventory file. Every error is an :class:`InventoryError`
@@ -98,6 +100,8 @@ class Board:
         session_limit_s: hard limit of one remote daemon's life.
         keepalive_s: SSH keepalive interval.
         remote_tmp: directory on the board for the per-run temp dirs.
+        emulated: the board's Python runs under qemu-user: functional checks
+            only; measurements say ``source="emulated"`` (never a latency).
     """
 
     name: str
@@ -119,6 +123,7 @@ class Board:
     session_limit_s: float = 6 * 3600.0
     keepalive_s: float = 5.0
     remote_tmp: str = "/tmp"
+    emulated: bool = False
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -172,7 +177,7 @@ class Inventory:
 _BOARD_KEYS = {
     "name", "host", "port", "user", "identity_file", "host_key", "known_hosts", "target", "tags",
     "python", "env", "cooldown_s", "connect_timeout_s", "command_timeout_s", "upload_timeout_s",
-    "session_limit_s", "keepalive_s", "remote_tmp", "arch",
+    "session_limit_s", "keepalive_s", "remote_tmp", "arch", "emulated",
 }
 _FARM_KEYS = {"lease_db", "lease_ttl_s", "max_failures", "fallback"}
 
@@ -269,6 +274,9 @@ def _board(f: _Fields, base: Path) -> Board:
     for k, v in env.items():
         if not _ENV_RE.match(k) or not isinstance(v, str):
             raise f.err("env", f"entry {k!r} must be NAME = \"string\" (NAME: letters, digits, _)")
+    emulated = f.t.get("emulated", False)
+    if not isinstance(emulated, bool):
+        raise f.err("emulated", f"must be true or false, got {emulated!r}")
     remote_tmp = f.str("remote_tmp", "/tmp")
     if not remote_tmp.startswith("/"):
         raise f.err("remote_tmp", f"must be an absolute path, got {remote_tmp!r}")
@@ -287,6 +295,7 @@ def _board(f: _Fields, base: Path) -> Board:
         session_limit_s=f.num("session_limit_s", 6 * 3600.0),
         keepalive_s=f.num("keepalive_s", 5.0),
         remote_tmp=remote_tmp.rstrip("/") or "/",
+        emulated=emulated,
     )
 
 

@@ -23,7 +23,9 @@ How we talk to a board (the inventory says what it *is*):
   daemon's stdout and stderr are drained together by
   :class:`~devices.client.DaemonSession`.
 - **Arch check** before any upload: the manifest's ``arch`` against the
-  board's ``uname -m`` (and the daemon hello's ``machine``).
+  board's ``uname -m`` (and the daemon hello's ``machine``; for an
+  ``emulated`` qemu-user board, the hello's alone). An emulated board's
+  measurements say ``source="emulated"``: outputs to compare, never latency.
 
 Expected failures are :class:`~devices.base.MeasureError` values:
 ``device_lost`` (unreachable, host key, auth, connection dropped),
@@ -298,8 +300,9 @@ class SshSession:
         b = self.board
         try:
             self.connect()
-            self.machine = normalise_arch(self.run(["uname", "-m"])[1])
-            if self.machine != b.arch:
+            # an emulated board's kernel is the host's: its arch is what its Python says (hello, below)
+            self.machine = None if b.emulated else normalise_arch(self.run(["uname", "-m"])[1])
+            if self.machine is not None and self.machine != b.arch:
                 raise SshError(MeasureErrorKind.DEVICE_LOST,
                                f"board {b.name!r}: uname -m says {self.machine} but the inventory's target "
                                f"{b.target!r} means {b.arch}; fix the inventory", fatal=True)
@@ -340,7 +343,9 @@ class SshSession:
             why = reply.error.message if reply.error else f"unexpected hello {reply.result}"
             raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: daemon did not say hello "
                                                           f"(python {b.python}): {why}")
-        self.hello = dict(reply.result, board=b.name)
+        self.hello = dict(reply.result, board=b.name, emulated=b.emulated)
+        if b.emulated:
+            self.machine = normalise_arch(str(self.hello.get("machine")))
         if normalise_arch(str(self.hello.get("machine"))) != b.arch:
             raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: daemon runs on "
                                                           f"{self.hello.get('machine')}, inventory says {b.arch}",
@@ -667,7 +672,8 @@ class SshDevice(Device):
                 device_state_before=dict(result["device_state_before"]),
                 device_state_after=dict(result["device_state_after"]),
                 hello=dict(self._session.hello if self._session and self._session.hello else {}),
-                source="measured", remeasured=attempts - 1, tuning=manifest.get("tuning"),
+                source="emulated" if self.board.emulated else "measured", remeasured=attempts - 1,
+                tuning=manifest.get("tuning"),
                 created_at=time.time(),
             )
         except (KeyError, TypeError, ValueError) as exc:
