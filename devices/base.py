@@ -280,7 +280,8 @@ class Device(abc.ABC):
         self.close()
 
 
-def make_device(name: str, *, inventory: Any = None, fallback: str | None = None) -> Device:
+def make_device(name: str, *, inventory: Any = None, fallback: str | None = None,
+                target: str | None = None) -> Device:
     """Build a device from its name.
 
     Args:
@@ -293,6 +294,8 @@ def make_device(name: str, *, inventory: Any = None, fallback: str | None = None
             :class:`devices.inventory.Inventory`.
         fallback: for ``farm:``: ``"fail"`` or ``"sim"`` when no healthy board
             is left; None = the inventory's ``[farm] fallback``.
+        target: for ``farm:``: only boards of this target preset (a JSON
+            target dict does not filter; the artifact's arch is still checked).
 
     Raises:
         ValueError: any other name, an unknown simulator profile, a missing
@@ -310,6 +313,6 @@ def make_device(name: str, *, inventory: Any = None, fallback: str | None = None
     if name.startswith(("ssh:", "farm:")):
         from devices.farm import make_farm_device
 
-        return make_farm_device(name, inventory, fallback=fallback)
+        return make_farm_device(name, inventory, fallback=fallback, target=target)
     raise ValueError(f"unknown device {name!r}: valid names are 'local', 'sim:PROFILE', 'ssh:BOARD', 'farm:TAG' "
                      f"(the last two need an inventory)")

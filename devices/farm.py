@@ -306,6 +306,8 @@ def make_farm_device(name: str, inventory: Any, *, fallback: str | None = None,
         except InventoryError as exc:
             raise ValueError(str(exc)) from None
         return SshDevice(board, leases, name=name)
+    if target is not None and target.lstrip().startswith("{"):
+        target = None  # a JSON target dict names no preset; the arch check still guards every upload
     boards = [b for b in inv.tagged(rest) if target is None or b.target == target]
     if not boards:
         raise ValueError(f"{name}: no board in {inv.path} has tag {rest!r}"

@@ -92,3 +92,20 @@ def test_make_device_needs_inventory_and_known_names(tmp_path):
         make_device("farm:x86", inventory=inv)
     with pytest.raises(ValueError, match="valid names"):
         make_device("telnet:pi")
+
+
+def test_farm_filters_by_target(tmp_path):
+    inv = _write(tmp_path, GOOD + GOOD.replace('"pi4-01"', '"pi5-01"').replace('target = "rpi4"', 'target = "rpi5"')
+                 .replace('tags = ["rpi4", "lab-a"]', 'tags = ["lab-a"]'))
+    farm = make_device("farm:lab-a", inventory=inv, target="rpi5")
+    try:
+        assert list(farm.boards) == ["pi5-01"]
+    finally:
+        farm.close()
+    with pytest.raises(ValueError, match="target 'host'"):
+        make_device("farm:lab-a", inventory=inv, target="host")
+    farm = make_device("farm:lab-a", inventory=inv, target='{"kind": "llvm"}', fallback="sim")
+    try:
+        assert list(farm.boards) == ["pi4-01", "pi5-01"] and farm.fallback == "sim"
+    finally:
+        farm.close()
