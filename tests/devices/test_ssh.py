@@ -173,10 +173,8 @@ def test_throttled_sample_is_invalid_and_repeated_after_cooldown(tmp_path, sshd_
     (fake / "vcgencmd").write_text(f"#!/bin/sh\nn=$(($(cat {count} 2>/dev/null || echo 0)+1)); echo $n > {count}\n"
                                    f"if [ $n -le 2 ]; then echo throttled=0x4; else echo throttled=0x0; fi\n")
     (fake / "vcgencmd").chmod(0o755)
-    extra = ""
-    board = _board(tmp_path, sshd_pair[0], client_key)
     inv = tmp_path / "thr.toml"
-    inv.write_text(board_toml("b1", sshd_pair[0], client_key, extra=extra).replace(
+    inv.write_text(board_toml("b1", sshd_pair[0], client_key).replace(
         'env = { TVM_NUM_THREADS = "1" }', f'env = {{ TVM_NUM_THREADS = "1", PATH = "{fake}:/usr/bin:/bin" }}'))
     board = load_inventory(inv).board("b1")
     dev = SshDevice(board)
