@@ -128,6 +128,7 @@ class SshSession:
         self.daemon: DaemonSession | None = None
         self.hello: dict | None = None
         self.uploaded: dict[str, str] = {}  # local key -> remote artifact dir
+        self.started_at = time.monotonic()  # of the running daemon (its watchdog's hard limit counts from here)
 
     # ------------------------------------------------------------- transport
 
@@ -336,6 +337,7 @@ class SshSession:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: cannot start daemon: {exc!r}") from None
         chan.settimeout(None)
+        self.started_at = time.monotonic()
         self.channel = chan
         self.daemon = DaemonSession(chan.makefile_stdin("wb"), chan.makefile("rb"), chan.makefile_stderr("rb"))
         reply = self.daemon.call("hello", HELLO_TIMEOUT_S)
@@ -469,6 +471,10 @@ class SshDevice(Device):
         s = self._session
         if s is not None and (not s.alive or s.daemon is None or s.daemon.broken is not None):
             self._drop_session(polite=False)
+            s = None
+        if s is not None and time.monotonic() - s.started_at > 0.9 * self.board.session_limit_s:
+            logger.info("board %s: session near its hard limit; starting a fresh one", self.board.name)
+            self._drop_session(polite=True)  # before the watchdog kills it mid-measurement
             s = None
         if self.leases is not None and (self._lease is None or self._lease.lost):
             self._lease = self.leases.acquire(self.board.name, wait_s=self.lease_wait_s)
