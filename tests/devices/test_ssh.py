@@ -189,3 +189,14 @@ def test_throttled_sample_is_invalid_and_repeated_after_cooldown(tmp_path, sshd_
         assert r.error.kind is MeasureErrorKind.UNSTABLE and "throttled in all 2" in r.error.message
     finally:
         dev.close()
+
+
+def test_watchdog_hard_limit(tmp_path, sshd_pair, client_key):
+    dev = SshDevice(_board(tmp_path, sshd_pair[0], client_key, extra="session_limit_s = 3"))
+    try:
+        pgid = dev.hello()["pid"]
+        assert _wait_until(lambda: not _group_alive(pgid), 10), "the daemon outlived session_limit_s"
+        # near the limit the device starts a fresh session instead of sending a request to a dead daemon
+        assert dev.hello()["pid"] != pgid
+    finally:
+        dev.close()
