@@ -132,7 +132,8 @@ def register(subparsers) -> None:
     _add_source_args(b)
     b.add_argument("--device", default="local", help="where to measure (default local: this machine)")
     b.add_argument("--backend", choices=("tvm", "onnxruntime"), default="tvm",
-                   help="time the TVM library (default) or the artifact's ONNX file with ONNX Runtime")
+                   help="time the TVM library (default) or the artifact's ONNX file with ONNX Runtime "
+                        "(the artifact is still built as for tvm; --tune-trials 0 skips tuning)")
     b.add_argument("--repeat", type=_pos, default=30, help="timed blocks (raw latencies) (default 30)")
     b.add_argument("--warmup", type=_trials, default=5, help="untimed warm-up calls (default 5)")
     b.add_argument("--min-repeat-ms", type=float, default=50.0,
