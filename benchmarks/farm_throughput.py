@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -65,7 +66,7 @@ def batch(device, arts: list[Path]) -> tuple[float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20, help="artifacts in the batch (default 20)")
-    ap.add_argument("--probes", type=int, default=30, help="measurements for the overhead ratio (default 30)")
+    ap.add_argument("--probes", type=int, default=60, help="measurements for the overhead ratio (default 60)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hilprune-farm-bench-"))
@@ -109,7 +110,11 @@ def main() -> int:
                     assert r.ok, r.error
             for name in times:
                 figures[f"{name}_per_measure_ms"] = round(statistics.median(times[name]) * 1e3, 2)
+                figures[f"{name}_per_measure_min_ms"] = round(min(times[name]) * 1e3, 2)
             figures["ssh_over_local_ratio"] = round(figures["ssh_per_measure_ms"] / figures["local_per_measure_ms"], 2)
+            figures["ssh_over_local_ratio_min"] = round(figures["ssh_per_measure_min_ms"]
+                                                        / figures["local_per_measure_min_ms"], 2)
+            figures["loadavg_1min"] = round(os.getloadavg()[0], 2)
         finally:
             ssh.close()
             local.close()
