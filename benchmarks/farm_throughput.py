@@ -121,6 +121,9 @@ def main() -> int:
     finally:
         for s in servers:
             s.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

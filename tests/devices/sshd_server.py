@@ -44,6 +44,8 @@ class LoopbackSshd:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.host_key = keygen(root / "host_ed25519")
+        self.remote_tmp = root / "remote-tmp"  # the board's temp dirs live under pytest's tmp, never /tmp
+        self.remote_tmp.mkdir(exist_ok=True)
         (root / "authorized_keys").write_text(client_pub + "\n")
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -117,4 +119,5 @@ def board_toml(name: str, sshd: LoopbackSshd, key: Path, *, tags=("loop",), pyth
     return (f'[[board]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {sshd.port}\nuser = "{getpass.getuser()}"\n'
             f'identity_file = "{key}"\nhost_key = "{host_key or sshd.host_key}"\ntarget = "host"\n'
             f'tags = {list(tags)!r}\npython = "{python}"\nenv = {{ TVM_NUM_THREADS = "1" }}\n'
-            f'cooldown_s = 0.2\nconnect_timeout_s = 5\ncommand_timeout_s = 20\n{extra}\n').replace("'", '"')
+            f'cooldown_s = 0.2\nconnect_timeout_s = 5\ncommand_timeout_s = 20\nremote_tmp = "{sshd.remote_tmp}"\n'
+            f'{extra}\n').replace("'", '"')

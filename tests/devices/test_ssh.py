@@ -67,7 +67,7 @@ def test_ssh_measure_matches_local(tmp_path, sshd_pair, client_key, tiny_artifac
         hello = dev.hello()
         assert hello["protocol"] == 1 and hello["machine"] == "x86_64" and hello["board"] == "b1"
         tmp = dev.session.tmp
-        assert tmp.startswith("/tmp/hilprune-run.") and Path(tmp, "daemon.py").is_file()
+        assert tmp.startswith(f"{sshd_pair[0].remote_tmp}/hilprune-run.") and Path(tmp, "daemon.py").is_file()
         r = dev.measure(tiny_artifact, MeasureConfig(**FAST))
         assert r.ok, r.error
         r2 = dev.measure(tiny_artifact, MeasureConfig(backend="onnxruntime", **FAST))
