@@ -124,7 +124,7 @@ class SearchConfig:
     gamma: float = 1.0
     seed: int = 0
     tune_trials: int = 8
-    train_epochs: int = 4
+    train_epochs: int = 3
     finetune_epochs: int = 1
     step_fraction: float = 0.25
     round_to: int = 1

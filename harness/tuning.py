@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import contextlib
 import logging
 import os
 import tempfile
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 LOCK_FILE = ".lock"
+#: MetaSchedule's console log of every tuning call on this database (appended).
+TUNING_LOG = "tuning.log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +361,10 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
             len(tasks), len(tasks) - len(new_tasks), db_dir, len(new_tasks),
         )
         if new_tasks:
-            _tune(new_tasks, db, config)
+            # MetaSchedule's console handler writes to sys.stdout (tvm/s_tir/meta_schedule/logging.py,
+            # "ext://sys.stdout"), which would corrupt `--json` output: send it to a log beside the database.
+            with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
+                _tune(new_tasks, db, config)
     report = TuneReport(
         tasks_total=len(tasks),
         tasks_from_db=len(tasks) - len(new_tasks),

@@ -74,7 +74,7 @@ def test_database_lock_excludes_other_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_tuning_fills_database_and_second_run_reuses_it(tmp_path):
+def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     onnx_path = tmp_path / "small.onnx"
     export_onnx(_net(), (1, 1, 28, 28), onnx_path)
     db_dir = tmp_path / "db"
@@ -83,6 +83,9 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path):
 
     first = compile_onnx(onnx_path, host, tmp_path / "cache1", config)
     assert first.error is None, first.error
+    # MetaSchedule's console log goes to the database's tuning.log, never to stdout (`--json` stays JSON)
+    assert capfd.readouterr().out == ""
+    assert "Initializing Task" in (db_dir / "tuning.log").read_text()
     tuning = first.artifact.manifest["tuning"]
     assert tuning["tuned"] is True and tuning["trials_per_task"] == 2
     assert tuning["database"] == str(db_dir)
