@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--device", help=f"where latency is measured (default {d.device})")
     opt("--target", help=f"TVM target preset or JSON dict (default {d.target})")
     opt("--backend", choices=("tvm", "onnxruntime"), help=f"what the daemon times (default {d.backend})")
+    opt("--inventory", help="farm inventory TOML, for --device ssh:BOARD or farm:TAG")
+    opt("--fallback", choices=("fail", "sim"), help="farm: when no healthy board is left (default: the inventory's)")
     opt("--episodes", type=_pos_int, help=f"episodes (default {d.episodes})")
     opt("--max-steps", type=_pos_int, help=f"steps per episode (default {d.max_steps})")
     opt("--latency-target", type=float,
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["search", *(argv or [])])
     from harness.data import DatasetError
+    from harness.search import SearchAborted
     from harness.store import StoreError
 
     def _terminate(signum, frame):  # a `kill` is handled like Ctrl-C: the run is marked interrupted
@@ -198,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DatasetError, StoreError, FileNotFoundError) as exc:
         print(f"hilprune: error: {exc}", file=sys.stderr)
         return 2
+    except SearchAborted as exc:
+        print(f"hilprune: stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hilprune: interrupted; everything measured so far is in the results store", file=sys.stderr)
         return 130

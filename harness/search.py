@@ -62,13 +62,18 @@ from harness.train import evaluate, finetune, load_or_train_baseline
 from harness.tuning import TuningConfig
 
 __all__ = [
-    "SearchConfig", "run_search", "resume_search", "default_cache_dir", "load_config_file",
+    "SearchAborted", "SearchConfig", "run_search", "resume_search", "default_cache_dir", "load_config_file",
     "load_best_model", "pareto_front",
 ]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class SearchAborted(RuntimeError):
+    """The search cannot go on (the unpruned model could not be measured, a farm ran out of
+    healthy boards). Everything measured before is in the results store; the run can be resumed."""
 
 
 def default_cache_dir() -> Path:
@@ -83,8 +88,11 @@ class SearchConfig:
     Attributes:
         model: zoo model name.
         dataset: dataset name (``fashion-mnist``).
-        device: device name (``local``).
+        device: device name: ``local``, ``sim:PROFILE``, ``ssh:BOARD`` or ``farm:TAG``.
         target: target preset or TVM JSON target.
+        inventory: farm inventory TOML (needed by ``ssh:`` and ``farm:`` devices).
+        fallback: ``farm:`` only — ``fail`` or ``sim`` when no healthy board is left
+            (None = the inventory's ``[farm] fallback``).
         backend: ``tvm`` (the compiled artifact) or ``onnxruntime`` (the ONNX file, labelled).
         episodes: number of episodes (≥ 1).
         max_steps: step limit per episode (≥ 2).
@@ -115,6 +123,8 @@ class SearchConfig:
     device: str = "local"
     target: str = "host"
     backend: str = "tvm"
+    inventory: str | None = None
+    fallback: str | None = None
     episodes: int = 3
     max_steps: int = 4
     latency_target: float = 0.8
@@ -152,6 +162,8 @@ class SearchConfig:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be >= 1, got {self.subset}")
+        if self.fallback not in (None, "fail", "sim"):
+            raise ValueError(f"fallback={self.fallback!r} must be 'fail' or 'sim'")
         if self.backend not in ("tvm", "onnxruntime"):
             raise ValueError(f"backend={self.backend!r} must be 'tvm' or 'onnxruntime'")
         # the value objects validate the rest with their own field names
@@ -253,7 +265,8 @@ class _Run:
         build_model(config.model)  # unknown model: clear error before any work
         data_root = Path(config.data_root) if config.data_root else None
         self.splits = load_dataset(config.dataset, root=data_root, seed=config.seed, subset=config.subset)
-        self.device = make_device(config.device)
+        self.device = make_device(config.device, inventory=config.inventory, fallback=config.fallback,
+                                  target=config.target)
         self.data_root = data_root
 
     def close(self) -> None:
@@ -281,7 +294,7 @@ class _Run:
         self.base_spec = full_spec(self.groups)
         self.baseline = self.evaluator.evaluate(self.base_spec)
         if not self.baseline.ok:
-            raise RuntimeError(f"the unpruned {c.model} could not be measured: "
+            raise SearchAborted(f"the unpruned {c.model} could not be measured: "
                                f"{self.baseline.error_kind}: {self.baseline.error_message}")
         self.env = PruningEnv(self.evaluator, self.groups, self.baseline, EnvConfig(
             step_fraction=c.step_fraction, max_steps=c.max_steps, latency_target=c.latency_target,
@@ -346,6 +359,10 @@ class _Run:
                             self.best_spec, self.best_key = cand.spec, key
                     obs = next_obs
                     self._checkpoint(episode, step, episode_done)
+                    if getattr(self.device, "exhausted", False):  # a farm with no healthy board left
+                        raise SearchAborted(f"{c.device}: no healthy board left ({cand.error_message}); everything "
+                                           f"measured is in {c.db}; fix the farm and `hilprune search --resume "
+                                           f"{self.run_id}`, or rerun with --fallback sim")
                     bar.update(1)
                     self._postfix(bar, episode)
                     steps_this_call += 1
@@ -549,7 +566,8 @@ def run_search(config: SearchConfig, *, progress: bool = True, interrupt_after_s
     Raises:
         ValueError: bad configuration (unknown model, dataset, device or target).
         harness.data.DatasetError: the dataset is missing or damaged.
-        RuntimeError: the unpruned model could not be measured (nothing to compare with).
+        SearchAborted: the unpruned model could not be measured (nothing to compare with),
+            or a farm has no healthy board left.
         KeyboardInterrupt: Ctrl-C; the run is marked ``interrupted`` and can be resumed.
     """
     t_start = time.perf_counter()
