@@ -227,6 +227,18 @@ class ResNetCifar(nn.Module):
         )
 
 
+def _layer_widths(model: nn.Module) -> dict[str, int]:
+    """Width key -> the actual output width of every Conv2d/Linear that has a
+    key under ``model.width_key`` (what ``current_config`` reads back)."""
+    widths: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            key = model.width_key(name)
+            if key is not None:
+                widths[key] = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    return widths
+
+
 def _init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -508,6 +520,14 @@ class VGG(nn.Module):
         m = re.match(r"^(?:features\.(conv\d+)|classifier\.(fc\d+))$", conv_name)
         return None if m is None else (m.group(1) or m.group(2))
 
+    def current_config(self) -> VGGConfig:
+        """The config matching the layers' actual widths (e.g. after in-place pruning)."""
+        return replace(
+            self.config.with_widths(_layer_widths(self)),
+            in_channels=self.features.conv1.in_channels,
+            num_classes=self.classifier.out.out_features,
+        )
+
 
 def _vgg(
     name: str,
@@ -749,6 +769,14 @@ class MobileNetV2(nn.Module):
         if self.config.blocks[i].expand:
             return f"block{i}.expand"
         return "stem" if i == 0 else f"block{i - 1}"
+
+    def current_config(self) -> MobileNetV2Config:
+        """The config matching the layers' actual widths (e.g. after in-place pruning)."""
+        return replace(
+            self.config.with_widths(_layer_widths(self)),
+            in_channels=self.stem[0].in_channels,
+            num_classes=self.classifier[1].out_features,
+        )
 
 
 def mobilenet_v2(

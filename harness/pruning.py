@@ -16,15 +16,41 @@ Vocabulary (DESIGN.md §3, §8):
       4 layer2.0 (conv, 32)          5 layer2 (residual, 32) 6 layer2.1  7 layer2.2
       8 layer3.0 (conv, 64)          9 layer3 (residual, 64) 10 layer3.1 11 layer3.2
 
+- Group kinds (:attr:`PruneGroup.kind`; the env treats ``"residual"``
+  specially and every other kind as a plain layer):
+
+  ``"conv"``       one conv's filters (+ its BN and the next layer's inputs);
+  ``"residual"``   several ordinary convs coupled by residual adds (a CIFAR
+                   ResNet stage's stream, a MobileNetV2 stage's block outputs);
+  ``"depthwise"``  a conv plus the depthwise conv(s) that follow it: a
+                   depthwise conv has groups == in == out channels, so its
+                   filters ARE its input channels, and Torch-Pruning couples
+                   them to the conv producing its input (MobileNetV2's
+                   expansion conv, or for the t=1 block the stem).
+
+  Kinds are read from the layers (a depthwise conv: groups > 1 and groups ==
+  in == out channels), so read them on the unpruned model: a depthwise conv
+  pruned to one channel looks like an ordinary conv.
+
+  Counts at the default widths: ResNet-20/32/56 12/18/30 (3 residual + the
+  inner convs), ResNet-18 12 (4 residual + 8 conv), VGG-11/16 8/13 (all
+  conv), MobileNetV2 25 (17 depthwise: stem + 16 expansions; 5 residual:
+  the stages of 24, 32, 64, 96, 160; 3 conv: block0's and block16's
+  projections, the last 1x1 conv).
 - An :class:`ArchSpec` is the number of channels kept per group, in that
   order; its ``signature()`` ("16-16-16-...") names an architecture.
+  :func:`round_spec` puts a spec on a grid of multiples of N;
+  :func:`random_spec` draws a seeded random one.
 
 Pruning (:func:`apply_spec`) works on a deep copy (Torch-Pruning prunes in
-place), removes in every group the channels with the smallest group L1 norm
-(``GroupMagnitudeImportance(p=1)``: L1 of every coupled weight slice, conv
-out/in, BN and linear in, averaged over the group), and returns the copy.
-:func:`rebuild` builds an untrained model of a spec's widths through
-:mod:`harness.models`, onto which the pruned state dict loads strictly.
+place), removes in every group the channels of smallest group magnitude and
+returns the copy. Group magnitude (``GroupMagnitudeImportance(p,
+group_reduction="mean", normalizer=None)``): for channel c, the mean over the
+group's coupled parameter slices (conv/linear output filters, conv/linear
+input slices, BN scales; biases not counted) of ``sum |w|^p``; ``"l1"`` is
+p=1, ``"l2"`` p=2 (the squared L2 norm, which ranks like the L2 norm within
+one slice). :func:`rebuild` builds an untrained model of a spec's widths
+through :mod:`harness.models`, onto which the pruned state dict loads strictly.
 
 MACs: Torch-Pruning's counter returns multiply-accumulates (even where its
 variables say "flops"); :func:`count_macs_params` names them ``macs``. It
@@ -36,9 +62,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -53,11 +81,18 @@ __all__ = [
     "find_groups",
     "full_spec",
     "layer_macs",
+    "random_spec",
     "rebuild",
+    "round_spec",
 ]
 
+logger = logging.getLogger(__name__)
+
 ARCH_SPEC_VERSION = 1
-_IMPORTANCES = ("l1",)
+#: Importance name -> the norm degree p of Torch-Pruning's GroupMagnitudeImportance.
+IMPORTANCES: dict[str, int] = {"l1": 1, "l2": 2}
+#: Every value :attr:`PruneGroup.kind` takes (see the module docstring).
+GROUP_KINDS: tuple[str, ...] = ("conv", "residual", "depthwise")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +103,10 @@ class PruneGroup:
     width key(s) of the group (``"stem+layer1"``, ``"layer2.0"``), or its
     first conv's name for models without width keys. ``channels``: current
     number of channels. ``layer_names``: the convs whose output channels form
-    the group, forward order (the first is the root). ``kind``:
-    ``"residual"`` (several convs coupled by adds) or ``"conv"`` (one conv).
+    the group, forward order (the first is the root), depthwise convs
+    included. ``kind``: one of :data:`GROUP_KINDS` -- ``"residual"``
+    (several ordinary convs coupled by adds), ``"depthwise"`` (a conv and
+    the depthwise conv(s) whose channels it sets) or ``"conv"`` (one conv).
     """
 
     index: int
@@ -152,6 +189,7 @@ def _groups_with_roots(model: nn.Module, dg: tp.DependencyGraph) -> list[tuple[P
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     name_of = {m: n for n, m in model.named_modules()}
     width_key = getattr(model, "width_key", None)
+    modules = dict(model.named_modules())
     found = []
     for group in dg.get_all_groups(ignored_layers=_classifier_layers(model), root_module_types=[nn.Conv2d]):
         convs = sorted(
@@ -170,19 +208,39 @@ def _groups_with_roots(model: nn.Module, dg: tp.DependencyGraph) -> list[tuple[P
                 if k is not None and k not in keys:
                     keys.append(k)
         name = "+".join(keys) if keys else convs[0]
-        kind = "residual" if len(convs) > 1 else "conv"
+        kind = _group_kind([modules[c] for c in convs])
         found.append((convs, channels, name, kind))
     found.sort(key=lambda f: order[f[0][0]])
-    modules = dict(model.named_modules())
     return [
         (PruneGroup(i, name, channels, tuple(convs), kind), modules[convs[0]])
         for i, (convs, channels, name, kind) in enumerate(found)
     ]
 
 
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def _group_kind(convs: Sequence[nn.Module]) -> str:
+    """``"residual"`` if two or more ordinary convs share the channels (adds),
+    else ``"depthwise"`` if a depthwise conv follows the root, else ``"conv"``."""
+    ordinary = [c for c in convs if not _is_depthwise(c)]
+    if len(ordinary) > 1:
+        return "residual"
+    if len(ordinary) < len(convs):
+        return "depthwise"
+    return "conv"
+
+
 def find_groups(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> list[PruneGroup]:
     """The prunable groups of ``model`` (see the module docstring), traced with
-    ``example_input`` (a tensor, or a shape (C,H,W) / (N,C,H,W)). The model is unchanged."""
+    ``example_input`` (a tensor, or a shape (C,H,W) / (N,C,H,W)). The model is unchanged.
+
+    The order is deterministic: by the position in ``model.named_modules()``
+    of each group's first conv (forward order for the zoo), the same for any
+    example input of a valid shape. Only Conv2d filters are grouped: the
+    classifier's outputs and hidden Linear layers (VGG's ``hidden``) are never
+    pruned."""
     dg = _build_graph(model, _example(example_input))
     return [g for g, _ in _groups_with_roots(model, dg)]
 
@@ -206,6 +264,80 @@ def _check_spec(spec: ArchSpec, groups: Sequence[PruneGroup]) -> None:
             )
 
 
+_ROUND_MODES = ("nearest", "down", "up")
+
+
+def _grid(channels: int, round_to: int) -> list[int]:
+    """The widths a group of ``channels`` may take on a grid of ``round_to``:
+    the multiples of ``round_to`` up to ``channels``, plus ``channels`` itself
+    (the unpruned width is always allowed, on the grid or not)."""
+    points = list(range(round_to, channels + 1, round_to))
+    if not points or points[-1] != channels:
+        points.append(channels)
+    return points
+
+
+def round_spec(
+    spec: ArchSpec, groups: Sequence[PruneGroup], round_to: int, mode: str = "nearest"
+) -> ArchSpec:
+    """``spec`` with every entry moved onto a grid of multiples of ``round_to``
+    (e.g. 8: what vectorised kernels and the tuning database like).
+
+    Each group's allowed widths are ``round_to, 2*round_to, ...`` up to its
+    full width, plus the full width itself (so a group narrower than
+    ``round_to``, or whose full width is off the grid, can only stay unpruned
+    or take the grid points below it). A width never goes below
+    ``round_to`` (nor to 0) unless the group is narrower, and never above the
+    group's width. ``mode``: ``"nearest"`` (ties go up: keep more),
+    ``"down"`` (the largest allowed width <= the entry, or the smallest
+    allowed one; the env's own rule) or ``"up"``. ``round_to=1`` returns the
+    spec unchanged (after the checks).
+
+    Raises ValueError for ``round_to < 1``, an unknown mode, or a spec that does
+    not fit ``groups`` (wrong length, entry < 1 or > the group's width)."""
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to={round_to!r} must be an int >= 1 (1 = no rounding)")
+    if mode not in _ROUND_MODES:
+        raise ValueError(f"unknown rounding mode {mode!r}; valid: {', '.join(_ROUND_MODES)}")
+    _check_spec(spec, groups)
+    if round_to == 1:
+        return spec
+    out = []
+    for g, keep in zip(groups, spec.channels):
+        grid = _grid(g.channels, round_to)
+        below = [w for w in grid if w <= keep]
+        above = [w for w in grid if w >= keep]
+        lo = below[-1] if below else None
+        hi = above[0]  # keep <= g.channels, which is on the grid: never empty
+        if mode == "down":
+            out.append(lo if lo is not None else hi)
+        elif mode == "up" or lo is None:
+            out.append(hi)
+        else:
+            out.append(lo if keep - lo < hi - keep else hi)
+    return ArchSpec(tuple(out))
+
+
+def random_spec(
+    groups: Sequence[PruneGroup],
+    rng: np.random.Generator,
+    min_keep: float = 0.25,
+    round_to: int = 1,
+) -> ArchSpec:
+    """A random spec: group i keeps ``max(1, round(u_i * channels_i))``
+    channels with ``u_i ~ Uniform(min_keep, 1)`` drawn from ``rng`` (one
+    ``rng.uniform(min_keep, 1.0, size=len(groups))`` call, so a seeded
+    ``numpy.random.default_rng(seed)`` gives the same spec every time), then
+    :func:`round_spec` (``"nearest"``) onto multiples of ``round_to``.
+
+    Raises ValueError for ``min_keep`` outside (0, 1] or a bad ``round_to``."""
+    if not 0.0 < min_keep <= 1.0:
+        raise ValueError(f"min_keep={min_keep!r} must be in (0, 1]")
+    u = rng.uniform(min_keep, 1.0, size=len(groups))
+    spec = ArchSpec(tuple(min(g.channels, max(1, int(round(float(k) * g.channels)))) for k, g in zip(u, groups)))
+    return round_spec(spec, groups, round_to)
+
+
 def apply_spec(
     model: nn.Module,
     spec: ArchSpec,
@@ -213,17 +345,23 @@ def apply_spec(
     importance: str = "l1",
 ) -> nn.Module:
     """A pruned deep copy of ``model`` in which group i keeps exactly
-    ``spec.channels[i]`` channels, those of largest group L1 norm (ties: the
-    lower index is kept). ``model`` itself is not modified. Raises ValueError
-    for a spec of the wrong length or an entry < 1 or > the group's channels."""
-    if importance not in _IMPORTANCES:
-        raise ValueError(f"unknown importance {importance!r}; valid: {', '.join(_IMPORTANCES)}")
+    ``spec.channels[i]`` channels, those of largest group magnitude (ties: the
+    lower index is kept), in their original order.
+
+    ``importance``: ``"l1"`` (p=1) or ``"l2"`` (p=2) group magnitude (module
+    docstring). ``example_input``: a tensor or a shape (C,H,W) / (N,C,H,W) to
+    trace with. ``model`` itself is not modified; a model with
+    ``current_config()`` gets its ``config`` updated to the pruned widths.
+    Raises ValueError for an unknown importance, a spec of the wrong length or
+    an entry < 1 or > the group's channels."""
+    if importance not in IMPORTANCES:
+        raise ValueError(f"unknown importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
     example = _example(example_input)
     pruned = copy.deepcopy(model)
     dg = _build_graph(pruned, example)
     groups = _groups_with_roots(pruned, dg)
     _check_spec(spec, [g for g, _ in groups])
-    scorer = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
+    scorer = tp.importance.GroupMagnitudeImportance(p=IMPORTANCES[importance], group_reduction="mean", normalizer=None)
     with torch.no_grad():
         for (g, root), keep in zip(groups, spec.channels):
             n_remove = g.channels - keep
@@ -273,17 +411,27 @@ def rebuild(
     in_channels: int = 1,
     input_shape: Sequence[int] = (1, 28, 28),
     seed: int = 0,
+    **build_kwargs,
 ) -> nn.Module:
     """An untrained ``model_name`` whose widths are exactly ``spec`` (so the
     state dict of ``apply_spec(full_model, spec, ...)`` loads onto it strictly).
 
-    The group -> width mapping comes from the full model's groups and its
-    ``width_key(conv_name)``; models without it cannot be rebuilt."""
-    full = build_model(model_name, num_classes=num_classes, in_channels=in_channels, seed=seed)
+    ``input_shape`` ((C,H,W) or (N,C,H,W); its H, W go to the builder as
+    ``input_size``: VGG sizes its classifier by it and MobileNetV2 picks its
+    stem by it). ``build_kwargs`` go to the builder too (e.g. ``width_mult``
+    for MobileNetV2, ``hidden`` for VGG) and must match those of the pruned
+    model. The group -> width mapping comes from the full model's groups and
+    its ``width_key(conv_name)``; every zoo model has one.
+
+    Raises ValueError for a model without ``width_key``, or a spec that does
+    not fit its groups."""
+    hw = tuple(input_shape)[-2:]
+    kw = dict(num_classes=num_classes, in_channels=in_channels, input_size=hw, seed=seed, **build_kwargs)
+    full = build_model(model_name, **kw)
     width_key = getattr(full, "width_key", None)
     if width_key is None:
         raise ValueError(f"model {model_name!r} has no width_key(); it cannot be rebuilt from a spec")
-    groups = find_groups(full, (in_channels, *tuple(input_shape)[-2:]))
+    groups = find_groups(full, (in_channels, *hw))
     _check_spec(spec, groups)
     widths: dict[str, int] = {}
     for g, keep in zip(groups, spec.channels):
@@ -292,4 +440,4 @@ def rebuild(
             if key is None:
                 raise ValueError(f"conv {conv!r} of group {g.name!r} has no width key in {model_name!r}")
             widths[key] = keep
-    return build_model(model_name, num_classes=num_classes, in_channels=in_channels, widths=widths, seed=seed)
+    return build_model(model_name, widths=widths, **kw)

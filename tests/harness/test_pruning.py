@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from harness.models import resnet20
+from harness.models import mobilenet_v2, resnet20, vgg11, vgg16
 from harness.pruning import (
+    GROUP_KINDS,
     ArchSpec,
+    PruneGroup,
     apply_spec,
     count_macs_params,
     find_groups,
     full_spec,
     layer_macs,
+    random_spec,
     rebuild,
+    round_spec,
 )
 
 torch.set_num_threads(2)
@@ -200,3 +207,160 @@ def test_arch_spec_signature_and_json_round_trip():
         ArchSpec.from_signature("16-x")
     with pytest.raises(AttributeError):
         spec.channels = (1,)  # frozen
+
+
+# --------------------------------------------------------------------------- every zoo model
+
+RGB = (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def mbv2():
+    return mobilenet_v2(seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def mbv2_groups(mbv2):
+    return find_groups(mbv2, RGB)
+
+
+def test_mobilenet_v2_groups_and_kinds(mbv2, mbv2_groups):
+    groups = mbv2_groups
+    assert len(groups) == 25
+    assert Counter(g.kind for g in groups) == {"depthwise": 17, "residual": 5, "conv": 3}
+    assert set(g.kind for g in groups) <= set(GROUP_KINDS)
+    by_name = {g.name: g for g in groups}
+    # The stem sets block0's depthwise conv (t=1: no expansion conv).
+    assert by_name["stem"].layer_names == ("stem.0", "blocks.0.conv.0.0") and by_name["stem"].kind == "depthwise"
+    assert by_name["block1.expand"].layer_names == ("blocks.1.conv.0.0", "blocks.1.conv.1.0")
+    assert by_name["block1.expand"].channels == 96
+    # A stage's block outputs are coupled through its residual adds.
+    assert by_name["block3+block4+block5"].layer_names == ("blocks.3.conv.2", "blocks.4.conv.2", "blocks.5.conv.2")
+    assert [g.name for g in groups if g.kind == "residual"] == [
+        "block1+block2", "block3+block4+block5", "block6+block7+block8+block9", "block10+block11+block12",
+        "block13+block14+block15",
+    ]
+    assert [g.name for g in groups if g.kind == "conv"] == ["block0", "block16", "last"]
+    assert not any("classifier" in n for g in groups for n in g.layer_names)
+    assert find_groups(mbv2, torch.randn(2, *RGB)) == groups  # deterministic order, any batch
+
+
+def test_mobilenet_v2_specs_keep_depthwise_groups_consistent(mbv2, mbv2_groups):
+    for seed, round_to in ((0, 1), (1, 8)):
+        spec = random_spec(mbv2_groups, np.random.default_rng(seed), min_keep=0.2, round_to=round_to)
+        pruned = apply_spec(mbv2, spec, RGB, importance="l2" if seed else "l1")
+        mods = dict(pruned.named_modules())
+        for g, keep in zip(mbv2_groups, spec.channels):
+            for name in g.layer_names:
+                assert mods[name].out_channels == keep, (g.name, name)
+        for i, block in enumerate(pruned.blocks):
+            dw = block.conv[1 if pruned.config.blocks[i].expand else 0][0]
+            producer = block.conv[0][0] if pruned.config.blocks[i].expand else None
+            width = producer.out_channels if producer is not None else (
+                pruned.stem[0].out_channels if i == 0 else pruned.blocks[i - 1].conv[-2].out_channels
+            )
+            assert dw.in_channels == dw.out_channels == dw.groups == width, (i, dw)
+            assert block.conv[-2].in_channels == width
+            if block.use_residual:  # output width == input width, so the add still works
+                assert block.conv[-2].out_channels == pruned.blocks[i - 1].conv[-2].out_channels
+        assert full_spec(find_groups(pruned, RGB)) == spec
+        with torch.no_grad():
+            assert pruned(torch.randn(2, *RGB)).shape == (2, 10)
+
+
+def test_vgg16_spec_yields_exactly_its_channel_counts():
+    model = vgg16(seed=0).eval()
+    groups = find_groups(model, RGB)
+    assert [g.name for g in groups] == [f"conv{i}" for i in range(1, 14)]
+    assert all(g.kind == "conv" and len(g.layer_names) == 1 for g in groups)
+    spec = ArchSpec((3, 64, 1, 100, 255, 7, 8, 500, 2, 512, 13, 1, 77))
+    pruned = apply_spec(model, spec, RGB)
+    convs = [m for m in pruned.features if isinstance(m, nn.Conv2d)]
+    bns = [m for m in pruned.features if isinstance(m, nn.BatchNorm2d)]
+    assert [c.out_channels for c in convs] == list(spec.channels)
+    assert [b.num_features for b in bns] == list(spec.channels)
+    assert [c.in_channels for c in convs] == [3, *spec.channels[:-1]]
+    assert pruned.classifier.out.in_features == 77 and pruned.classifier.out.out_features == 10
+    assert pruned.config.convs == spec.channels  # the model's own record follows
+    with torch.no_grad():
+        assert pruned(torch.randn(1, *RGB)).shape == (1, 10)
+
+
+def test_l2_and_l1_choose_different_channels_on_a_crafted_weight():
+    model = vgg11(seed=0).eval()
+    with torch.no_grad():
+        # Only conv1's filters differ between channels: the coupled BN scales (1) and
+        # conv2's input slices (all equal) add the same amount to every channel.
+        model.features.conv2.weight.copy_(model.features.conv2.weight[:, :1].expand(-1, 64, -1, -1))
+        w = torch.ones(64, 3, 3, 3)
+        w[5] = 0.0
+        w[5, 0, 1, 1] = 3.0  # one large weight: L1 3, sum of squares 9
+        w[9] = 0.2  # many small ones: L1 27 x 0.2 = 5.4, sum of squares 1.08
+        model.features.conv1.weight.copy_(w)
+    groups = find_groups(model, RGB)
+    spec = ArchSpec((63, *(g.channels for g in groups[1:])))
+    for importance, dropped in (("l1", 5), ("l2", 9)):
+        pruned = apply_spec(model, spec, RGB, importance=importance)
+        keep = [c for c in range(64) if c != dropped]
+        assert torch.equal(pruned.features.conv1.weight, w[keep]), importance
+    with pytest.raises(ValueError, match="unknown importance 'l3'; valid: l1, l2"):
+        apply_spec(model, spec, RGB, importance="l3")
+
+
+def _groups(*channels: int) -> list[PruneGroup]:
+    return [PruneGroup(i, f"g{i}", c, (f"conv{i}",), "conv") for i, c in enumerate(channels)]
+
+
+def test_round_spec_keeps_widths_on_the_grid():
+    groups = _groups(64, 64, 64, 64, 20, 5, 64)
+    spec = ArchSpec((1, 11, 12, 60, 19, 3, 64))
+    assert round_spec(spec, groups, 8).channels == (8, 8, 16, 64, 20, 5, 64)  # nearest, ties up
+    assert round_spec(spec, groups, 8, mode="down").channels == (8, 8, 8, 56, 16, 5, 64)
+    assert round_spec(spec, groups, 8, mode="up").channels == (8, 16, 16, 64, 20, 5, 64)
+    # 20 is off the grid: 8, 16 or the full 20; a group narrower than 8 stays whole.
+    assert round_spec(ArchSpec((64,) * 4 + (17, 1, 64)), groups, 8).channels[4:6] == (16, 5)
+    assert round_spec(spec, groups, 1) == spec
+    with pytest.raises(ValueError, match="round_to=0 must be an int >= 1"):
+        round_spec(spec, groups, 0)
+    with pytest.raises(ValueError, match="unknown rounding mode"):
+        round_spec(spec, groups, 8, mode="sideways")
+    with pytest.raises(ValueError, match="must be between 1 and 5"):
+        round_spec(ArchSpec((8,) * 5 + (6, 8)), groups, 8)
+
+
+def test_random_spec_is_seeded_bounded_and_rounds(mbv2_groups):
+    groups = mbv2_groups
+    a = random_spec(groups, np.random.default_rng(3))
+    assert a == random_spec(groups, np.random.default_rng(3))
+    assert a != random_spec(groups, np.random.default_rng(4))
+    for g, keep in zip(groups, a.channels):
+        assert max(1, round(0.25 * g.channels)) <= keep <= g.channels
+    for seed in range(5):
+        r = random_spec(groups, np.random.default_rng(seed), min_keep=0.05, round_to=8)
+        for g, keep in zip(groups, r.channels):
+            assert keep % 8 == 0 and 8 <= keep <= g.channels, (g.name, keep)
+    assert random_spec(groups, np.random.default_rng(0), min_keep=1.0) == full_spec(groups)
+    with pytest.raises(ValueError, match="min_keep"):
+        random_spec(groups, np.random.default_rng(0), min_keep=0.0)
+
+
+@pytest.mark.parametrize(("name", "chw", "kw"), [
+    ("vgg11", RGB, {}),
+    ("vgg11", (3, 64, 64), {"hidden": (32, 16)}),  # classifier sized for 64x64: rebuild must know
+    ("mobilenet_v2", RGB, {}),
+    ("mobilenet_v2", (3, 96, 96), {"width_mult": 0.5}),  # ImageNet stem picked by the input size
+])
+def test_rebuild_loads_strictly_with_identical_outputs(name, chw, kw):
+    from harness.models import build_model
+
+    model = build_model(name, in_channels=chw[0], input_size=chw[1:], seed=0, **kw).eval()
+    groups = find_groups(model, chw)
+    spec = random_spec(groups, np.random.default_rng(7), round_to=4)
+    pruned = apply_spec(model, spec, chw).eval()
+    fresh = rebuild(name, spec, num_classes=10, in_channels=chw[0], input_shape=chw, seed=9, **kw)
+    fresh.load_state_dict(pruned.state_dict(), strict=True)
+    fresh.eval()
+    assert fresh.config == pruned.config
+    x = torch.randn(2, *chw)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned(x))
