@@ -71,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", default=None, help="--from-db: only this model's rows")
     c.add_argument("--onnx-dir", action="append", default=None,
                    help="--from-db: folder searched for the rows' ONNX files by sha256 (repeatable; default results)")
+    c.add_argument("--statistic", choices=("p50", "min"), default="p50",
+                   help="--from-db: latency of a graph = smallest p50 (default) or smallest block (min) of its rows")
     c.add_argument("--threads", type=_pos_int, default=None,
                    help="--from-db: threads the measurements used (default: the profile's)")
     c.add_argument("--board", default=None, help="--from ncnn table: exact device string (default: the profile's)")
@@ -79,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"--from ncnn table: folder of NAME.onnx graphs (default: export the zoo's into {CLASSICS_DIR})")
     c.add_argument("--start", choices=("current", "prior"), default="current",
                    help="start from the current profile file (default) or the datasheet prior")
+    c.add_argument("--channel-align", default=None,
+                   help="channel grid of the fast conv layout: an int, or 'auto' (5-fold cross-validation over "
+                        "1,4,8,16 on the rows); default: the start profile's")
     c.add_argument("--prior-weight", type=float, default=0.3, help="weight of the datasheet prior (default 0.3; 0 = none)")
     c.add_argument("--out", default=None, help="profile file to write (default devices/profiles/NAME.json)")
     c.add_argument("--json", action="store_true", help="print the fit as one JSON object")
@@ -127,8 +132,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from devices.sim.calibrate import PRIORS, fit_profile, leave_one_group_out, prior_profile
-    from devices.sim.profile import PROFILE_DIR, load_profile
+    from devices.sim.calibrate import PRIORS, choose_channel_align, fit_profile, leave_one_group_out, prior_profile
+    from devices.sim.profile import PROFILE_DIR, SimParams, load_profile
     from harness import sim_data
 
     name = args.profile
@@ -145,9 +150,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.from_db:
         threads = args.threads or start.threads
         dirs = [Path(d) for d in (args.onnx_dir or ["results"])]
-        rows = sim_data.db_rows(Path(args.db), args.device, args.backend, dirs, threads=threads, model=args.model)
+        rows = sim_data.db_rows(Path(args.db), args.device, args.backend, dirs, threads=threads, model=args.model,
+                                statistic=args.statistic)
         source = {"kind": "results-store", "db": str(args.db), "device": args.device, "backend": args.backend,
-                  "threads": threads, "model": args.model, "latency": "smallest p50 per graph"}
+                  "threads": threads, "model": args.model, "latency": f"smallest {args.statistic} per graph"}
     else:
         csv_path = Path(args.from_csv)
         if not csv_path.is_file():
@@ -169,8 +175,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         else:
             rows = sim_data.csv_rows(csv_path)
             source = {"kind": "csv", "csv": str(csv_path)}
+    align_cv = None
+    if args.channel_align is not None:
+        if args.channel_align == "auto":
+            align, align_cv = choose_channel_align(rows, start, prior=prior, prior_weight=args.prior_weight)
+        else:
+            try:
+                align = int(args.channel_align)
+            except ValueError:
+                raise ValueError(f"--channel-align must be an int or 'auto', got {args.channel_align!r}") from None
+        start = start.with_params(SimParams.from_dict(start.params.to_dict() | {"channel_align": align}))
     report = fit_profile(rows, start, prior=prior, prior_weight=args.prior_weight)
     stats = dict(report.stats)
+    if align_cv is not None:
+        stats["channel_align_cv_rmse_log"] = align_cv
     if len({r.group for r in rows}) >= 2:
         lomo = leave_one_group_out(rows, start, prior=prior, prior_weight=args.prior_weight)
         stats["leave_one_group_out_mape"] = lomo["mape"]

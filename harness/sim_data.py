@@ -147,10 +147,11 @@ def _index_onnx(dirs: Iterable[Path], wanted: set[str]) -> dict[str, Path]:
 
 
 def db_rows(db: Path, device: str, backend: str, onnx_dirs: Iterable[Path], *, threads: int = 1,
-            model: str | None = None) -> list[CalibrationRow]:
+            model: str | None = None, statistic: str = "p50") -> list[CalibrationRow]:
     """The store's stable ``measured`` rows of ``device`` and ``backend``, one per graph.
 
-    The latency of a graph is the smallest p50 of its measurements.
+    The latency of a graph is the smallest ``statistic`` (``p50``, or ``min``:
+    the fastest block, robust on a loaded machine) of its measurements.
 
     Args:
         db: results store file.
@@ -163,6 +164,7 @@ def db_rows(db: Path, device: str, backend: str, onnx_dirs: Iterable[Path], *, t
         threads: thread count the measurements ran with (the store does not
             record it).
         model: keep only this model's rows.
+        statistic: ``p50`` or ``min``.
 
     Raises:
         ValueError: a ``sim:`` device, a missing store, or no usable row (the
@@ -170,12 +172,14 @@ def db_rows(db: Path, device: str, backend: str, onnx_dirs: Iterable[Path], *, t
     """
     if device.startswith("sim:"):
         raise ValueError(f"refusing to calibrate on simulated rows of {device!r}; pick a measured device")
+    if statistic not in ("p50", "min"):
+        raise ValueError(f"statistic must be 'p50' or 'min', got {statistic!r}")
     db = Path(db)
     if not db.is_file():
         raise ValueError(f"results store {db} does not exist")
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        q = ("SELECT id, model, arch_signature, backend, onnx_sha256, latency_p50_ms FROM measurements "
+        q = (f"SELECT id, model, arch_signature, backend, onnx_sha256, latency_{statistic}_ms FROM measurements "
              "WHERE device=? AND source='measured' AND unstable=0")
         args: list = [device]
         if model:

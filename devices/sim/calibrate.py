@@ -28,12 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from devices.sim.graph import OP_CLASSES, GraphFeatures
-from devices.sim.profile import SimParams, SimProfile, predict_latency_ms
+from devices.sim.profile import SimParams, SimProfile, misaligned_mask, predict_latency_ms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CalibrationRow", "FitReport", "PRIORS", "fit_profile", "fit_stats", "leave_one_group_out",
-           "prior_profile"]
+__all__ = ["CalibrationRow", "FitReport", "PRIORS", "choose_channel_align", "fit_profile", "fit_stats",
+           "leave_one_group_out", "prior_profile"]
 
 #: Operator-class efficiency relative to ``conv_kxk`` used by every prior
 #: (dimensionless; typical of im2col/Winograd CPU kernels: 1x1 convs are
@@ -47,11 +47,13 @@ _CLASS_SHAPE = {"conv1x1": 0.6, "conv3x3s1": 1.0, "conv_kxk": 1.0, "depthwise": 
 
 
 def _prior(conv_kxk_gmacs_s: float, bandwidth_gb_s: float, layer_overhead_us: float,
-           model_overhead_ms: float, thread_exponent: float = 0.8, winograd: float = 2.0) -> dict[str, Any]:
+           model_overhead_ms: float, thread_exponent: float = 0.8, winograd: float = 2.0,
+           channel_align: int = 4, misaligned_factor: float = 1.5) -> dict[str, Any]:
     shape = _CLASS_SHAPE | {"conv3x3s1": winograd}
     return {"gops_s": {c: conv_kxk_gmacs_s * s for c, s in shape.items()},
             "bandwidth_gb_s": bandwidth_gb_s, "layer_overhead_us": layer_overhead_us,
-            "model_overhead_ms": model_overhead_ms, "thread_exponent": thread_exponent}
+            "model_overhead_ms": model_overhead_ms, "thread_exponent": thread_exponent,
+            "channel_align": channel_align, "misaligned_factor": misaligned_factor}
 
 
 #: Datasheet priors (the start and the anchor of every calibration). The
@@ -101,9 +103,10 @@ PRIORS: dict[str, dict[str, Any]] = {
     "host": {
         "description": "this machine: AMD EPYC (Zen 4, KVM guest), 2 vCPUs, AVX-512, CPU",
         "threads": 1, "cores": 2,
-        "params": _prior(15.0, 30.0, 3.0, 0.02, winograd=1.0),
+        "params": _prior(15.0, 30.0, 3.0, 0.02, winograd=1.0, channel_align=16),
         "sources": "Zen 4: 2x256-bit FMA, 16 fp32 MAC/cycle -> ~40 GMAC/s/core peak at 2.6 GHz; "
-                   "32 MB L3 holds the CIFAR-size models (bandwidth is L3-like)",
+                   "32 MB L3 holds the CIFAR-size models (bandwidth is L3-like); ONNX Runtime MLAS NCHWc "
+                   "block = 16 channels with AVX-512",
     },
 }
 
@@ -157,25 +160,29 @@ class FitReport:
     rows: list[dict[str, Any]]
 
 
-_NP = len(OP_CLASSES) + 4  # gops_s[8], bandwidth, layer overhead, model overhead, thread exponent
-_BOUNDS = ([math.log(1e-4)] * len(OP_CLASSES) + [math.log(1e-3), math.log(1e-3), math.log(1e-5), math.log(0.05)],
-           [math.log(1e6)] * len(OP_CLASSES) + [math.log(1e4), math.log(1e5), math.log(1e4), 0.0])
+# x = log of: gops_s[8], bandwidth, layer overhead, model overhead, thread exponent, misaligned factor
+_K = len(OP_CLASSES)
+_NP = _K + 5
+_BOUNDS = ([math.log(1e-4)] * _K + [math.log(1e-3), math.log(1e-3), math.log(1e-5), math.log(0.05), 0.0],
+           [math.log(1e6)] * _K + [math.log(1e4), math.log(1e5), math.log(1e4), 0.0, math.log(20.0)])
 
 
 def _to_vec(p: SimParams) -> np.ndarray:
     return np.log(np.concatenate([p.gops_s, [p.bandwidth_gb_s, max(p.layer_overhead_us, 1e-3),
-                                             max(p.model_overhead_ms, 1e-5), p.thread_exponent]]))
+                                             max(p.model_overhead_ms, 1e-5), p.thread_exponent,
+                                             p.misaligned_factor]]))
 
 
-def _from_vec(x: np.ndarray) -> SimParams:
+def _from_vec(x: np.ndarray, channel_align: int) -> SimParams:
     v = np.exp(x)
-    return SimParams(v[:len(OP_CLASSES)].copy(), float(v[-4]), float(v[-3]), float(v[-2]), float(min(v[-1], 1.0)))
+    return SimParams(v[:_K].copy(), float(v[_K]), float(v[_K + 1]), float(v[_K + 2]), float(min(v[_K + 3], 1.0)),
+                     channel_align, float(max(v[_K + 4], 1.0)))
 
 
 class _Stacked:
     """All rows' operators concatenated, for one vectorised prediction of every row."""
 
-    def __init__(self, rows: Sequence[CalibrationRow], cores: int) -> None:
+    def __init__(self, rows: Sequence[CalibrationRow], cores: int, channel_align: int) -> None:
         self.work = np.concatenate([r.features.work for r in rows])
         self.bytes = np.concatenate([r.features.bytes for r in rows])
         self.cls = np.concatenate([r.features.op_class for r in rows])
@@ -185,12 +192,14 @@ class _Stacked:
         self.threads = np.minimum(np.array([r.threads for r in rows], dtype=np.float64), cores)
         self.log_threads_op = np.log(self.threads)[self.row]
         self.n_rows = len(rows)
+        self.misaligned = np.concatenate([misaligned_mask(r.features.channels, channel_align) for r in rows])
 
     def predict_ms(self, x: np.ndarray) -> np.ndarray:
-        rate = np.exp(x[:len(OP_CLASSES)])[self.cls] * 1e9 * np.exp(np.exp(x[-1]) * self.log_threads_op)
-        t = np.maximum(self.work / rate, self.bytes / (math.exp(x[-4]) * 1e9))
+        rate = np.exp(x[:_K])[self.cls] * 1e9 * np.exp(np.exp(x[_K + 3]) * self.log_threads_op)
+        work = np.where(self.misaligned, self.work * math.exp(x[_K + 4]), self.work)
+        t = np.maximum(work / rate, self.bytes / (math.exp(x[_K]) * 1e9))
         per_row = np.bincount(self.row, weights=t, minlength=self.n_rows)
-        return 1e3 * (per_row + self.n_ops * math.exp(x[-3]) * 1e-6) + math.exp(x[-2])
+        return 1e3 * (per_row + self.n_ops * math.exp(x[_K + 1]) * 1e-6) + math.exp(x[_K + 2])
 
 
 def fit_stats(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> dict[str, float]:
@@ -230,13 +239,15 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
     meas = np.array([r.latency_ms for r in rows], dtype=np.float64)
     if not np.all(np.isfinite(meas)) or np.any(meas <= 0):
         raise ValueError("every measured latency must be a finite number of ms > 0")
-    stacked = _Stacked(rows, start.cores)
+    align = start.params.channel_align
+    stacked = _Stacked(rows, start.cores, align)
     anchor = _to_vec((prior or start).params)
     x0 = np.clip(_to_vec(start.params), _BOUNDS[0], _BOUNDS[1])
     if fit_thread_exponent is None:
         fit_thread_exponent = len(set(np.minimum([r.threads for r in rows], start.cores).tolist())) > 1
     free = np.ones(_NP, dtype=bool)
-    free[-1] = bool(fit_thread_exponent)
+    free[_K + 3] = bool(fit_thread_exponent)
+    free[_K + 4] = align > 1 and bool(stacked.misaligned.any())  # the factor needs misaligned convs
     # a class with no work in any row cannot be seen: keep it at its start value
     seen = np.bincount(stacked.cls, weights=stacked.work, minlength=len(OP_CLASSES)) > 0
     free[:len(OP_CLASSES)] &= seen
@@ -259,13 +270,14 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
 
     lb, ub = np.array(_BOUNDS[0])[free], np.array(_BOUNDS[1])[free]
     sol = least_squares(residuals, np.clip(x0[free], lb + 1e-9, ub - 1e-9), bounds=(lb, ub), method="trf",
-                        max_nfev=max_nfev, x_scale=1.0, xtol=1e-10, ftol=1e-12, gtol=1e-10)
+                        max_nfev=max_nfev, x_scale=1.0, xtol=1e-9, ftol=1e-10, gtol=1e-10)
     x = full(sol.x)
-    params = _from_vec(x)
+    params = _from_vec(x, align)
     pred = stacked.predict_ms(x)
     stats = fit_stats(pred, meas) | {"cost": float(sol.cost), "optimizer": str(sol.message),
                                      "prior_weight": prior_weight, "prior_sigma_log": prior_sigma_log,
-                                     "free_params": int(free.sum()), "thread_exponent_fitted": bool(free[-1])}
+                                     "free_params": int(free.sum()), "thread_exponent_fitted": bool(free[_K + 3]),
+                                     "misaligned_factor_fitted": bool(free[_K + 4])}
     profile = start.with_params(params, version=start.version + 1, fit=stats)
     per_row = [{"label": r.label, "threads": r.threads, "measured_ms": float(m), "predicted_ms": float(p),
                 "ape": float(100 * abs(p - m) / m)} for r, m, p in zip(rows, meas, pred)]
@@ -302,3 +314,38 @@ def leave_one_group_out(rows: Sequence[CalibrationRow], start: SimProfile, **fit
                          "predicted_ms": p, "ape": ape})
         out.append({"group": g, "rows": held})
     return {"mape": float(np.mean(apes)), "n_rows": len(apes), "groups": out}
+
+
+def choose_channel_align(rows: Sequence[CalibrationRow], start: SimProfile, candidates: Sequence[int] = (1, 4, 8, 16),
+                         *, folds: int = 5, seed: int = 0, **fit_kw: Any) -> tuple[int, dict[int, float]]:
+    """Pick ``channel_align`` by k-fold cross-validation on ``rows`` (it is a grid size, not fitted).
+
+    Rows are shuffled with ``numpy.random.default_rng(seed)`` and split into
+    ``folds`` parts; for each candidate the profile is fitted on k-1 parts and
+    scored by the RMS of ``log(predicted / measured)`` on the held-out part.
+
+    Returns:
+        (the best candidate, {candidate: cross-validated RMS log error}).
+
+    Raises:
+        ValueError: fewer rows than folds, or no candidate.
+    """
+    if not candidates:
+        raise ValueError("choose_channel_align needs at least one candidate")
+    if len(rows) < folds:
+        raise ValueError(f"{len(rows)} rows are too few for {folds}-fold cross-validation")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    parts = np.array_split(order, folds)
+    scores: dict[int, float] = {}
+    for align in candidates:
+        s = start.with_params(SimParams.from_dict(start.params.to_dict() | {"channel_align": int(align)}))
+        errs = []
+        for k in range(folds):
+            test = set(parts[k].tolist())
+            fitted = fit_profile([r for i, r in enumerate(rows) if i not in test], s, **fit_kw).profile
+            errs += [math.log(predict_latency_ms(rows[i].features, fitted, threads=rows[i].threads) / rows[i].latency_ms)
+                     for i in test]
+        scores[int(align)] = float(np.sqrt(np.mean(np.square(errs))))
+    best = min(scores, key=scores.get)
+    logger.info("channel_align by %d-fold CV: %s -> %d", folds, scores, best)
+    return best, scores

@@ -107,6 +107,9 @@ class GraphFeatures:
         bytes: float64 array (n,), memory traffic in bytes.
         macs: total MACs of the conv and dense rows (int), the MACs proxy.
         input_shapes: {graph input name: shape} of the non-initializer inputs.
+        channels: int64 array (n, 2): (input channels per group, output
+            channels) of conv rows, (0, 0) elsewhere — for the profile's
+            channel-alignment penalty (SIMD blocking of NCHWc / pack4 layouts).
     """
 
     name: str
@@ -117,6 +120,11 @@ class GraphFeatures:
     bytes: np.ndarray
     macs: int
     input_shapes: dict[str, tuple[int, ...]]
+    channels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels is None:
+            object.__setattr__(self, "channels", np.zeros((len(self.node_names), 2), dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.node_names)
@@ -196,7 +204,7 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
             raise SimGraphError(f"{name}: graph input {iname!r} has no static shape; export with a fixed "
                                 "batch and resolution (e.g. 1x3x224x224)")
 
-    names, types, cls, work, nbytes = [], [], [], [], []
+    names, types, cls, work, nbytes, chans = [], [], [], [], [], []
     macs = 0
     for idx, node in enumerate(g.node):
         op = node.op_type
@@ -227,6 +235,7 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
             in_bytes += math.prod(shp) * size
         traffic = float(in_bytes + weights + out_elems * out_size)
 
+        chan = (0, 0)
         if op == "Conv":
             (x_shape, _), (w_shape, _) = shape_of(node.input[0], "input"), shape_of(node.input[1], "weight")
             if len(w_shape) < 3 or len(x_shape) != len(w_shape):
@@ -246,7 +255,9 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
                 klass = "conv3x3s1"
             else:
                 klass = "conv_kxk"
-            del c_out
+            # alignment channels: depthwise -> its width; an image stem (<= 4 input
+            # channels per group) has its own first-layer kernels -> input ignored
+            chan = (c_out, c_out) if klass == "depthwise" else (w_shape[1] if w_shape[1] > 4 else 0, c_out)
             macs += ops
         elif op in ("Gemm", "MatMul"):
             (a_shape, _) = shape_of(node.input[0], "input")
@@ -270,12 +281,14 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
         cls.append(_CLS[klass])
         work.append(float(ops))
         nbytes.append(traffic)
+        chans.append(chan)
     if not names:
         raise SimGraphError(f"{name}: the graph has no costed operator (only {len(g.node)} shape-only nodes)")
     return GraphFeatures(
         name=name, node_names=tuple(names), op_types=tuple(types),
         op_class=np.asarray(cls, dtype=np.int64), work=np.asarray(work, dtype=np.float64),
         bytes=np.asarray(nbytes, dtype=np.float64), macs=int(macs), input_shapes=input_shapes,
+        channels=np.asarray(chans, dtype=np.int64).reshape(-1, 2),
     )
 
 

@@ -2,12 +2,14 @@
 
 Cost of one batch-1 inference at ``n`` threads (``n`` capped at ``cores``)::
 
-    t_i      = max(work_i / (gops_s[class_i] * 1e9 * n**thread_exponent),
+    t_i      = max(work_i * m_i / (gops_s[class_i] * 1e9 * n**thread_exponent),
                    bytes_i / (bandwidth_gb_s * 1e9))
                + layer_overhead_us * 1e-6                       [s, operator i]
     latency  = 1e3 * sum_i t_i + model_overhead_ms             [ms]
 
-``work_i``, ``bytes_i`` and ``class_i`` come from :mod:`devices.sim.graph`.
+``work_i``, ``bytes_i`` and ``class_i`` come from :mod:`devices.sim.graph`;
+``m_i = misaligned_factor`` for a conv whose input (per group) or output
+channel count is not a multiple of ``channel_align``, else 1.
 Compute throughput scales with threads (sub-linearly when
 ``thread_exponent < 1``); memory bandwidth is shared and does not.
 
@@ -80,6 +82,15 @@ class SimParams:
             ``n ** thread_exponent`` (dimensionless, in (0, 1]). Source:
             fitted on rows at several thread counts (ncnn's 1- and all-core
             runs); prior 0.8.
+        channel_align: channel block of the runtime's fast conv layout
+            (channels; not fitted): 16 for ONNX Runtime's NCHWc on AVX-512,
+            4 for ncnn's pack4 on NEON fp32, 8 for pack8 fp16, 1 = no
+            penalty. Source: the runtimes' kernel code (MLAS NCHWc block
+            size; ncnn elempack).
+        misaligned_factor: compute-time multiplier (>= 1, dimensionless) of
+            a conv with a channel count off the ``channel_align`` grid (it
+            falls back to a slower layout and reorders). Source: fitted where
+            the rows hold such convs (pruned variants on ``host``); prior 1.5.
     """
 
     gops_s: np.ndarray
@@ -87,6 +98,8 @@ class SimParams:
     layer_overhead_us: float
     model_overhead_ms: float
     thread_exponent: float
+    channel_align: int = 1
+    misaligned_factor: float = 1.0
 
     def __post_init__(self) -> None:
         g = np.asarray(self.gops_s, dtype=np.float64).reshape(-1)
@@ -95,14 +108,18 @@ class SimParams:
                              f"got {g.shape[0]}")
         g.setflags(write=False)
         object.__setattr__(self, "gops_s", g)
-        for fname in ("bandwidth_gb_s", "layer_overhead_us", "model_overhead_ms", "thread_exponent"):
+        if isinstance(self.channel_align, bool) or not isinstance(self.channel_align, int) or self.channel_align < 1:
+            raise ValueError(f"SimParams.channel_align must be an int >= 1, got {self.channel_align!r}")
+        for fname in ("bandwidth_gb_s", "layer_overhead_us", "model_overhead_ms", "thread_exponent",
+                      "misaligned_factor"):
             v = float(getattr(self, fname))
             object.__setattr__(self, fname, v)
         checks = [("gops_s", bool(np.all(np.isfinite(g)) and np.all(g > 0)), "> 0"),
                   ("bandwidth_gb_s", math.isfinite(self.bandwidth_gb_s) and self.bandwidth_gb_s > 0, "> 0"),
                   ("layer_overhead_us", math.isfinite(self.layer_overhead_us) and self.layer_overhead_us >= 0, ">= 0"),
                   ("model_overhead_ms", math.isfinite(self.model_overhead_ms) and self.model_overhead_ms >= 0, ">= 0"),
-                  ("thread_exponent", 0 < self.thread_exponent <= 1, "in (0, 1]")]
+                  ("thread_exponent", 0 < self.thread_exponent <= 1, "in (0, 1]"),
+                  ("misaligned_factor", math.isfinite(self.misaligned_factor) and self.misaligned_factor >= 1, ">= 1")]
         for fname, ok, rule in checks:
             if not ok:
                 raise ValueError(f"SimParams.{fname} must be {rule}, got {getattr(self, fname)!r}")
@@ -115,6 +132,8 @@ class SimParams:
             "layer_overhead_us": self.layer_overhead_us,
             "model_overhead_ms": self.model_overhead_ms,
             "thread_exponent": self.thread_exponent,
+            "channel_align": self.channel_align,
+            "misaligned_factor": self.misaligned_factor,
         }
 
     @classmethod
@@ -131,7 +150,8 @@ class SimParams:
                 raise ValueError(f"gops_s lacks {missing}")
             return cls(np.array([float(rates[c]) for c in OP_CLASSES]), float(data["bandwidth_gb_s"]),
                        float(data["layer_overhead_us"]), float(data["model_overhead_ms"]),
-                       float(data["thread_exponent"]))
+                       float(data["thread_exponent"]), int(data.get("channel_align", 1)),
+                       float(data.get("misaligned_factor", 1.0)))
         except KeyError as exc:
             raise ValueError(f"profile params lack {exc.args[0]!r}") from None
 
@@ -275,6 +295,20 @@ def _rates(profile: SimProfile, threads: int | None) -> tuple[np.ndarray, float,
     return inv_rate, 1.0 / (p.bandwidth_gb_s * 1e9), p.layer_overhead_us * 1e-6, p.model_overhead_ms * 1e-3
 
 
+def misaligned_mask(channels: np.ndarray, align: int) -> np.ndarray:
+    """Bool array (n,): conv rows whose input or output channels are off the ``align`` grid."""
+    if align <= 1:
+        return np.zeros(len(channels), dtype=bool)
+    c = channels
+    return ((c[:, 0] % align) != 0) | ((c[:, 1] % align) != 0)
+
+
+def _misaligned(features: GraphFeatures, p: SimParams) -> np.ndarray | float:
+    if p.channel_align <= 1:
+        return 1.0
+    return np.where(misaligned_mask(features.channels, p.channel_align), p.misaligned_factor, 1.0)
+
+
 def predict_latency_ms(features: GraphFeatures, profile: SimProfile, threads: int | None = None) -> float:
     """Predicted batch-1 latency of a graph on a profile, in ms (deterministic).
 
@@ -287,7 +321,8 @@ def predict_latency_ms(features: GraphFeatures, profile: SimProfile, threads: in
         ValueError: ``threads < 1``.
     """
     inv_rate, inv_bw, ovh_s, const_s = _rates(profile, threads)
-    t = np.maximum(features.work * inv_rate[features.op_class], features.bytes * inv_bw)
+    t = np.maximum(features.work * inv_rate[features.op_class] * _misaligned(features, profile.params),
+                   features.bytes * inv_bw)
     return float(1e3 * (t.sum() + ovh_s * len(features.work) + const_s))
 
 
@@ -303,7 +338,7 @@ def layer_breakdown(features: GraphFeatures, profile: SimProfile, threads: int |
         sum to :func:`predict_latency_ms`.
     """
     inv_rate, inv_bw, ovh_s, _ = _rates(profile, threads)
-    comp = features.work * inv_rate[features.op_class] * 1e3
+    comp = features.work * inv_rate[features.op_class] * _misaligned(features, profile.params) * 1e3
     mem = features.bytes * inv_bw * 1e3
     rows = []
     for i, (node, op) in enumerate(zip(features.node_names, features.op_types)):
