@@ -8,7 +8,8 @@ State (observation, float32, flat ``[4·G + 3]`` for G prunable groups):
         kept_g / orig_g            current keep ratio, in (0, 1]
         orig_g / max_g orig        the group's original width, normalised
         g / (G − 1)                the group's index (AMC's layer index feature)
-        kind_g                     1 for a residual group (convs coupled by adds), 0 for a single conv
+        kind_g                     1 residual group (convs coupled by adds), 0.5 depthwise
+                                   (expansion conv + its depthwise conv), 0 a single conv
     then three globals:
         step / max_steps           budget used so far
         MACs(s) / MACs(s0)         compute ratio
@@ -45,6 +46,9 @@ from harness.pruning import ArchSpec, PruneGroup
 from harness.reward import RewardTerms, RewardWeights, compute_reward
 
 __all__ = ["EnvConfig", "PruningEnv", "CandidateSource"]
+
+#: The group-kind feature of the observation (harness.pruning.GROUP_KINDS).
+_KIND_FEATURE = {"residual": 1.0, "depthwise": 0.5, "conv": 0.0}
 
 
 class CandidateSource(Protocol):
@@ -127,7 +131,7 @@ class PruningEnv(gym.Env):
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(4 * n + 3,), dtype=np.float32)
         max_orig = float(self.orig.max())
         index = np.arange(n, dtype=np.float32) / max(n - 1, 1)
-        kind = np.array([1.0 if g.kind == "residual" else 0.0 for g in self.groups], dtype=np.float32)
+        kind = np.array([_KIND_FEATURE.get(g.kind, 0.0) for g in self.groups], dtype=np.float32)
         self._static = np.stack([self.orig / max_orig, index, kind], axis=1).astype(np.float32)
         self.stop_action = n
         self._reset_state()

@@ -325,29 +325,30 @@ def load_or_train_baseline(
     cache if present, else trained with :func:`train` and cached atomically.
 
     The model is built with ``build_model(model_name, num_classes, in_channels,
-    seed=seed)``; the data split uses the same ``seed``. ``splits`` may be
+    input_size, seed=seed)`` from the data's shape; the data split uses the same ``seed``. ``splits`` may be
     passed to skip reloading the data (it must be that dataset and seed).
     """
     pt = baseline_path(cache_dir, model_name, dataset_name, seed, epochs)
     info_path = pt.with_suffix(".json")
+    if splits is None:
+        splits = load_dataset(dataset_name, root=data_root, seed=seed)
+
+    def build() -> nn.Module:  # the data's classes, channels and image size, for every zoo model
+        return build_model(model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0],
+                           input_size=tuple(splits.input_shape[1:]), seed=seed)
+
     if pt.is_file() and info_path.is_file():
         info = BaselineInfo.from_json(info_path.read_text())
         if info.format_version == BASELINE_FORMAT_VERSION:
             state = torch.load(pt, map_location="cpu", weights_only=True)
-            num_classes = state["fc.weight"].shape[0]
-            in_channels = state["conv1.weight"].shape[1]
-            model = build_model(model_name, num_classes=num_classes, in_channels=in_channels, seed=seed)
+            model = build()
             model.load_state_dict(state, strict=True)
             model.eval()
             logger.info("baseline loaded from %s (test top-1 %.4f)", pt, info.test_top1)
             return model, info
         logger.warning("baseline %s has format %s, expected %s: retraining", pt, info.format_version, BASELINE_FORMAT_VERSION)
 
-    if splits is None:
-        splits = load_dataset(dataset_name, root=data_root, seed=seed)
-    model = build_model(
-        model_name, num_classes=splits.num_classes, in_channels=splits.input_shape[0], seed=seed
-    )
+    model = build()
     logger.info("training baseline %s on %s (seed %d, %d epochs)", model_name, dataset_name, seed, epochs)
     report = train(model, splits, epochs=epochs, seed=seed, progress=progress)
     model.eval()
