@@ -24,7 +24,8 @@ __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 #: Modules that add subcommands: each has ``register(subparsers)`` which adds its
 #: parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit status.
 #: Keep imports inside the ``func``s so ``--help`` and light commands start fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli_compile", "harness.cli_sim", "harness.cli_devices")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli_compile", "harness.cli_sim", "harness.cli_devices",
+                                       "harness.cli_nightly")
 
 
 def _nonneg_int(text: str) -> int:

@@ -129,8 +129,12 @@ def register(subparsers) -> None:
     b = subparsers.add_parser("bench", help="compile and measure one model on a device",
                               description="Compile (cached) and time a model on a device; the measurement is "
                                           "stored in the results store.")
-    _add_source_args(b)
-    b.add_argument("--device", default="local", help="where to measure (default local: this machine)")
+    from harness.cli_nightly import DeviceAction, add_bench_compare, add_bench_suite_args  # issue 6
+
+    bench_src = _add_source_args(b)
+    b.add_argument("--device", default="local", action=DeviceAction,
+                   help="where to measure (default local: this machine); with --suite, repeat it for several "
+                        "devices (they replace the suite's)")
     b.add_argument("--backend", choices=("tvm", "onnxruntime"), default="tvm",
                    help="time the TVM library (default) or the artifact's ONNX file with ONNX Runtime "
                         "(the artifact is still built as for tvm; --tune-trials 0 skips tuning)")
@@ -144,6 +148,8 @@ def register(subparsers) -> None:
     b.add_argument("--db", default="results/hilprune.db", help="results store (default results/hilprune.db)")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     b.set_defaults(func=_cmd_bench)
+    add_bench_suite_args(b, bench_src)  # --suite FILE, --inventory (harness/cli_nightly.py)
+    add_bench_compare(b)  # `bench compare` (harness/cli_nightly.py)
 
     t = subparsers.add_parser("tune", help="tune a model's tasks into the target's tuning database",
                               description="MetaSchedule-tune the tasks of a model that the target's database "
@@ -369,6 +375,10 @@ def _copy_artifact(src: Path, out: Path) -> Path:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "suite", None):  # nightly suites: harness/cli_nightly.py (issue 6)
+        from harness.cli_nightly import cmd_bench_suite
+
+        return cmd_bench_suite(args)
     return _run_guarded(_bench_impl, args)
 
 

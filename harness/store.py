@@ -11,6 +11,15 @@ Tables:
                   device state, source ``measured`` or ``simulated``)
     candidates    one row per (run, episode, step): spec, top-1, MACs,
                   params, latency p50, reward terms, error if any
+    bench_runs    one row per nightly suite run (schema 2): suite, status,
+                  metadata (git commit, hilprune/TVM/Python versions,
+                  device hello and state), summary
+    bench_results one row per (bench run, benchmark, target, device): status
+                  ``ok`` (with its measurement) or ``failed`` (kind, reason)
+
+Schema history: 1 = runs, measurements, candidates; 2 = + bench_runs,
+bench_results (a version-1 file is migrated in place when opened: the new
+tables are created, nothing else changes).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any, Iterator
 
 __all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,6 +105,35 @@ CREATE TABLE IF NOT EXISTS candidates (
     created_at REAL NOT NULL,
     UNIQUE (run_id, episode, step)
 );
+CREATE TABLE IF NOT EXISTS bench_runs (
+    run_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,              -- running | finished | interrupted
+    suite_name TEXT NOT NULL,
+    suite_path TEXT NOT NULL,
+    suite_sha256 TEXT,
+    metadata_json TEXT NOT NULL,       -- git commit, versions, devices' hello and state
+    summary_json TEXT
+);
+CREATE TABLE IF NOT EXISTS bench_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES bench_runs(run_id),
+    created_at REAL NOT NULL,
+    benchmark TEXT NOT NULL,
+    device TEXT NOT NULL,
+    target TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    tuning_key TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('measured', 'simulated')),
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error_kind TEXT,
+    error_message TEXT,
+    measurement_id INTEGER REFERENCES measurements(id),
+    CHECK ((status = 'ok') = (measurement_id IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS bench_results_key
+    ON bench_results (benchmark, device, target, backend, tuning_key, source);
 """
 
 
@@ -135,6 +173,8 @@ class ResultsStore:
                         f"{self.path}: schema version {row[0]} is newer than this hilprune's {SCHEMA_VERSION}; "
                         "upgrade hilprune or pass another --db"
                     )
+                elif int(row[0]) < SCHEMA_VERSION:  # migrations are additive: the CREATE IF NOT EXISTS above
+                    c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable results store ({exc}); pass another --db") from exc
 
@@ -291,3 +331,89 @@ class ResultsStore:
                 "SELECT * FROM candidates WHERE run_id=? ORDER BY episode, step", (run_id,)
             ).fetchall()
         return [dict(r) for r in rows]
+
+    # -- nightly benchmarks (schema 2) ----------------------------------------
+    def create_bench_run(self, run_id: str, *, suite_name: str, suite_path: str, suite_sha256: str | None,
+                         metadata: dict) -> None:
+        """Insert a bench run with status ``running``.
+
+        Raises:
+            StoreError: the run id exists already.
+        """
+        try:
+            with self._tx() as c:
+                c.execute(
+                    "INSERT INTO bench_runs (run_id, created_at, status, suite_name, suite_path, suite_sha256, "
+                    "metadata_json) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                    (run_id, time.time(), suite_name, suite_path, suite_sha256,
+                     json.dumps(metadata, sort_keys=True, default=str)),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"bench run {run_id!r} exists already in {self.path}") from exc
+
+    def finish_bench_run(self, run_id: str, status: str, *, metadata: dict | None = None,
+                         summary: dict | None = None) -> None:
+        """Set a bench run's final status (``finished`` / ``interrupted``), metadata (if given) and summary."""
+        with self._tx() as c:
+            if metadata is not None:
+                c.execute("UPDATE bench_runs SET metadata_json=? WHERE run_id=?",
+                          (json.dumps(metadata, sort_keys=True, default=str), run_id))
+            c.execute("UPDATE bench_runs SET status=?, finished_at=?, summary_json=? WHERE run_id=?",
+                      (status, time.time(), json.dumps(summary, sort_keys=True, default=str)
+                       if summary is not None else None, run_id))
+
+    def add_bench_result(self, run_id: str, *, benchmark: str, device: str, target: str, backend: str,
+                         tuning_key: str, source: str, status: str, measurement_id: int | None = None,
+                         error_kind: str | None = None, error_message: str | None = None) -> int:
+        """Store one (benchmark, target, device) outcome of a bench run; returns its id.
+
+        Args:
+            status: ``ok`` (``measurement_id`` required) or ``failed`` (``error_kind`` and
+                ``error_message`` say why; no measurement).
+            source: ``measured`` or ``simulated`` (what the device is / produced).
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO bench_results (run_id, created_at, benchmark, device, target, backend, tuning_key, "
+                "source, status, error_kind, error_message, measurement_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, time.time(), benchmark, device, target, backend, tuning_key, source, status,
+                 error_kind, error_message, measurement_id),
+            )
+            return int(cur.lastrowid)
+
+    def bench_runs(self) -> list[dict]:
+        """Every bench run, oldest first (metadata and summary parsed)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM bench_runs ORDER BY created_at, rowid").fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["metadata"] = json.loads(d.pop("metadata_json") or "{}")
+            s = d.pop("summary_json")
+            d["summary"] = json.loads(s) if s else None
+            out.append(d)
+        return out
+
+    def bench_results(self, run_id: str | None = None) -> list[dict]:
+        """Bench results joined with their measurement's latency statistics, oldest run first.
+
+        Each row: the ``bench_results`` columns, ``run_created_at``, ``run_status`` and
+        ``latency_p50_ms``, ``latency_p90_ms``, ``latency_mean_ms``, ``latency_min_ms``,
+        ``latency_cov``, ``n``, ``unstable``, ``onnx_sha256``, ``artifact_sha256`` (None when failed).
+        """
+        sql = ("SELECT r.*, b.created_at AS run_created_at, b.status AS run_status, m.latency_p50_ms, "
+               "m.latency_p90_ms, m.latency_mean_ms, m.latency_min_ms, m.latency_cov, m.n, m.unstable, "
+               "m.onnx_sha256, m.artifact_sha256 FROM bench_results r JOIN bench_runs b ON b.run_id = r.run_id "
+               "LEFT JOIN measurements m ON m.id = r.measurement_id")
+        params: tuple = ()
+        if run_id is not None:
+            sql += " WHERE r.run_id = ?"
+            params = (run_id,)
+        sql += " ORDER BY b.created_at, b.rowid, r.id"
+        with self._lock:
+            return [dict(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    def query(self, sql: str, params: tuple = ()) -> list[dict]:
+        """Read-only helper for reports and exports: rows of ``sql`` as dicts."""
+        with self._lock:
+            return [dict(r) for r in self._conn.execute(sql, params).fetchall()]

@@ -1,0 +1,171 @@
+"""Nightly benchmark commands (issue 6): ``bench --suite``, ``bench compare`` and ``report``.
+
+    hilprune bench --suite FILE [--device D ...] [--inventory FILE] [--db PATH] [--json]
+                   [--tune-trials N] [--backend B] [--repeat N] [--threads N] [--cache-dir DIR]
+        -> one line per (benchmark, target, device) or ONE JSON object (the run's summary);
+           exit 0 when the run completed (failed benchmarks are recorded, see the summary's
+           "failed"), 2 on a bad suite file or device
+    hilprune bench compare [--db PATH] [--run RUN_ID] [--baseline N] [--threshold 0.05] [--json]
+        -> the run's verdicts; exit 1 when any regression, else 0 (harness/regress.py has the rule)
+    hilprune report [--db PATH] --out DIR [--baseline N] [--threshold X] [--json]
+        -> DIR/index.html (static), DIR/plots/*.png, DIR/data/*.csv (and *.parquet with pyarrow)
+
+``bench`` itself lives in :mod:`harness.cli_compile`; it calls
+:func:`add_bench_suite_args` and :func:`add_bench_compare` on its parser and
+hands ``--suite`` to :func:`cmd_bench_suite`. ``--device`` stays a single
+value for ``bench --model/--onnx`` (the last one given, as before) and is a
+list (every one given) for ``--suite`` (:class:`DeviceAction`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["DeviceAction", "add_bench_compare", "add_bench_suite_args", "cmd_bench_suite", "register"]
+
+
+class DeviceAction(argparse.Action):
+    """``--device``: stores the last value in ``dest`` (one-model bench) and all values in ``devices``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = list(getattr(namespace, "devices", None) or [])
+        setattr(namespace, "devices", [*given, values])
+
+
+def add_bench_suite_args(bench: argparse.ArgumentParser, source_group) -> None:
+    """Add ``--suite`` (to bench's model-source group) and ``--inventory`` to the bench parser."""
+    source_group.add_argument("--suite", metavar="FILE",
+                              help="a benchmark suite TOML ([[benchmark]] tables; see harness/suite.py): "
+                                   "compile and measure each benchmark on each device, stored as one bench run")
+    bench.add_argument("--inventory", metavar="FILE", default=None,
+                       help="farm inventory TOML for --device ssh:BOARD / farm:TAG")
+    bench.set_defaults(devices=None)
+
+
+def add_bench_compare(bench: argparse.ArgumentParser) -> None:
+    """Add the ``bench compare`` subcommand under the bench parser."""
+    from harness.cli import _pos_int
+
+    sub = bench.add_subparsers(dest="bench_command", metavar="{compare}")
+    c = sub.add_parser("compare", help="compare the latest bench run with its history; exit 1 on regression",
+                       description="Compare a bench run (default: the latest) with the history of each "
+                                   "(benchmark, device, target, backend, tuning, source): baseline = median p50 "
+                                   "of the last N runs; band = max(threshold, 3.5 x noise), noise = the larger "
+                                   "of 1.4826 x MAD/baseline of the history and 1.2533 x CoV/sqrt(n) of the run. "
+                                   "Exit 1 when any regression, else 0.")
+    c.add_argument("--db", default="results/hilprune.db", help="results store (default results/hilprune.db)")
+    c.add_argument("--run", metavar="RUN_ID", default=None, help="the bench run to judge (default: the latest)")
+    c.add_argument("--baseline", type=_pos_int, default=7, help="earlier runs forming the history (default 7)")
+    c.add_argument("--threshold", type=float, default=0.05,
+                   help="smallest relative change reported, e.g. 0.05 = 5%% (default 0.05)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=cmd_bench_compare)
+
+
+def register(subparsers) -> None:
+    """Add ``report`` to the ``hilprune`` parser."""
+    from harness.cli import _pos_int
+
+    r = subparsers.add_parser("report", help="static HTML report of the results store (history, regressions, "
+                                             "Pareto fronts) and CSV/Parquet export",
+                              description="Write DIR/index.html (opens from disk, no server) with per benchmark "
+                                          "and device latency history plots (p50 with p90 band), the latest run's "
+                                          "regressions, the Pareto fronts of searches, and the tables as CSV "
+                                          "(and Parquet when pyarrow is installed) under DIR/data.")
+    r.add_argument("--db", default="results/hilprune.db", help="results store (default results/hilprune.db)")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    r.add_argument("--baseline", type=_pos_int, default=7, help="history runs of the regression flags (default 7)")
+    r.add_argument("--threshold", type=float, default=0.05, help="regression threshold (default 0.05)")
+    r.add_argument("--json", action="store_true", help="print one JSON object (paths, regressions)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_bench_suite(args: argparse.Namespace) -> int:
+    """``bench --suite``: run the suite, print the outcome; 0 when the run completed."""
+    from harness.nightly import SuiteOptions, run_suite
+    from harness.search import default_cache_dir
+    from harness.suite import load_suite
+
+    if args.target:
+        raise ValueError("--target is for --model/--onnx; a suite names its targets per benchmark (targets = [...])")
+    suite = load_suite(args.suite)
+    opts = SuiteOptions(
+        devices=tuple(dict.fromkeys(args.devices)) if args.devices else None, inventory=args.inventory,
+        tune_trials=args.tune_trials, backend=args.backend, repeat=args.repeat, warmup=args.warmup,
+        min_repeat_ms=args.min_repeat_ms, timeout_s=args.timeout_s, threads=args.threads,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+    )
+    summary = run_suite(suite, args.db, opts)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return 0
+    print(f"bench run {summary['run_id']} (suite {summary['suite']}): {summary['ok']} ok, {summary['failed']} failed, "
+          f"{len(summary['skipped'])} skipped, {summary['wall_s']:.0f} s -> {summary['db']}")
+    for r in summary["results"]:
+        if r["status"] == "ok":
+            print(f"  ok      {r['benchmark']:24} {r['device']:16} {r['target']:10} p50 {r['latency_p50_ms']:9.4f} ms"
+                  f"  CoV {r['latency_cov']:.3f}" + ("  UNSTABLE" if r["unstable"] else ""))
+        else:
+            print(f"  FAILED  {r['benchmark']:24} {r['device']:16} {r['target']:10} {r['error_kind']}: "
+                  f"{r['error_message']}")
+    for s in summary["skipped"]:
+        print(f"  skipped {s['benchmark']:24} {s['device']:16} {s['target']:10} {s['reason']}")
+    return 0
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    """``bench compare``: exit 1 when the judged run has a regression."""
+    from harness.regress import CompareRule, compare_run
+    from harness.store import ResultsStore
+
+    rule = CompareRule(threshold=args.threshold, baseline_runs=args.baseline)
+    if not Path(args.db).is_file():
+        raise FileNotFoundError(f"results store {args.db!r} not found; pass --db PATH")
+    store = ResultsStore(args.db)
+    try:
+        results = store.bench_results()
+    finally:
+        store.close()
+    run_id, verdicts = compare_run(results, args.run, rule)
+    regressions = [v for v in verdicts if v.status == "regression"]
+    if args.json:
+        print(json.dumps({"run_id": run_id, "regressions": len(regressions),
+                          "improvements": sum(v.status == "improvement" for v in verdicts),
+                          "failed": sum(v.status == "failed" for v in verdicts),
+                          "rule": {"threshold": rule.threshold, "baseline_runs": rule.baseline_runs,
+                                   "min_history": rule.min_history, "k": rule.k},
+                          "comparisons": [v.as_dict() for v in verdicts]}, sort_keys=True))
+    else:
+        print(f"bench run {run_id}: {len(regressions)} regression(s) "
+              f"(baseline: median of the last {rule.baseline_runs} runs; band max({rule.threshold:g}, "
+              f"{rule.k:g} x noise))")
+        for v in verdicts:
+            if v.status == "failed":
+                print(f"  failed       {v.benchmark:24} {v.device:16} {v.target:10} {v.error}")
+                continue
+            delta = "" if v.delta is None else f"{v.delta:+7.1%}"
+            band = "" if v.band is None else f" band ±{v.band:.1%}"
+            base = "" if v.baseline_p50_ms is None else f" vs {v.baseline_p50_ms:.4f} ms"
+            print(f"  {v.status.upper() if v.status == 'regression' else v.status:12} {v.benchmark:24} {v.device:16} "
+                  f"{v.target:10} p50 {v.latency_p50_ms:.4f} ms{base} {delta}{band} (history {v.history_n})"
+                  + ("  unstable" if v.unstable else ""))
+    return 1 if regressions else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report``: write the HTML report; print its path (or one JSON object)."""
+    from harness.regress import CompareRule
+    from harness.report import write_report
+
+    out = write_report(args.db, args.out, CompareRule(threshold=args.threshold, baseline_runs=args.baseline))
+    if args.json:
+        print(json.dumps(out, sort_keys=True, default=str))
+    else:
+        print(out["index"])
+        if "parquet_skipped" in out["exports"]:
+            print(f"note: {out['exports']['parquet_skipped']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,426 @@
+"""Run a benchmark suite: compile each benchmark once per target, measure it on each device, store everything.
+
+``hilprune bench --suite FILE`` (issue 6) calls :func:`run_suite`. For every
+benchmark of the suite (:mod:`harness.suite`), in file order:
+
+1. the ONNX file is produced once (a zoo model exported with its seeded
+   random weights, or the suite's file checked against ``input_shape``);
+2. for every target it is compiled once (:func:`harness.compile.compile_onnx`,
+   content-addressed: an unchanged model is a cache hit the next night);
+3. for every device that can run that target's code it is measured
+   (``local``: this machine's arch; ``ssh:BOARD``: the board's target preset;
+   ``farm:TAG``: boards of that target; ``sim:PROFILE``: any, labelled
+   ``simulated``). Pairs that cannot run are listed as ``skipped`` in the
+   summary, not stored.
+
+Every outcome is a row of ``bench_results``: ``ok`` with its measurement
+(raw latencies, statistics, device state) or ``failed`` with a kind and the
+reason (``onnx_missing``, ``source_failed``, ``compile_failed:<kind>``,
+``measure_failed:<kind>``, ``device_unavailable``, ``error``). A failure
+never stops the other benchmarks. The run row holds the metadata: git
+commit of the suite's repository (if any), hilprune, TVM and Python
+versions, the host, and each device's daemon hello and its state at the
+first and last measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.suite import Benchmark, Suite
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SuiteOptions", "run_metadata", "run_suite"]
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteOptions:
+    """How a suite is run (the ``bench`` flags); per-benchmark suite keys win where both exist.
+
+    Attributes:
+        devices: devices for every benchmark (``--device``, repeatable), or None for each benchmark's own.
+        inventory: farm inventory TOML for ``ssh:``/``farm:`` devices.
+        tune_trials: MetaSchedule trials per task when a benchmark sets none.
+        backend: ``tvm`` / ``onnxruntime`` when a benchmark sets none.
+        repeat, warmup, min_repeat_ms, timeout_s: the measurement (see ``devices.base.MeasureConfig``);
+            ``min_repeat_ms`` in ms, ``timeout_s`` in s.
+        threads: CPU threads for tuning and measuring, None = all.
+        cache_dir: artifacts and tuning databases.
+    """
+
+    devices: tuple[str, ...] | None = None
+    inventory: str | None = None
+    tune_trials: int = 8
+    backend: str = "tvm"
+    repeat: int = 30
+    warmup: int = 5
+    min_repeat_ms: float = 50.0
+    timeout_s: float = 600.0
+    threads: int | None = None
+    cache_dir: Path = Path("results/cache")
+
+
+class _Fail(Exception):
+    """An expected failure of one benchmark (kind + one-line reason)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = " ".join(str(message).split())[:500]
+
+
+def _git_commit(folder: Path) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git repository holding ``folder``, or None."""
+    try:
+        sha = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=20)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=20)
+        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def run_metadata(suite: Suite) -> dict[str, Any]:
+    """What a nightly number depends on, besides the device: git commit of the suite's repository
+    (and of hilprune's own checkout), package versions, Python, the host."""
+    import tvm
+
+    here = Path(__file__).resolve().parent
+    return {
+        "suite_git": _git_commit(suite.path.parent),
+        "hilprune_git": _git_commit(here),
+        "hilprune_version": _version("hilprune"),
+        "tvm_version": getattr(tvm, "__version__", None),
+        "onnxruntime_version": _version("onnxruntime"),
+        "torch_version": _version("torch"),
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "host": socket.gethostname(),
+        "host_machine": platform.machine(),
+        "host_cpu_count": os.cpu_count(),
+        "argv": list(sys.argv),
+    }
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """MetaSchedule prints to stdout; a command's stdout is for its result only."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _onnx_for(bench: Benchmark, work: Path) -> tuple[Path, str, str]:
+    """(ONNX path, model label, architecture signature) of a benchmark.
+
+    Raises:
+        _Fail: ``onnx_missing`` (no file), ``source_failed`` (unreadable, not one static input,
+            shape differs from ``input_shape``, export failed).
+    """
+    if bench.onnx is not None:
+        if not bench.onnx.is_file():
+            raise _Fail("onnx_missing", f"ONNX file {str(bench.onnx)!r} not found")
+        import onnx
+
+        from harness.export import sha256_file
+
+        try:
+            model = onnx.load(str(bench.onnx), load_external_data=False)
+        except Exception as exc:  # DecodeError and friends
+            raise _Fail("source_failed", f"{bench.onnx} is not a readable ONNX file ({type(exc).__name__})") from None
+        inits = {i.name for i in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in inits]
+        if len(inputs) != 1:
+            raise _Fail("source_failed", f"{bench.onnx} has {len(inputs)} graph inputs; exactly one is supported")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in inputs[0].type.tensor_type.shape.dim)
+        if dims != tuple(bench.input_shape):
+            raise _Fail("source_failed", f"input_shape {list(bench.input_shape)} differs from the graph's input "
+                                         f"{list(dims)} in {bench.onnx}")
+        return bench.onnx, f"onnx:{bench.onnx.stem}", "onnx-" + sha256_file(bench.onnx)[:16]
+
+    import torch
+
+    from harness.export import ExportError, export_onnx
+    from harness.models import build_model
+
+    shape = tuple(bench.input_shape)
+    path = work / f"{bench.name}.onnx"
+    try:
+        model = build_model(bench.model, in_channels=shape[1], input_size=shape[2:], seed=bench.seed)
+        with torch.no_grad():
+            export_onnx(model, shape, path)
+    except (ExportError, ValueError, RuntimeError) as exc:
+        raise _Fail("source_failed", f"export of {bench.model} failed: {exc}") from None
+    return path, bench.model, f"zoo-default-s{bench.seed}@{'x'.join(map(str, shape))}"
+
+
+def _host_arch() -> str:
+    return "x86_64" if platform.machine() in ("x86_64", "AMD64") else "aarch64"
+
+
+class _Devices:
+    """Open devices of one run, reused across benchmarks; closed at the end."""
+
+    def __init__(self, inventory: str | None) -> None:
+        self._inventory_path = inventory
+        self._inventory = None
+        self._open: dict[tuple[str, str | None], Any] = {}
+
+    def inventory(self):
+        if self._inventory is None and self._inventory_path:
+            from devices.inventory import load_inventory
+
+            self._inventory = load_inventory(self._inventory_path)
+        return self._inventory
+
+    def skip_reason(self, target, device: str) -> str | None:
+        """Why ``device`` cannot run ``target``'s code (None: it can)."""
+        if device == "local":
+            if target.device_kind != "cpu" or target.arch != _host_arch():
+                return f"target {target.name} builds {target.arch}/{target.device_kind} code; local is {_host_arch()}"
+            return None
+        if device.startswith("ssh:"):
+            inv = self.inventory()
+            if inv is None:
+                return None  # make_device will say that an inventory is needed
+            try:
+                board = inv.board(device[4:])
+            except ValueError:
+                return None  # make_device names the unknown board
+            if not target.name.lstrip().startswith("{") and board.target != target.name:
+                return f"board {board.name} is a {board.target}, not a {target.name}"
+        return None
+
+    def get(self, device: str, target):
+        from devices.base import make_device
+
+        key = (device, target.name if device.startswith("farm:") else None)
+        if key not in self._open:
+            self._open[key] = make_device(device, inventory=self.inventory() or self._inventory_path,
+                                          target=key[1])
+        return self._open[key]
+
+    def close(self) -> None:
+        for dev in self._open.values():
+            with contextlib.suppress(Exception):
+                dev.close()
+        self._open.clear()
+
+
+def _source_of(device: str) -> str:
+    return "simulated" if device.startswith("sim:") else "measured"
+
+
+def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = SuiteOptions(),
+              run_id: str | None = None) -> dict[str, Any]:
+    """Run every benchmark of ``suite`` and store each outcome; returns the run's summary.
+
+    Args:
+        suite: from :func:`harness.suite.load_suite`.
+        store_path: the results store (SQLite).
+        options: devices, tuning and measurement settings.
+        run_id: default ``bench-<suite>-<UTC time>-<4 hex>``.
+
+    Returns:
+        ``{"run_id", "suite", "db", "ok", "failed", "skipped", "results": [...], "wall_s"}``;
+        each result has benchmark, target, device, backend, status, latency_p50_ms, latency_cov,
+        n, error_kind, error_message, measurement_id, compile_cache_hit.
+
+    Raises:
+        ValueError: an unknown device name or a bad inventory, before anything is measured.
+        KeyboardInterrupt: after marking the run ``interrupted`` (results so far are kept).
+    """
+    from devices.base import DeviceUnavailable, MeasureConfig, make_device
+    from harness.compile import compile_onnx
+    from harness.store import ResultsStore
+    from harness.targets import resolve_target
+    from harness.tuning import TuningConfig
+
+    t_start = time.perf_counter()
+    devs = _Devices(options.inventory)
+    names = sorted({d for b in suite.benchmarks for d in (options.devices or b.devices)})
+    for name in names:  # bad names fail the whole command early, as bench does for one model
+        if name != "local" and not name.startswith("farm:"):
+            make_device(name, inventory=devs.inventory() or options.inventory).close()
+        elif name.startswith("farm:") and not (devs.inventory() or options.inventory):
+            raise ValueError(f"device {name!r} needs --inventory FILE (the farm's boards)")
+    run_id = run_id or (f"bench-{suite.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-"
+                        f"{secrets.token_hex(2)}")
+    metadata = run_metadata(suite)
+    metadata["devices"] = {}
+    store = ResultsStore(store_path)
+    store.create_bench_run(run_id, suite_name=suite.name, suite_path=str(suite.path), suite_sha256=suite.sha256,
+                           metadata=metadata)
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+
+    def record(bench: Benchmark, target_name: str, device: str, backend: str, tuning_key: str, *,
+               measurement=None, fail: _Fail | None = None, cache_hit: bool | None = None,
+               label: str = "", signature: str = "", artifact=None) -> None:
+        row: dict[str, Any] = dict(benchmark=bench.name, target=target_name, device=device, backend=backend,
+                                   status="failed" if fail else "ok", latency_p50_ms=None, latency_p90_ms=None,
+                                   latency_cov=None, n=None, unstable=None, error_kind=None, error_message=None,
+                                   measurement_id=None, compile_cache_hit=cache_hit)
+        if fail is not None:
+            row.update(error_kind=fail.kind, error_message=fail.message)
+            store.add_bench_result(run_id, benchmark=bench.name, device=device, target=target_name,
+                                   backend=backend, tuning_key=tuning_key, source=_source_of(device),
+                                   status="failed", error_kind=fail.kind, error_message=fail.message)
+            logger.warning("%s on %s (%s): FAILED %s: %s", bench.name, device, target_name, fail.kind, fail.message)
+        else:
+            m, st = measurement, measurement.stats
+            manifest = artifact.manifest
+            mid = store.add_measurement(
+                model=label, arch_signature=signature, device=m.device, target=target_name, backend=m.backend,
+                tuning_key=tuning_key, source=m.source,
+                stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms,
+                           max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
+                latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
+                artifact_sha256=artifact.library_sha256, onnx_sha256=manifest.get("onnx_sha256"),
+                metadata={"device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
+                          "hello": m.hello, "tuning": manifest.get("tuning"), "remeasured": m.remeasured,
+                          "output_sha256": m.output_sha256, "input_shape": list(bench.input_shape),
+                          "number": m.number, "command": "bench --suite", "bench_run_id": run_id,
+                          "benchmark": bench.name, "num_threads": options.threads},
+            )
+            store.add_bench_result(run_id, benchmark=bench.name, device=device, target=target_name,
+                                   backend=m.backend, tuning_key=tuning_key, source=m.source, status="ok",
+                                   measurement_id=mid)
+            row.update(latency_p50_ms=st.p50_ms, latency_p90_ms=st.p90_ms, latency_cov=st.cov, n=st.n,
+                       unstable=st.unstable, measurement_id=mid, source=m.source)
+            info = metadata["devices"].setdefault(device, {"hello": m.hello, "state_first": m.device_state_before})
+            info["state_last"] = m.device_state_after
+            logger.info("%s on %s (%s): p50 %.4f ms, CoV %.3f", bench.name, device, target_name, st.p50_ms, st.cov)
+        results.append(row)
+
+    def one(bench: Benchmark) -> None:
+        trials = bench.tune_trials if bench.tune_trials is not None else options.tune_trials
+        backend = bench.backend or options.backend
+        tuning = TuningConfig(trials_per_task=trials, num_threads=options.threads)
+        tuning_key = tuning.identity()
+        config = MeasureConfig(backend=backend, warmup=options.warmup, number=0, repeat=options.repeat,
+                               min_repeat_ms=options.min_repeat_ms, timeout_s=options.timeout_s,
+                               num_threads=options.threads)
+        devices = options.devices or bench.devices
+        with tempfile.TemporaryDirectory(prefix="hilprune-suite-") as work:
+            try:
+                onnx_path, label, signature = _onnx_for(bench, Path(work))
+            except _Fail as fail:
+                for t in bench.targets:
+                    for d in devices:
+                        record(bench, resolve_target(t).name, d, backend, tuning_key, fail=fail)
+                return
+            for target_name in bench.targets:
+                target = resolve_target(target_name)  # validated with the suite
+                pairs = []
+                for d in devices:
+                    why = devs.skip_reason(target, d)
+                    if why:
+                        skipped.append({"benchmark": bench.name, "target": target.name, "device": d,
+                                        "reason": why})
+                    else:
+                        pairs.append(d)
+                if not pairs:
+                    continue
+                try:
+                    with _stdout_to_stderr():
+                        compiled = compile_onnx(onnx_path, target, options.cache_dir, tuning)
+                    if compiled.error is not None:
+                        raise _Fail(f"compile_failed:{compiled.error.kind}", compiled.error.message)
+                except _Fail as fail:
+                    for d in pairs:
+                        record(bench, target.name, d, backend, tuning_key, fail=fail)
+                    continue
+                except (ValueError, OSError) as exc:
+                    for d in pairs:
+                        record(bench, target.name, d, backend, tuning_key,
+                               fail=_Fail("compile_failed:config", str(exc)))
+                    continue
+                artifact = compiled.artifact
+                for d in pairs:
+                    try:
+                        device = devs.get(d, target)
+                        result = device.measure(artifact.path, config)
+                    except DeviceUnavailable as exc:
+                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
+                               fail=_Fail("device_unavailable", str(exc)))
+                        continue
+                    except ValueError as exc:  # farm:TAG has no board of this target, ...
+                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
+                               fail=_Fail("device_unavailable", str(exc)))
+                        continue
+                    if result.error is not None:
+                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
+                               fail=_Fail(f"measure_failed:{result.error.kind.value}", result.error.message))
+                        continue
+                    record(bench, target.name, d, backend, tuning_key, measurement=result.value,
+                           cache_hit=artifact.cache_hit, label=label, signature=signature, artifact=artifact)
+
+    status = "interrupted"
+    try:
+        for bench in suite.benchmarks:
+            before = len(results)
+            try:
+                one(bench)
+            except Exception as exc:  # an unexpected failure of one benchmark never stops the others
+                logger.exception("benchmark %s failed unexpectedly", bench.name)
+                done = {(r["target"], r["device"]) for r in results[before:]}
+                trials = bench.tune_trials if bench.tune_trials is not None else options.tune_trials
+                key = TuningConfig(trials_per_task=trials, num_threads=options.threads).identity()
+                for t in (resolve_target(t).name for t in bench.targets):
+                    for d in options.devices or bench.devices:
+                        if (t, d) not in done and not any(s["benchmark"] == bench.name and s["device"] == d
+                                                          and s["target"] == t for s in skipped):
+                            record(bench, t, d, bench.backend or options.backend, key,
+                                   fail=_Fail("error", f"{type(exc).__name__}: {exc}"))
+        status = "finished"
+    finally:
+        devs.close()
+        summary = {
+            "run_id": run_id, "suite": suite.name, "suite_path": str(suite.path), "db": str(store_path),
+            "status": status, "ok": sum(r["status"] == "ok" for r in results),
+            "failed": sum(r["status"] == "failed" for r in results), "skipped": skipped, "results": results,
+            "wall_s": round(time.perf_counter() - t_start, 3),
+        }
+        store.finish_bench_run(run_id, status, metadata=metadata,
+                               summary={k: v for k, v in summary.items() if k != "results"})
+        store.close()
+    return summary
+
+
+def devices_of(suite: Suite, override: Sequence[str] | None) -> list[str]:
+    """Distinct device names a run of ``suite`` measures on (``override`` = ``--device`` values)."""
+    return sorted({d for b in suite.benchmarks for d in (override or b.devices)})

@@ -1,0 +1,199 @@
+"""Regression detection for nightly benchmarks: one run against the history of the same key.
+
+``hilprune bench compare`` (issue 6). The key of a history is
+(benchmark, device, target, backend, tuning key, source): latencies of
+another backend or tuning budget never mix, and **simulated results never
+count as history of a measured device** (a farm that fell back to the
+simulator records ``simulated`` under the farm's name; those rows only ever
+meet other simulated rows).
+
+The rule (all latencies are per-run medians, p50, in ms):
+
+* history H = the p50 of the last ``baseline_runs`` (N, default 7) earlier runs
+  of the key whose result was ``ok`` (failed runs have no number);
+* baseline b = median(H) — robust to one bad night;
+* history noise: MAD = median(|h − b|); its normal-consistent sigma is
+  1.4826·MAD (Rousseeuw & Croux 1993; scipy.stats.median_abs_deviation,
+  scale="normal"), relative noise s_hist = 1.4826·MAD / b;
+* the run's own noise: the standard error of a median is ≈ 1.2533·σ/√n for
+  normal data (Kendall & Stuart), so relative s_run = 1.2533·CoV / √n with CoV
+  and n of this run's raw repeats;
+* band = max(threshold, k · max(s_hist, s_run)), threshold default 0.05 (5 %),
+  k = 3.5: with s_hist this is Iglewicz & Hoaglin's modified z-score rule
+  (|0.6745·(x − median)/MAD| > 3.5 flags an outlier; NIST/SEMATECH
+  e-Handbook §1.3.5.17);
+* Δ = (p50 − b) / b; ``regression`` if Δ > band, ``improvement`` if Δ < −band,
+  else ``ok``. Fewer than ``min_history`` (3) earlier results: ``new`` (no
+  verdict). A failed result in the compared run: ``failed``.
+
+A step that persists becomes the new baseline once it fills half of the last
+N runs (the median moves), so a deliberate change stops being reported after
+about N/2 nights. pyperf's own rule (``pyperf compare_to``) is a two-sample
+t-test on the raw values of two results; here the unit of history is a night,
+whose night-to-night spread (load, temperature, a firmware change) is wider
+than the within-run spread a t-test on raw repeats would see.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["CompareRule", "Comparison", "compare_run", "compare_all", "history_key"]
+
+#: normal-consistency constant of the MAD: sigma ≈ 1.4826 · MAD for normal data.
+MAD_TO_SIGMA = 1.4826
+#: standard error of the sample median ≈ 1.2533 · sigma / sqrt(n) (sqrt(pi/2)) for normal data.
+MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class CompareRule:
+    """Parameters of the regression rule (see the module docstring).
+
+    Attributes:
+        threshold: smallest relative change ever reported (0.05 = 5 %).
+        baseline_runs: N, how many earlier runs form the history.
+        min_history: fewer earlier results than this: no verdict (``new``).
+        k: multiple of the noise sigma a change must exceed (3.5, Iglewicz & Hoaglin).
+
+    Raises:
+        ValueError: a non-positive threshold, N < 1, min_history < 1 or k <= 0.
+    """
+
+    threshold: float = 0.05
+    baseline_runs: int = 7
+    min_history: int = 3
+    k: float = 3.5
+
+    def __post_init__(self) -> None:
+        if not (self.threshold > 0):
+            raise ValueError(f"--threshold must be > 0 (a relative change, e.g. 0.05), got {self.threshold}")
+        if self.baseline_runs < 1:
+            raise ValueError(f"--baseline must be >= 1 run, got {self.baseline_runs}")
+        if self.min_history < 1 or self.k <= 0:
+            raise ValueError("min_history must be >= 1 and k > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """The verdict on one result of a run.
+
+    Attributes:
+        benchmark, device, target, backend, tuning_key, source: the history key.
+        status: ``regression``, ``improvement``, ``ok``, ``new`` or ``failed``.
+        latency_p50_ms: this run's p50 (None when failed).
+        baseline_p50_ms: median of the history's p50s (None with no history).
+        delta: (p50 − baseline) / baseline (None without both).
+        band: the relative band used (None without enough history).
+        noise_history, noise_run: relative sigmas 1.4826·MAD/b and 1.2533·CoV/√n.
+        history_n: earlier results used.
+        unstable: this run's result was flagged unstable by the device (CoV over its limit).
+        error: kind and reason when failed.
+    """
+
+    benchmark: str
+    device: str
+    target: str
+    backend: str
+    tuning_key: str
+    source: str
+    status: str
+    latency_p50_ms: float | None
+    baseline_p50_ms: float | None
+    delta: float | None
+    band: float | None
+    noise_history: float | None
+    noise_run: float | None
+    history_n: int
+    unstable: bool
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def history_key(row: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """(benchmark, device, target, backend, tuning_key, source) of a ``bench_results`` row."""
+    return (row["benchmark"], row["device"], row["target"], row["backend"], row["tuning_key"], row["source"])
+
+
+def _judge(row: dict[str, Any], history: list[float], rule: CompareRule) -> Comparison:
+    key = dict(zip(("benchmark", "device", "target", "backend", "tuning_key", "source"), history_key(row)))
+    if row["status"] != "ok":
+        return Comparison(**key, status="failed", latency_p50_ms=None, baseline_p50_ms=None, delta=None, band=None,
+                          noise_history=None, noise_run=None, history_n=len(history), unstable=False,
+                          error=f"{row.get('error_kind')}: {row.get('error_message')}")
+    p50 = float(row["latency_p50_ms"])
+    cov, n = row.get("latency_cov"), row.get("n")
+    noise_run = MEDIAN_SE_FACTOR * cov / math.sqrt(n) if cov is not None and n and math.isfinite(cov) else 0.0
+    unstable = bool(row.get("unstable"))
+    if not history:
+        return Comparison(**key, status="new", latency_p50_ms=p50, baseline_p50_ms=None, delta=None, band=None,
+                          noise_history=None, noise_run=noise_run, history_n=0, unstable=unstable)
+    base = statistics.median(history)
+    delta = (p50 - base) / base
+    if len(history) < rule.min_history:
+        return Comparison(**key, status="new", latency_p50_ms=p50, baseline_p50_ms=base, delta=delta, band=None,
+                          noise_history=None, noise_run=noise_run, history_n=len(history), unstable=unstable)
+    mad = statistics.median(abs(h - base) for h in history)
+    noise_hist = MAD_TO_SIGMA * mad / base
+    band = max(rule.threshold, rule.k * max(noise_hist, noise_run))
+    status = "regression" if delta > band else "improvement" if delta < -band else "ok"
+    return Comparison(**key, status=status, latency_p50_ms=p50, baseline_p50_ms=base, delta=delta, band=band,
+                      noise_history=noise_hist, noise_run=noise_run, history_n=len(history), unstable=unstable)
+
+
+def _run_order(results: list[dict[str, Any]]) -> list[str]:
+    order: list[str] = []
+    for r in results:  # store.bench_results() is ordered by run creation
+        if not order or order[-1] != r["run_id"]:
+            if r["run_id"] not in order:
+                order.append(r["run_id"])
+    return order
+
+
+def compare_all(results: list[dict[str, Any]], rule: CompareRule = CompareRule()) -> dict[str, list[Comparison]]:
+    """Judge every run against the runs before it.
+
+    Args:
+        results: rows of :meth:`harness.store.ResultsStore.bench_results`, oldest run first.
+
+    Returns:
+        run id -> its comparisons, in the rows' order.
+    """
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        by_run[r["run_id"]].append(r)
+    seen: dict[tuple, list[float]] = defaultdict(list)
+    out: dict[str, list[Comparison]] = {}
+    for run_id in _run_order(results):
+        rows = by_run[run_id]
+        out[run_id] = [_judge(r, seen[history_key(r)][-rule.baseline_runs:], rule) for r in rows]
+        for r in rows:
+            if r["status"] == "ok":
+                seen[history_key(r)].append(float(r["latency_p50_ms"]))
+    return out
+
+
+def compare_run(results: list[dict[str, Any]], run_id: str | None = None,
+                rule: CompareRule = CompareRule()) -> tuple[str, list[Comparison]]:
+    """Judge one run (default: the latest) against its history.
+
+    Raises:
+        ValueError: no bench runs in ``results``, or ``run_id`` is not among them.
+    """
+    order = _run_order(results)
+    if not order:
+        raise ValueError("no bench runs in the store; run `hilprune bench --suite FILE` first (or pass --db)")
+    if run_id is None:
+        run_id = order[-1]
+    elif run_id not in order:
+        raise ValueError(f"bench run {run_id!r} is not in the store; runs: {', '.join(order[-5:])}"
+                         + (" (latest 5)" if len(order) > 5 else ""))
+    upto = order[: order.index(run_id) + 1]
+    kept = set(upto)
+    return run_id, compare_all([r for r in results if r["run_id"] in kept], rule)[run_id]
