@@ -137,7 +137,8 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
                           "improvements": sum(v.status == "improvement" for v in verdicts),
                           "failed": sum(v.status == "failed" for v in verdicts),
                           "rule": {"threshold": rule.threshold, "baseline_runs": rule.baseline_runs,
-                                   "min_history": rule.min_history, "k": rule.k},
+                                   "min_history": rule.min_history, "k": rule.k,
+                                   "min_mad_history": rule.min_mad_history},
                           "comparisons": [v.as_dict() for v in verdicts]}, sort_keys=True))
     else:
         print(f"bench run {run_id}: {len(regressions)} regression(s) "

@@ -19,12 +19,15 @@ The rule (all latencies are per-run medians, p50, in ms):
   normal data (Kendall & Stuart), so relative s_run = 1.2533·CoV / √n with CoV
   and n of this run's raw repeats;
 * band = max(threshold, k · max(s_hist, s_run)), threshold default 0.05 (5 %),
+  where s_hist counts only with at least 3 earlier results (the MAD of one
+  or two values says nothing about the spread; until then the threshold and
+  the run's own noise decide),
   k = 3.5: with s_hist this is Iglewicz & Hoaglin's modified z-score rule
   (|0.6745·(x − median)/MAD| > 3.5 flags an outlier; NIST/SEMATECH
   e-Handbook §1.3.5.17);
 * Δ = (p50 − b) / b; ``regression`` if Δ > band, ``improvement`` if Δ < −band,
-  else ``ok``. Fewer than ``min_history`` (3) earlier results: ``new`` (no
-  verdict). A failed result in the compared run: ``failed``.
+  else ``ok``. Fewer than ``min_history`` (default 1) earlier results:
+  ``new`` (no verdict). A failed result in the compared run: ``failed``.
 
 A step that persists becomes the new baseline once it fills half of the last
 N runs (the median moves), so a deliberate change stops being reported after
@@ -58,6 +61,7 @@ class CompareRule:
         threshold: smallest relative change ever reported (0.05 = 5 %).
         baseline_runs: N, how many earlier runs form the history.
         min_history: fewer earlier results than this: no verdict (``new``).
+        min_mad_history: earlier results needed before the history's MAD counts as noise.
         k: multiple of the noise sigma a change must exceed (3.5, Iglewicz & Hoaglin).
 
     Raises:
@@ -66,8 +70,9 @@ class CompareRule:
 
     threshold: float = 0.05
     baseline_runs: int = 7
-    min_history: int = 3
+    min_history: int = 1
     k: float = 3.5
+    min_mad_history: int = 3
 
     def __post_init__(self) -> None:
         if not (self.threshold > 0):
@@ -139,9 +144,11 @@ def _judge(row: dict[str, Any], history: list[float], rule: CompareRule) -> Comp
     if len(history) < rule.min_history:
         return Comparison(**key, status="new", latency_p50_ms=p50, baseline_p50_ms=base, delta=delta, band=None,
                           noise_history=None, noise_run=noise_run, history_n=len(history), unstable=unstable)
-    mad = statistics.median(abs(h - base) for h in history)
-    noise_hist = MAD_TO_SIGMA * mad / base
-    band = max(rule.threshold, rule.k * max(noise_hist, noise_run))
+    noise_hist = None
+    if len(history) >= rule.min_mad_history:
+        mad = statistics.median(abs(h - base) for h in history)
+        noise_hist = MAD_TO_SIGMA * mad / base
+    band = max(rule.threshold, rule.k * max(noise_hist or 0.0, noise_run))
     status = "regression" if delta > band else "improvement" if delta < -band else "ok"
     return Comparison(**key, status=status, latency_p50_ms=p50, baseline_p50_ms=base, delta=delta, band=band,
                       noise_history=noise_hist, noise_run=noise_run, history_n=len(history), unstable=unstable)

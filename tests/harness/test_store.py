@@ -84,3 +84,32 @@ def test_source_must_be_measured_or_simulated(tmp_path):
     s = ResultsStore(tmp_path / "r.db")
     with pytest.raises(sqlite3.IntegrityError):
         s.add_measurement(**KEY, source="guessed", stats=STATS, latency_raw_ms=[1.0])
+
+
+def test_schema_1_file_is_migrated_and_keeps_its_rows(tmp_path):
+    """A store written before the nightly tables (schema 1) opens, gains bench_runs/bench_results, keeps its rows."""
+    path = tmp_path / "old.db"
+    s = ResultsStore(path)
+    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.4, 1.5, 2.0])
+    s.close()
+    c = sqlite3.connect(path)
+    c.execute("DROP TABLE bench_results"); c.execute("DROP TABLE bench_runs")
+    c.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    c.commit(); c.close()
+    s = ResultsStore(path)
+    assert s.find_measurement(**KEY)["id"] == mid
+    s.create_bench_run("b1", suite_name="nightly", suite_path="/s.toml", suite_sha256=None, metadata={"x": 1})
+    s.add_bench_result("b1", benchmark="r20", device="local", target="host", backend="tvm", tuning_key="untuned",
+                       source="measured", status="ok", measurement_id=mid)
+    s.add_bench_result("b1", benchmark="gone", device="local", target="host", backend="tvm", tuning_key="untuned",
+                       source="measured", status="failed", error_kind="onnx_missing", error_message="no file")
+    with pytest.raises(sqlite3.IntegrityError):  # ok needs its measurement; failed has none
+        s.add_bench_result("b1", benchmark="x", device="local", target="host", backend="tvm",
+                           tuning_key="untuned", source="measured", status="ok")
+    s.finish_bench_run("b1", "finished", summary={"ok": 1})
+    rows = s.bench_results("b1")
+    assert [(r["benchmark"], r["status"], r["latency_p50_ms"]) for r in rows] == [("r20", "ok", 1.5),
+                                                                                   ("gone", "failed", None)]
+    assert s.bench_runs()[0]["metadata"] == {"x": 1} and s.bench_runs()[0]["summary"] == {"ok": 1}
+    s.close()
+    assert sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "2"
