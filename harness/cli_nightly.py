@@ -3,8 +3,8 @@
     hilprune bench --suite FILE [--device D ...] [--inventory FILE] [--db PATH] [--json]
                    [--tune-trials N] [--backend B] [--repeat N] [--threads N] [--cache-dir DIR]
         -> one line per (benchmark, target, device) or ONE JSON object (the run's summary);
-           exit 0 when the run completed (failed benchmarks are recorded, see the summary's
-           "failed"), 2 on a bad suite file or device
+           every benchmark runs; exit 1 when any of them failed (each failure is stored with its
+           kind and reason), 0 when all succeeded, 2 on a bad suite file or device
     hilprune bench compare [--db PATH] [--run RUN_ID] [--baseline N] [--threshold 0.05] [--json]
         -> the run's verdicts; exit 1 when any regression, else 0 (harness/regress.py has the rule)
     hilprune report [--db PATH] --out DIR [--baseline N] [--threshold X] [--json]
@@ -85,7 +85,7 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_suite(args: argparse.Namespace) -> int:
-    """``bench --suite``: run the suite, print the outcome; 0 when the run completed."""
+    """``bench --suite``: run the whole suite, print the outcome; 1 when any benchmark failed, else 0."""
     from harness.nightly import SuiteOptions, run_suite
     from harness.search import default_cache_dir
     from harness.suite import load_suite
@@ -102,7 +102,7 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
     summary = run_suite(suite, args.db, opts)
     if args.json:
         print(json.dumps(summary, sort_keys=True, default=str))
-        return 0
+        return 1 if summary["failed"] else 0
     print(f"bench run {summary['run_id']} (suite {summary['suite']}): {summary['ok']} ok, {summary['failed']} failed, "
           f"{len(summary['skipped'])} skipped, {summary['wall_s']:.0f} s -> {summary['db']}")
     for r in summary["results"]:
@@ -114,7 +114,7 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
                   f"{r['error_message']}")
     for s in summary["skipped"]:
         print(f"  skipped {s['benchmark']:24} {s['device']:16} {s['target']:10} {s['reason']}")
-    return 0
+    return 1 if summary["failed"] else 0
 
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:

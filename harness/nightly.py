@@ -222,6 +222,11 @@ class _Devices:
                 return None  # make_device names the unknown board
             if not target.name.lstrip().startswith("{") and board.target != target.name:
                 return f"board {board.name} is a {board.target}, not a {target.name}"
+        if device.startswith("farm:") and not target.name.lstrip().startswith("{"):
+            inv = self.inventory()
+            tagged = inv.tagged(device[5:]) if inv is not None else ()
+            if tagged and not any(b.target == target.name for b in tagged):
+                return f"no board tagged {device[5:]!r} is a {target.name}"
         return None
 
     def get(self, device: str, target):
@@ -256,7 +261,7 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
 
     Returns:
         ``{"run_id", "suite", "db", "ok", "failed", "skipped", "results": [...], "wall_s"}``;
-        each result has benchmark, target, device, backend, status, latency_p50_ms, latency_cov,
+        each result has benchmark, target, device, backend, source, status, latency_p50_ms, latency_cov,
         n, error_kind, error_message, measurement_id, compile_cache_hit.
 
     Raises:
@@ -293,7 +298,7 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
         row: dict[str, Any] = dict(benchmark=bench.name, target=target_name, device=device, backend=backend,
                                    status="failed" if fail else "ok", latency_p50_ms=None, latency_p90_ms=None,
                                    latency_cov=None, n=None, unstable=None, error_kind=None, error_message=None,
-                                   measurement_id=None, compile_cache_hit=cache_hit)
+                                   measurement_id=None, compile_cache_hit=cache_hit, source=_source_of(device))
         if fail is not None:
             row.update(error_kind=fail.kind, error_message=fail.message)
             store.add_bench_result(run_id, benchmark=bench.name, device=device, target=target_name,

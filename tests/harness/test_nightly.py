@@ -45,11 +45,11 @@ def _suite(path, benchmarks):
     path.write_text(text)
 
 
-def _bench(capsys, suite, db, cache):
+def _bench(capsys, suite, db, cache, expect=0):
     code = main(["bench", "--suite", str(suite), "--db", str(db), "--cache-dir", str(cache), "--tune-trials", "0",
                  "--repeat", "10", "--warmup", "3", "--min-repeat-ms", "20", "--json"])
     out, err = capsys.readouterr()
-    assert code == 0, err
+    assert code == expect, err
     return json.loads(out)
 
 
@@ -89,7 +89,7 @@ def test_suite_run_compare_and_report_end_to_end(tmp_path, capsys):
 
     # a missing ONNX file: recorded as failed, the others still run (compiled once: cache hits now)
     _suite(suite, [("small", "models/small.onnx"), ("gone", "models/gone.onnx"), ("net", "models/net.onnx")])
-    third = _bench(capsys, suite, db, cache)
+    third = _bench(capsys, suite, db, cache, expect=1)  # exit 1: one benchmark failed (all ran)
     status = {r["benchmark"]: r for r in third["results"]}
     assert (third["ok"], third["failed"]) == (2, 1)
     assert status["gone"]["status"] == "failed" and status["gone"]["error_kind"] == "onnx_missing"
@@ -118,3 +118,31 @@ def test_suite_run_compare_and_report_end_to_end(tmp_path, capsys):
         assert f"src='plots/{name.split('/')[-1]}'" in index
     assert "regression(s) flagged" in index and "onnx_missing" in index
     assert (out_dir / "data" / "bench_results.csv").read_text().count("\n") == 2 + 2 + 3 + 1
+
+
+def test_devices_that_cannot_run_a_target_are_skipped_not_failed():
+    from harness.nightly import _Devices
+    from harness.targets import resolve_target
+
+    devs = _Devices(None)
+    assert "local is" in devs.skip_reason(resolve_target("rpi4"), "local")
+    assert devs.skip_reason(resolve_target("host"), "local") is None
+    assert devs.skip_reason(resolve_target("rpi4"), "sim:rpi4") is None  # the simulator reads the ONNX graph
+
+
+@pytest.mark.slow
+def test_the_example_nightly_suite_runs_here(tmp_path, capsys):
+    """benchmarks/suites/nightly.toml: ResNet-20 untuned on local and the rpi4 simulator, and through ORT."""
+    from pathlib import Path
+
+    suite = Path(__file__).resolve().parents[2] / "benchmarks" / "suites" / "nightly.toml"
+    summary = _bench(capsys, suite, tmp_path / "r.db", tmp_path / "cache")
+    got = {(r["benchmark"], r["device"], r["backend"]): r for r in summary["results"]}
+    assert set(got) == {("resnet20-28", "local", "tvm"), ("resnet20-28", "sim:rpi4", "tvm"),
+                        ("resnet20-28-ort", "local", "onnxruntime")}
+    assert got[("resnet20-28", "sim:rpi4", "tvm")]["source"] == "simulated"
+    assert got[("resnet20-28", "local", "tvm")]["source"] == "measured"
+    # the ORT line reuses the TVM line's artifact (same ONNX, target and tuning): compiled once
+    assert got[("resnet20-28-ort", "local", "onnxruntime")]["compile_cache_hit"] is True
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM bench_results WHERE source='simulated'").fetchone()[0] == 1
