@@ -119,7 +119,7 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
     """``bench compare``: exit 1 when the judged run has a regression."""
-    from harness.regress import CompareRule, compare_run
+    from harness.regress import CompareRule, compare_run, metadata_changes
     from harness.store import ResultsStore
 
     rule = CompareRule(threshold=args.threshold, baseline_runs=args.baseline)
@@ -128,10 +128,14 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     store = ResultsStore(args.db)
     try:
         results = store.bench_results()
+        runs = store.bench_runs()
     finally:
         store.close()
     run_id, verdicts = compare_run(results, args.run, rule)
     regressions = [v for v in verdicts if v.status == "regression"]
+    ids = [r["run_id"] for r in runs]
+    at = ids.index(run_id) if run_id in ids else -1
+    changed = metadata_changes(runs[at - 1]["metadata"], runs[at]["metadata"]) if at > 0 else {}
     if args.json:
         print(json.dumps({"run_id": run_id, "regressions": len(regressions),
                           "improvements": sum(v.status == "improvement" for v in verdicts),
@@ -139,7 +143,8 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
                           "rule": {"threshold": rule.threshold, "baseline_runs": rule.baseline_runs,
                                    "min_history": rule.min_history, "k": rule.k,
                                    "min_mad_history": rule.min_mad_history},
-                          "comparisons": [v.as_dict() for v in verdicts]}, sort_keys=True))
+                          "changed_since_previous_run": changed,
+                          "comparisons": [v.as_dict() for v in verdicts]}, sort_keys=True, default=str))
     else:
         print(f"bench run {run_id}: {len(regressions)} regression(s) "
               f"(baseline: median of the last {rule.baseline_runs} runs; band max({rule.threshold:g}, "
@@ -154,6 +159,9 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
             print(f"  {v.status.upper() if v.status == 'regression' else v.status:12} {v.benchmark:24} {v.device:16} "
                   f"{v.target:10} p50 {v.latency_p50_ms:.4f} ms{base} {delta}{band} (history {v.history_n})"
                   + ("  unstable" if v.unstable else ""))
+        if changed:
+            print("changed since the previous run: "
+                  + "; ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     return 1 if regressions else 0
 
 

@@ -45,7 +45,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["CompareRule", "Comparison", "compare_run", "compare_all", "history_key"]
+__all__ = ["CompareRule", "Comparison", "compare_all", "compare_run", "history_key", "metadata_changes"]
 
 #: normal-consistency constant of the MAD: sigma ≈ 1.4826 · MAD for normal data.
 MAD_TO_SIGMA = 1.4826
@@ -204,3 +204,35 @@ def compare_run(results: list[dict[str, Any]], run_id: str | None = None,
     upto = order[: order.index(run_id) + 1]
     kept = set(upto)
     return run_id, compare_all([r for r in results if r["run_id"] in kept], rule)[run_id]
+
+
+#: Run metadata whose change between two nights explains a step (what pyperf refuses to aggregate across).
+WATCHED_METADATA = ("tvm_version", "onnxruntime_version", "torch_version", "python_version", "hilprune_version",
+                    "host", "host_cpu_count")
+
+_HELLO_VERSIONS = ("tvm", "onnxruntime", "numpy", "python", "glibc", "protocol", "machine")
+
+
+def metadata_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    """What changed between two bench runs' metadata: ``{field: [before, after]}``.
+
+    Watches :data:`WATCHED_METADATA`, the git commits of the suite's repository and of
+    hilprune (``suite_git``, ``hilprune_git``), and each device's daemon versions
+    (``device:<name>:<key>`` for the daemon hello's tvm, onnxruntime, numpy, python, glibc,
+    protocol, machine and any key ending in ``version``).
+    """
+    changes: dict[str, list[Any]] = {}
+    for key in WATCHED_METADATA:
+        if before.get(key) != after.get(key):
+            changes[key] = [before.get(key), after.get(key)]
+    for key in ("suite_git", "hilprune_git"):
+        a, b = (before.get(key) or {}).get("commit"), (after.get(key) or {}).get("commit")
+        if a != b:
+            changes[f"{key}.commit"] = [a, b]
+    devs_a, devs_b = before.get("devices") or {}, after.get("devices") or {}
+    for name in sorted(set(devs_a) & set(devs_b)):
+        ha, hb = devs_a[name].get("hello") or {}, devs_b[name].get("hello") or {}
+        for k in sorted(set(ha) | set(hb)):
+            if (k in _HELLO_VERSIONS or k.endswith("version")) and ha.get(k) != hb.get(k):
+                changes[f"device:{name}:{k}"] = [ha.get(k), hb.get(k)]
+    return changes

@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from harness.regress import CompareRule, Comparison, compare_all, history_key
+from harness.regress import CompareRule, Comparison, compare_all, history_key, metadata_changes
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,11 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
                      f"{_fmt(meta.get('python_version'))}, hilprune {_fmt(meta.get('hilprune_version'))}, suite "
                      f"commit {_fmt(git.get('commit', 'none'))}{' (dirty)' if git.get('dirty') else ''}. "
                      f"<b>{len(regressions)} regression(s)</b>.</p>")
+        if len(bench_runs) > 1:
+            changed = metadata_changes(bench_runs[-2]["metadata"], meta)
+            if changed:
+                parts.append("<p>Changed since the previous run: " + html.escape(
+                    "; ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())) + "</p>")
         parts.append("<table><tr><th>status</th><th>benchmark</th><th>device</th><th>target</th><th>backend</th>"
                      "<th>p50 ms</th><th>baseline ms</th><th>Δ</th><th>band</th><th>history</th><th>note</th></tr>")
         rank = {"regression": 0, "failed": 1, "improvement": 2, "new": 3, "ok": 4}

@@ -136,3 +136,19 @@ def test_bad_rule_and_unknown_run_are_clear(history, tmp_path, capsys):
     ResultsStore(tmp_path / "empty.db").close()
     assert main(["bench", "compare", "--db", str(tmp_path / "empty.db")]) == 2
     assert "no bench runs" in capsys.readouterr().err
+
+
+def test_compare_names_what_changed_since_the_previous_run(history, capsys):
+    """A TVM upgrade on the board between two nights is printed with the verdicts (the likely cause of a step)."""
+    db, store, rng = history
+    hello = {"tvm": "0.27.0.post1", "python": "3.11.7", "pid": 1}
+    store.finish_bench_run("night-09", "finished", metadata={"tvm_version": "0.27.0.post1",
+                                                              "devices": {"ssh:pi4": {"hello": hello}}})
+    _add_run(store, rng, "night-10", scale={("vgg11-32", "ssh:pi4"): 1.10})
+    store.finish_bench_run("night-10", "finished", metadata={"tvm_version": "0.27.0.post1", "devices": {
+        "ssh:pi4": {"hello": {**hello, "tvm": "0.28.0", "pid": 2}}}})
+    assert main(["bench", "compare", "--db", str(db), "--json"]) == 1
+    j = json.loads(capsys.readouterr().out)
+    assert j["changed_since_previous_run"] == {"device:ssh:pi4:tvm": ["0.27.0.post1", "0.28.0"]}
+    assert main(["bench", "compare", "--db", str(db)]) == 1
+    assert "changed since the previous run: device:ssh:pi4:tvm 0.27.0.post1 -> 0.28.0" in capsys.readouterr().out
