@@ -146,3 +146,35 @@ def test_the_example_nightly_suite_runs_here(tmp_path, capsys):
     assert got[("resnet20-28-ort", "local", "onnxruntime")]["compile_cache_hit"] is True
     with sqlite3.connect(tmp_path / "r.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM bench_results WHERE source='simulated'").fetchone()[0] == 1
+
+
+from tests.devices.farm_fixtures import board_toml, client_key, needs_sshd, sshd_pair, write_inventory  # noqa: E402,F401
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_suite_on_loopback_ssh_boards_with_an_inventory(tmp_path, capsys, sshd_pair, client_key):
+    """--device repeated replaces the suite's devices; a board that refuses us (wrong pinned host key)
+    is recorded as failed for that device while the same benchmark is measured on the good board."""
+    models = tmp_path / "models"
+    models.mkdir()
+    _export(models / "small.onnx", [8])
+    suite = tmp_path / "s.toml"
+    _suite(suite, [("small", "models/small.onnx")])
+    inv = write_inventory(tmp_path / "inv.toml", [
+        board_toml("b1", sshd_pair[0], client_key),
+        board_toml("b2", sshd_pair[1], client_key, host_key=sshd_pair[0].host_key)])
+    code = main(["bench", "--suite", str(suite), "--device", "ssh:b1", "--device", "ssh:b2", "--inventory", str(inv),
+                 "--db", str(tmp_path / "r.db"), "--cache-dir", str(tmp_path / "c"), "--tune-trials", "0",
+                 "--repeat", "5", "--warmup", "2", "--min-repeat-ms", "10", "--json"])
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert code == 1, err
+    got = {r["device"]: r for r in summary["results"]}
+    assert set(got) == {"ssh:b1", "ssh:b2"}  # the suite's "local" is replaced by --device
+    assert got["ssh:b1"]["status"] == "ok" and got["ssh:b1"]["latency_p50_ms"] > 0
+    assert got["ssh:b2"]["status"] == "failed" and got["ssh:b2"]["error_kind"] == "measure_failed:device_lost"
+    assert "HOST KEY CHANGED" in got["ssh:b2"]["error_message"]
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        meta = json.loads(conn.execute("SELECT metadata_json FROM bench_runs").fetchone()[0])
+    assert meta["devices"]["ssh:b1"]["hello"]["tvm"].startswith("0.27") and "ssh:b2" not in meta["devices"]
