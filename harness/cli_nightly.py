@@ -131,7 +131,13 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
         runs = store.bench_runs()
     finally:
         store.close()
-    run_id, verdicts = compare_run(results, args.run, rule)
+    wanted = args.run or (runs[-1]["run_id"] if runs else None)
+    if wanted is not None and wanted in {r["run_id"] for r in runs} and \
+            not any(r["run_id"] == wanted for r in results):
+        print(f"bench run {wanted}: no results (every pair skipped, or it was interrupted before the first); "
+              "nothing to compare", file=sys.stderr)
+        return 0
+    run_id, verdicts = compare_run(results, wanted, rule)
     regressions = [v for v in verdicts if v.status == "regression"]
     ids = [r["run_id"] for r in runs]
     at = ids.index(run_id) if run_id in ids else -1

@@ -152,3 +152,11 @@ def test_compare_names_what_changed_since_the_previous_run(history, capsys):
     assert j["changed_since_previous_run"] == {"device:ssh:pi4:tvm": ["0.27.0.post1", "0.28.0"]}
     assert main(["bench", "compare", "--db", str(db)]) == 1
     assert "changed since the previous run: device:ssh:pi4:tvm 0.27.0.post1 -> 0.28.0" in capsys.readouterr().out
+
+
+def test_a_latest_run_without_results_is_not_judged_as_an_older_one(history, capsys):
+    db, store, _ = history
+    store.create_bench_run("night-10", suite_name="nightly", suite_path="/x", suite_sha256=None, metadata={})
+    store.finish_bench_run("night-10", "interrupted")
+    assert main(["bench", "compare", "--db", str(db)]) == 0
+    assert "night-10: no results" in capsys.readouterr().err
