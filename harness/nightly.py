@@ -106,6 +106,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _pyproject_version(path: Path) -> str | None:
+    """``project.version`` of a checkout's pyproject.toml (hilprune run from source, not installed)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return None
+
+
 def run_metadata(suite: Suite) -> dict[str, Any]:
     """What a nightly number depends on, besides the device: git commit of the suite's repository
     (and of hilprune's own checkout), package versions, Python, the host."""
@@ -115,7 +125,7 @@ def run_metadata(suite: Suite) -> dict[str, Any]:
     return {
         "suite_git": _git_commit(suite.path.parent),
         "hilprune_git": _git_commit(here),
-        "hilprune_version": _version("hilprune"),
+        "hilprune_version": _version("hilprune") or _pyproject_version(here.parent / "pyproject.toml"),
         "tvm_version": getattr(tvm, "__version__", None),
         "onnxruntime_version": _version("onnxruntime"),
         "torch_version": _version("torch"),
