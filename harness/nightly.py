@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -435,7 +435,3 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
         store.close()
     return summary
 
-
-def devices_of(suite: Suite, override: Sequence[str] | None) -> list[str]:
-    """Distinct device names a run of ``suite`` measures on (``override`` = ``--device`` values)."""
-    return sorted({d for b in suite.benchmarks for d in (override or b.devices)})
