@@ -7,11 +7,13 @@ Prints:
    1x3x224x224): fit on the other models' rows (all thread counts), predict
    the held-out model's rows;
 2. for ``host``: randomly pruned variants of ResNet-20 (1x1x28x28),
-   ResNet-56 (1x1x28x28) and MobileNetV2 (CIFAR stem, 1x3x32x32) measured on
-   the ``local`` device with the ONNX Runtime backend, 1 thread; a profile
-   fitted on a *calibration* set of variants (other seeds) predicts an
-   *evaluation* set; Spearman and MAPE of the prediction against the
-   measurement, with the MACs proxy's Spearman beside it;
+   ResNet-56 (1x1x28x28) and MobileNetV2 (CIFAR stem, 1x3x32x32) — keep
+   ratios U(0.25, 1) per group, at any width and on the round-to grid of 8 —
+   measured on the ``local`` device with the ONNX Runtime backend, 1 thread;
+   a profile fitted on a *calibration* set of variants (other seeds; its
+   channel grid chosen by 5-fold CV on that set) predicts an *evaluation*
+   set; Spearman and MAPE of the prediction against the measurement, with
+   the MACs proxy's Spearman beside it;
 3. predictions per second on a ResNet-20 graph (features cached, and cold:
    parse + shape inference + predict).
 
@@ -27,7 +29,7 @@ smallest block kept (interference only adds time; repeated runs of this
 estimate agree within ~1-2 % here while their p50s differ by up to 3x under load). Results are
 cached in ``--db`` (default results/sim_fidelity.db); ``--fresh`` re-measures.
 
-Usage: .venv/bin/python benchmarks/sim_fidelity.py [--n-eval 20] [--n-calib 10] [--quick]
+Usage: .venv/bin/python benchmarks/sim_fidelity.py [--n-eval 20] [--n-calib 20] [--n-grid 10] [--skip-boards]
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from devices.sim.calibrate import (  # noqa: E402
     leave_one_group_out,
     prior_profile,
 )
-from devices.sim.graph import clear_cache, load_features  # noqa: E402
+from devices.sim.graph import OP_CLASSES, clear_cache, load_features  # noqa: E402
 from devices.sim.profile import SimParams, load_profile, predict_latency_ms  # noqa: E402
 
 NCNN_CSV = Path("/work/shared/data/ncnn_benchmark.csv")
@@ -143,7 +145,7 @@ def measure_variants(variants, db_path: Path, work: Path, fresh: bool, passes: i
     return best
 
 
-def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool) -> dict:
+def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool, n_grid: int) -> dict:
     from scipy.stats import spearmanr
 
     from harness.sim_graphs import random_variants
@@ -154,8 +156,12 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool) -
     for m in HOST_MODELS:
         calib += random_variants(m, n_calib, seed=101, out_dir=graph_dir)
         evals += random_variants(m, n_eval, seed=202, out_dir=graph_dir, include_full=False)
+        if n_grid:  # on the search's round-to grid (multiples of 8): what `--round-to 8` proposes
+            calib += random_variants(m, n_grid, seed=303, out_dir=graph_dir, include_full=False, round_to=8)
+            evals += random_variants(m, n_grid, seed=404, out_dir=graph_dir, include_full=False, round_to=8)
     print(f"\n== host: {len(calib)} calibration + {len(evals)} evaluation variants of {HOST_MODELS} "
-          f"(export {time.perf_counter() - t0:.0f} s) ==")
+          f"({n_calib}+{n_grid} / {n_eval}+{n_grid} per model: any width + widths on multiples of 8; "
+          f"export {time.perf_counter() - t0:.0f} s) ==")
     t0 = time.perf_counter()
     lat = measure_variants(calib + evals, db, work, fresh)
     print(f"  measured on local, backend onnxruntime, 1 thread ({time.perf_counter() - t0:.0f} s incl. cache hits)")
@@ -168,8 +174,9 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool) -
     start = start.with_params(SimParams.from_dict(start.params.to_dict() | {"channel_align": align}))
     fit = fit_profile(rows, start)
     fitted = fit.profile
-    print(f"  fit on the calibration set: MAPE {fit.stats['mape']:.1f}%, misaligned_factor "
-          f"{fitted.params.misaligned_factor:.2f}")
+    factors = {c: round(float(f), 2) for c, f in zip(OP_CLASSES, fitted.params.misaligned_factor)
+               if c in fit.stats["misaligned_factor_fitted"]}
+    print(f"  fit on the calibration set: MAPE {fit.stats['mape']:.1f}%, misaligned_factor {factors}")
     pred = np.array([predict_latency_ms(load_features(v.path), fitted, threads=1) for v in evals])
     meas = np.array([lat[v.label] for v in evals])
     macs = np.array([load_features(v.path).macs for v in evals], dtype=float)
@@ -186,10 +193,14 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool) -
                       "max_ape": st["max_ape"], "spearman_macs_proxy": float(s_macs)}
 
     models = np.array([v.model for v in evals])
+    grid = np.array([v.label.endswith("-r8") for v in evals])
     print("  profile fitted on the calibration set only; scores on the held-out evaluation set:")
     report("all", np.ones(len(evals), dtype=bool))
     for m in HOST_MODELS:
         report(m, models == m)
+    if grid.any():
+        report("any width", ~grid)
+        report("on 8-grid", grid)
     try:
         committed = load_profile("host")
         pc = np.array([predict_latency_ms(load_features(v.path), committed, threads=1) for v in evals])
@@ -231,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="results/sim_fidelity", help="graphs and artifacts (default %(default)s)")
     ap.add_argument("--db", default="results/sim_fidelity.db", help="measurement cache (default %(default)s)")
     ap.add_argument("--n-eval", type=int, default=20, help="evaluation variants per model (default %(default)s)")
-    ap.add_argument("--n-calib", type=int, default=10, help="calibration variants per model (default %(default)s)")
+    ap.add_argument("--n-calib", type=int, default=20, help="calibration variants per model (default %(default)s)")
+    ap.add_argument("--n-grid", type=int, default=10,
+                    help="calibration and evaluation variants per model with widths on multiples of 8 (default %(default)s)")
     ap.add_argument("--fresh", action="store_true", help="re-measure instead of using the cached measurements")
     ap.add_argument("--skip-boards", action="store_true")
     ap.add_argument("--skip-host", action="store_true")
@@ -244,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_boards:
         results["boards"] = board_section(work / "classics")
     if not args.skip_host:
-        results["host"] = host_section(work, Path(args.db), args.n_eval, args.n_calib, args.fresh)
+        results["host"] = host_section(work, Path(args.db), args.n_eval, args.n_calib, args.fresh, args.n_grid)
     results["speed"] = speed_section(work)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     if args.json:

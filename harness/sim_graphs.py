@@ -83,13 +83,16 @@ class Variant:
 
 
 def random_variants(model: str, n: int, *, seed: int, out_dir: Path, keep_range: tuple[float, float] = (0.25, 1.0),
-                    input_shape: tuple[int, ...] | None = None, include_full: bool = True) -> list[Variant]:
+                    input_shape: tuple[int, ...] | None = None, include_full: bool = True,
+                    round_to: int = 1) -> list[Variant]:
     """``n`` randomly pruned variants of a zoo model (the first is unpruned if ``include_full``).
 
     Every prunable group keeps ``round(u * channels)`` channels (at least 1),
     ``u ~ Uniform(keep_range)``, one draw per group from
-    ``numpy.random.default_rng(seed)``; models whose pruning is not supported
-    by :mod:`harness.pruning` raise.
+    ``numpy.random.default_rng(seed)``; with ``round_to > 1`` the count is
+    rounded down to a multiple of ``round_to`` (at least ``round_to``, at most
+    the group's channels), as the search's round-to grid does. Models whose
+    pruning is not supported by :mod:`harness.pruning` raise.
 
     Raises:
         ValueError: unknown model, or a spec the model's groups reject.
@@ -109,8 +112,12 @@ def random_variants(model: str, n: int, *, seed: int, out_dir: Path, keep_range:
             keep = tuple(1.0 for _ in groups)
         else:
             keep = tuple(float(u) for u in rng.uniform(*keep_range, size=len(groups)))
-        spec = ArchSpec(tuple(max(1, round(k * g.channels)) for k, g in zip(keep, groups)))
-        label = f"{model}-s{seed}-{i}"
+        if round_to > 1:
+            spec = ArchSpec(tuple(min(g.channels, max(round_to, int(k * g.channels) // round_to * round_to))
+                                  for k, g in zip(keep, groups)))
+        else:
+            spec = ArchSpec(tuple(max(1, round(k * g.channels)) for k, g in zip(keep, groups)))
+        label = f"{model}-s{seed}-{i}" + (f"-r{round_to}" if round_to > 1 else "")
         digest = hashlib.sha256(spec.signature().encode()).hexdigest()[:12]
         path = out_dir / f"{label}-{digest}.onnx"
         if not path.is_file():

@@ -160,23 +160,24 @@ class FitReport:
     rows: list[dict[str, Any]]
 
 
-# x = log of: gops_s[8], bandwidth, layer overhead, model overhead, thread exponent, misaligned factor
+# x = log of: gops_s[8], bandwidth, layer overhead, model overhead, thread exponent, misaligned factor[8]
 _K = len(OP_CLASSES)
-_NP = _K + 5
-_BOUNDS = ([math.log(1e-4)] * _K + [math.log(1e-3), math.log(1e-3), math.log(1e-5), math.log(0.05), 0.0],
-           [math.log(1e6)] * _K + [math.log(1e4), math.log(1e5), math.log(1e4), 0.0, math.log(20.0)])
+_M = _K + 4  # first misaligned factor
+_NP = _K + 4 + _K
+_BOUNDS = ([math.log(1e-4)] * _K + [math.log(1e-3), math.log(1e-3), math.log(1e-5), math.log(0.05)] + [0.0] * _K,
+           [math.log(1e6)] * _K + [math.log(1e4), math.log(1e5), math.log(1e4), 0.0] + [math.log(20.0)] * _K)
 
 
 def _to_vec(p: SimParams) -> np.ndarray:
     return np.log(np.concatenate([p.gops_s, [p.bandwidth_gb_s, max(p.layer_overhead_us, 1e-3),
-                                             max(p.model_overhead_ms, 1e-5), p.thread_exponent,
-                                             p.misaligned_factor]]))
+                                             max(p.model_overhead_ms, 1e-5), p.thread_exponent],
+                                  p.misaligned_factor]))
 
 
 def _from_vec(x: np.ndarray, channel_align: int) -> SimParams:
     v = np.exp(x)
     return SimParams(v[:_K].copy(), float(v[_K]), float(v[_K + 1]), float(v[_K + 2]), float(min(v[_K + 3], 1.0)),
-                     channel_align, float(max(v[_K + 4], 1.0)))
+                     channel_align, np.maximum(v[_M:], 1.0))
 
 
 class _Stacked:
@@ -196,7 +197,7 @@ class _Stacked:
 
     def predict_ms(self, x: np.ndarray) -> np.ndarray:
         rate = np.exp(x[:_K])[self.cls] * 1e9 * np.exp(np.exp(x[_K + 3]) * self.log_threads_op)
-        work = np.where(self.misaligned, self.work * math.exp(x[_K + 4]), self.work)
+        work = np.where(self.misaligned, self.work * np.exp(x[_M:])[self.cls], self.work)
         t = np.maximum(work / rate, self.bytes / (math.exp(x[_K]) * 1e9))
         per_row = np.bincount(self.row, weights=t, minlength=self.n_rows)
         return 1e3 * (per_row + self.n_ops * math.exp(x[_K + 1]) * 1e-6) + math.exp(x[_K + 2])
@@ -247,7 +248,9 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
         fit_thread_exponent = len(set(np.minimum([r.threads for r in rows], start.cores).tolist())) > 1
     free = np.ones(_NP, dtype=bool)
     free[_K + 3] = bool(fit_thread_exponent)
-    free[_K + 4] = align > 1 and bool(stacked.misaligned.any())  # the factor needs misaligned convs
+    # a class's factor needs misaligned convs of that class in the rows
+    mis_seen = np.bincount(stacked.cls[stacked.misaligned], minlength=_K) > 0
+    free[_M:] = mis_seen & (align > 1)
     # a class with no work in any row cannot be seen: keep it at its start value
     seen = np.bincount(stacked.cls, weights=stacked.work, minlength=len(OP_CLASSES)) > 0
     free[:len(OP_CLASSES)] &= seen
@@ -277,7 +280,7 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
     stats = fit_stats(pred, meas) | {"cost": float(sol.cost), "optimizer": str(sol.message),
                                      "prior_weight": prior_weight, "prior_sigma_log": prior_sigma_log,
                                      "free_params": int(free.sum()), "thread_exponent_fitted": bool(free[_K + 3]),
-                                     "misaligned_factor_fitted": bool(free[_K + 4])}
+                                     "misaligned_factor_fitted": [c for c, f in zip(OP_CLASSES, free[_M:]) if f]}
     profile = start.with_params(params, version=start.version + 1, fit=stats)
     per_row = [{"label": r.label, "threads": r.threads, "measured_ms": float(m), "predicted_ms": float(p),
                 "ape": float(100 * abs(p - m) / m)} for r, m, p in zip(rows, meas, pred)]

@@ -8,8 +8,8 @@ Cost of one batch-1 inference at ``n`` threads (``n`` capped at ``cores``)::
     latency  = 1e3 * sum_i t_i + model_overhead_ms             [ms]
 
 ``work_i``, ``bytes_i`` and ``class_i`` come from :mod:`devices.sim.graph`;
-``m_i = misaligned_factor`` for a conv whose input (per group) or output
-channel count is not a multiple of ``channel_align``, else 1.
+``m_i = misaligned_factor[class_i]`` for a conv whose input (per group) or
+output channel count is not a multiple of ``channel_align``, else 1.
 Compute throughput scales with threads (sub-linearly when
 ``thread_exponent < 1``); memory bandwidth is shared and does not.
 
@@ -87,10 +87,13 @@ class SimParams:
             4 for ncnn's pack4 on NEON fp32, 8 for pack8 fp16, 1 = no
             penalty. Source: the runtimes' kernel code (MLAS NCHWc block
             size; ncnn elempack).
-        misaligned_factor: compute-time multiplier (>= 1, dimensionless) of
-            a conv with a channel count off the ``channel_align`` grid (it
-            falls back to a slower layout and reorders). Source: fitted where
-            the rows hold such convs (pruned variants on ``host``); prior 1.5.
+        misaligned_factor: compute-time multiplier (>= 1, dimensionless) per
+            operator class, float64 array (8,) in ``OP_CLASSES`` order, of a
+            conv with a channel count off the ``channel_align`` grid (it falls
+            back to a slower layout, un-fused activations and reorders; ONNX
+            Runtime's depthwise fallback is ~4x slower). Only conv classes
+            use it. Source: fitted per class where the rows hold such convs
+            (pruned variants on ``host``); prior 1.5.
     """
 
     gops_s: np.ndarray
@@ -99,7 +102,7 @@ class SimParams:
     model_overhead_ms: float
     thread_exponent: float
     channel_align: int = 1
-    misaligned_factor: float = 1.0
+    misaligned_factor: np.ndarray | float = 1.0
 
     def __post_init__(self) -> None:
         g = np.asarray(self.gops_s, dtype=np.float64).reshape(-1)
@@ -110,8 +113,10 @@ class SimParams:
         object.__setattr__(self, "gops_s", g)
         if isinstance(self.channel_align, bool) or not isinstance(self.channel_align, int) or self.channel_align < 1:
             raise ValueError(f"SimParams.channel_align must be an int >= 1, got {self.channel_align!r}")
-        for fname in ("bandwidth_gb_s", "layer_overhead_us", "model_overhead_ms", "thread_exponent",
-                      "misaligned_factor"):
+        mf = np.broadcast_to(np.asarray(self.misaligned_factor, dtype=np.float64), (len(OP_CLASSES),)).copy()
+        mf.setflags(write=False)
+        object.__setattr__(self, "misaligned_factor", mf)
+        for fname in ("bandwidth_gb_s", "layer_overhead_us", "model_overhead_ms", "thread_exponent"):
             v = float(getattr(self, fname))
             object.__setattr__(self, fname, v)
         checks = [("gops_s", bool(np.all(np.isfinite(g)) and np.all(g > 0)), "> 0"),
@@ -119,7 +124,7 @@ class SimParams:
                   ("layer_overhead_us", math.isfinite(self.layer_overhead_us) and self.layer_overhead_us >= 0, ">= 0"),
                   ("model_overhead_ms", math.isfinite(self.model_overhead_ms) and self.model_overhead_ms >= 0, ">= 0"),
                   ("thread_exponent", 0 < self.thread_exponent <= 1, "in (0, 1]"),
-                  ("misaligned_factor", math.isfinite(self.misaligned_factor) and self.misaligned_factor >= 1, ">= 1")]
+                  ("misaligned_factor", bool(np.all(np.isfinite(mf)) and np.all(mf >= 1)), ">= 1")]
         for fname, ok, rule in checks:
             if not ok:
                 raise ValueError(f"SimParams.{fname} must be {rule}, got {getattr(self, fname)!r}")
@@ -133,7 +138,7 @@ class SimParams:
             "model_overhead_ms": self.model_overhead_ms,
             "thread_exponent": self.thread_exponent,
             "channel_align": self.channel_align,
-            "misaligned_factor": self.misaligned_factor,
+            "misaligned_factor": {c: float(v) for c, v in zip(OP_CLASSES, self.misaligned_factor)},
         }
 
     @classmethod
@@ -148,10 +153,11 @@ class SimParams:
             missing = [c for c in OP_CLASSES if c not in rates]
             if missing:
                 raise ValueError(f"gops_s lacks {missing}")
+            mf = data.get("misaligned_factor", 1.0)
+            mf = np.array([float(mf.get(c, 1.0)) for c in OP_CLASSES]) if isinstance(mf, dict) else float(mf)
             return cls(np.array([float(rates[c]) for c in OP_CLASSES]), float(data["bandwidth_gb_s"]),
                        float(data["layer_overhead_us"]), float(data["model_overhead_ms"]),
-                       float(data["thread_exponent"]), int(data.get("channel_align", 1)),
-                       float(data.get("misaligned_factor", 1.0)))
+                       float(data["thread_exponent"]), int(data.get("channel_align", 1)), mf)
         except KeyError as exc:
             raise ValueError(f"profile params lack {exc.args[0]!r}") from None
 
@@ -306,7 +312,7 @@ def misaligned_mask(channels: np.ndarray, align: int) -> np.ndarray:
 def _misaligned(features: GraphFeatures, p: SimParams) -> np.ndarray | float:
     if p.channel_align <= 1:
         return 1.0
-    return np.where(misaligned_mask(features.channels, p.channel_align), p.misaligned_factor, 1.0)
+    return np.where(misaligned_mask(features.channels, p.channel_align), p.misaligned_factor[features.op_class], 1.0)
 
 
 def predict_latency_ms(features: GraphFeatures, profile: SimProfile, threads: int | None = None) -> float:
