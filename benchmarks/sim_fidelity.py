@@ -25,8 +25,9 @@ fixed per-operator costs are exactly what a MACs proxy misses.
 
 Measurements are noisy (2 shared cores, other jobs running): each variant is
 measured in two passes in shuffled order, 40 blocks of >= 2 ms each, and the
-smallest block kept (interference only adds time; repeated runs of this
-estimate agree within ~1-2 % here while their p50s differ by up to 3x under load). Results are
+smallest block kept (interference only adds time). Measured here under load
+(~7 on 2 cores): the two passes' minima differ by 0.4 % median, 3 % p90 (one
+outlier 2x), while their p50s differ by 55 % median, 2.7x p90. Results are
 cached in ``--db`` (default results/sim_fidelity.db); ``--fresh`` re-measures.
 
 Usage: .venv/bin/python benchmarks/sim_fidelity.py [--n-eval 20] [--n-calib 20] [--n-grid 10] [--skip-boards]
