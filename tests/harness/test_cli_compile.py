@@ -65,8 +65,6 @@ def test_bench_bad_device_and_board_target_on_local(capsys, tmp_path):
 
 
 def test_onnx_input_shape_must_match_the_graph(capsys, tmp_path):
-    import torch
-
     from harness.export import export_onnx
     from harness.models import build_model
 
@@ -79,7 +77,6 @@ def test_onnx_input_shape_must_match_the_graph(capsys, tmp_path):
     code, _, err = _run(capsys, ["compile", "--onnx", str(tmp_path / "junk.onnx"), "--target", "host",
                                  "--cache-dir", str(tmp_path / "c")])
     assert code == 2 and "not a readable ONNX file" in err
-    del torch
 
 
 @pytest.mark.slow
