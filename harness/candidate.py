@@ -193,10 +193,7 @@ class CandidateEvaluator:
             self.stats["failed"] += 1
             return CandidateResult(spec, None, 0, 0, None, error_kind="prune_failed", error_message=str(exc))
 
-        key = dict(
-            model=self.model_name, arch_signature=sig, device=self.device.name, target=self.target.name,
-            backend=self.measure.backend, tuning_key=tuning_key(self.tuning),
-        )
+        key = self._key(spec)
         if not fresh and model is None:
             hit = self.store.find_measurement(**key)
             if hit is not None:
@@ -208,6 +205,47 @@ class CandidateEvaluator:
         if pruned is None:
             pruned = self.prune(spec)
         return self._compile_and_measure(spec, pruned, top1, macs, params, key)
+
+    def remeasure(self, result: CandidateResult) -> float | None:
+        """Measure an evaluated candidate's artifact once more (stored like any measurement).
+
+        Used to interleave the final measurements of the unpruned and the best model,
+        so both see the same machine state (a speedup is a ratio measured side by side).
+
+        Returns:
+            The new p50 in ms, or None when the candidate has no artifact or the measurement failed.
+        """
+        if result.artifact_path is None:
+            return None
+        with self.timer.time("measure"):
+            outcome = self.device.measure(Path(result.artifact_path), self.measure)
+        if outcome.error is not None:
+            log.warning("re-measuring %s failed: %s", result.spec.signature(), outcome.error.message)
+            return None
+        m = outcome.value
+        self.stats["measured"] += 1
+        self._store_measurement(self._key(result.spec), m, result.artifact_sha256, None, None)
+        return m.stats.p50_ms
+
+    def _key(self, spec: ArchSpec) -> dict:
+        return dict(
+            model=self.model_name, arch_signature=spec.signature(), device=self.device.name, target=self.target.name,
+            backend=self.measure.backend, tuning_key=tuning_key(self.tuning),
+        )
+
+    def _store_measurement(self, key: dict, m, artifact_sha256, onnx_sha256, manifest_tuning) -> int:
+        st = m.stats
+        stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
+                     cov=st.cov, n=st.n, unstable=st.unstable)
+        return self.store.add_measurement(
+            **key, source=m.source, stats=stats, latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
+            artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256,
+            metadata={
+                "device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
+                "hello": m.hello, "tuning": manifest_tuning if manifest_tuning is not None else m.tuning,
+                "remeasured": m.remeasured, "output_sha256": m.output_sha256,
+            },
+        )
 
     def _compile_and_measure(self, spec, pruned, top1, macs, params, key) -> CandidateResult:
         sig = spec.signature()
@@ -241,17 +279,7 @@ class CandidateEvaluator:
         m = outcome.value
         self.stats["measured"] += 1
         st = m.stats
-        stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
-                     cov=st.cov, n=st.n, unstable=st.unstable)
-        mid = self.store.add_measurement(
-            **key, source=m.source, stats=stats, latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
-            artifact_sha256=artifact.library_sha256, onnx_sha256=report.onnx_sha256,
-            metadata={
-                "device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
-                "hello": m.hello, "tuning": artifact.manifest.get("tuning"), "remeasured": m.remeasured,
-                "output_sha256": m.output_sha256,
-            },
-        )
+        mid = self._store_measurement(key, m, artifact.library_sha256, report.onnx_sha256, artifact.manifest.get("tuning"))
         return CandidateResult(
             spec, top1, macs, params, st.p50_ms, tuple(m.latency_ms), measurement_id=mid, source=m.source,
             artifact_sha256=artifact.library_sha256, artifact_path=str(artifact.path),

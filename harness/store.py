@@ -276,15 +276,20 @@ class ResultsStore:
     def find_measurement(
         self, *, model: str, arch_signature: str, device: str, target: str, backend: str, tuning_key: str
     ) -> dict | None:
-        """The newest stable measurement for this (architecture, device, target, backend, tuning), or None.
+        """The first measurement of this (architecture, device, target, backend, tuning), or None.
 
         This is the latency cache of DESIGN.md §6: a revisited architecture is
-        never exported, compiled or measured again.
+        never exported, compiled or measured again. The *first* measurement is
+        the cached value, whatever came later (fresh final measurements,
+        benchmarks): a later search, and a resumed run, see exactly the
+        latencies the earlier steps saw, so they make the same choices. A
+        result flagged unstable (after the device's own re-measurements) is
+        still the value the search used; its flag stays in the row.
         """
         with self._lock:
             row = self._conn.execute(
                 "SELECT * FROM measurements WHERE model=? AND arch_signature=? AND device=? AND target=? "
-                "AND backend=? AND tuning_key=? AND unstable=0 ORDER BY id DESC LIMIT 1",
+                "AND backend=? AND tuning_key=? ORDER BY id ASC LIMIT 1",
                 (model, arch_signature, device, target, backend, tuning_key),
             ).fetchone()
         if row is None:
