@@ -223,7 +223,13 @@ class Device(abc.ABC):
     Subclasses implement :meth:`hello`, :meth:`measure` and :meth:`_close`;
     :meth:`submit` queues measurements on a single worker thread so the caller
     can compile the next candidate meanwhile.
+
+    ``needs_library``: False for devices that read only the artifact's
+    ``manifest.json`` and ``model.onnx`` (the simulator), so callers may skip
+    the TVM build for them.
     """
+
+    needs_library: bool = True
 
     def __init__(self, name: str) -> None:
         self.name = name

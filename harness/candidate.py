@@ -73,6 +73,24 @@ def tuning_key(tuning: TuningConfig) -> str:
     return tuning.identity()
 
 
+def graph_only_artifact(onnx_path: Path, report, out_dir: Path) -> Path:
+    """An artifact directory without a library (``manifest.json`` + ``model.onnx``), for
+    devices with ``needs_library = False`` such as the simulator; ``"library": null``."""
+    import json
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, out_dir / "model.onnx")
+    manifest = {
+        "format_version": 1, "library": None, "library_sha256": None, "params": None, "onnx": "model.onnx",
+        "onnx_sha256": report.onnx_sha256,
+        "output": {"shape": list(report.output_shape), "dtype": "float32"},
+        "tuning": {"tuned": False, "trials_per_task": 0, "database": None},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return out_dir
+
+
 @dataclass(frozen=True, slots=True)
 class CandidateResult:
     """One evaluated architecture.
@@ -261,6 +279,17 @@ class CandidateEvaluator:
                 report = export_onnx(pruned, self.input_shape, onnx_path)
             except ExportError as exc:
                 return failed(exc.kind, exc.message)
+        if not self.device.needs_library:  # the simulator costs the ONNX graph: no TVM build
+            artifact_dir = graph_only_artifact(onnx_path, report, self.work_dir / "graph_artifacts" / sig)
+            with self.timer.time("measure"):
+                outcome = self.device.measure(artifact_dir, self.measure)
+            if outcome.error is not None:
+                return failed(f"measure_{outcome.error.kind}", outcome.error.message)
+            m = outcome.value
+            self.stats["measured"] += 1
+            mid = self._store_measurement(key, m, None, report.onnx_sha256, None)
+            return CandidateResult(spec, top1, macs, params, m.stats.p50_ms, tuple(m.latency_ms), measurement_id=mid,
+                                   source=m.source, artifact_path=str(artifact_dir))
         t0 = time.perf_counter()
         compiled = compile_onnx(onnx_path, self.target, self.cache_dir, self.tuning)
         compile_s = time.perf_counter() - t0

@@ -44,6 +44,8 @@ class SimDevice(Device):
         ValueError: unknown profile or bad profile file.
     """
 
+    needs_library = False  # reads manifest.json and model.onnx only
+
     def __init__(self, profile: SimProfile | str | Path, name: str | None = None) -> None:
         self.profile = profile if isinstance(profile, SimProfile) else load_profile(profile)
         super().__init__(name or f"{SIM_PREFIX}{self.profile.name}")

@@ -165,3 +165,5 @@ def test_search_runs_on_a_simulated_device(tmp_path):
     assert rows and {(d, s) for d, s, _ in rows} == {("sim:rpi4", "simulated")}
     assert all(len(set(json.loads(raw))) == 1 for _, _, raw in rows)  # every repeat the same prediction
     assert cands and {(d, s) for d, s in cands} == {("sim:rpi4", "simulated")}
+    assert not (tmp_path / "cache" / "artifacts").exists()  # the simulator needs no TVM build
+    assert summary["evaluator"]["compiled"] == 0
