@@ -27,26 +27,16 @@ from devices.base import (
     MeasureError,
     MeasureErrorKind,
     MeasureResult,
-    Measurement,
 )
 from devices.client import DaemonSession, Reply
-from devices.stats import LatencyStats
+from devices.remeasure import measure_request, measure_until_stable
 
 logger = logging.getLogger(__name__)
 
 DAEMON_PATH = Path(__file__).with_name("daemon.py")
 HELLO_TIMEOUT_S = 60.0  # importing tvm takes seconds on a busy machine
 BYE_TIMEOUT_S = 5.0
-#: Bits 0-3 of ``vcgencmd get_throttled``: under-voltage, frequency capped,
-#: throttled, soft temperature limit — active now. A sample taken with any of
-#: them set is invalid (DESIGN.md §5).
-THROTTLED_NOW_MASK = 0xF
 _KEEP: Any = object()  # "the running daemon's threads"
-
-
-def _throttled(state: dict) -> bool:
-    bits = state.get("throttled")
-    return isinstance(bits, int) and bool(bits & THROTTLED_NOW_MASK)
 
 
 class LocalDevice(Device):
@@ -214,56 +204,8 @@ class LocalDevice(Device):
         except (OSError, ValueError) as exc:
             return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
                                       f"cannot read {artifact_dir / 'manifest.json'}: {exc}")
-        request = {"artifact": str(artifact_dir), "backend": config.backend, "warmup": config.warmup,
-                   "number": config.number, "repeat": config.repeat, "min_repeat_ms": config.min_repeat_ms,
-                   "seed": config.seed, "num_threads": config.num_threads}
-        best: tuple[tuple[bool, float], dict, LatencyStats] | None = None
-        attempts = 0
-        for attempt in range(config.max_remeasure + 1):
-            attempts = attempt + 1
-            reply = self.call("measure", timeout_s=config.timeout_s, daemon_threads=config.num_threads,
-                              **request)
-            if not reply.ok:
-                return MeasureResult(error=reply.error)
-            result = reply.result
-            try:
-                stats = LatencyStats.from_raw(result["latency_ms"], max_cov=config.max_cov)
-            except (KeyError, TypeError, ValueError) as exc:
-                return MeasureResult.fail(MeasureErrorKind.PROTOCOL, f"bad measure result: {exc}")
-            throttled = _throttled(result.get("device_state_before", {})) or \
-                _throttled(result.get("device_state_after", {}))
-            rank = (throttled, stats.cov)
-            if best is None or rank < best[0]:
-                best = (rank, result, stats)
-            if not throttled and not stats.unstable:
-                break
-            logger.info("device %s: %s (cov %.3f), re-measuring %s", self.name,
-                        "throttled" if throttled else "unstable", stats.cov, artifact_dir.name)
-        (throttled, _), result, stats = best
-        if throttled:
-            return MeasureResult.fail(MeasureErrorKind.UNSTABLE,
-                                      f"device throttled in all {attempts} measurements "
-                                      f"(vcgencmd bits {result['device_state_after'].get('throttled')})")
-        try:
-            value = Measurement(
-                device=self.name,
-                backend=config.backend,
-                artifact_sha256=manifest.get("library_sha256"),
-                latency_ms=tuple(float(v) for v in result["latency_ms"]),
-                warmup_ms=tuple(float(v) for v in result["warmup_ms"]),
-                number=int(result["number"]),
-                stats=stats,
-                output_sha256=str(result["output_sha256"]),
-                output_head=tuple(float(v) for v in result["output_head"]),
-                output_shape=tuple(int(v) for v in result["output_shape"]),
-                device_state_before=dict(result["device_state_before"]),
-                device_state_after=dict(result["device_state_after"]),
-                hello=dict(self._hello or {}),
-                source="measured",
-                remeasured=attempts - 1,
-                tuning=manifest.get("tuning"),
-                created_at=time.time(),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            return MeasureResult.fail(MeasureErrorKind.PROTOCOL, f"bad measure result: {exc!r}")
-        return MeasureResult(value=value)
+        request = measure_request(str(artifact_dir), config)
+        return measure_until_stable(
+            lambda: self.call("measure", timeout_s=config.timeout_s, daemon_threads=config.num_threads, **request),
+            config, device=self.name, manifest=manifest, hello=lambda: self._hello, what=artifact_dir.name,
+        )

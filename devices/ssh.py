@@ -61,8 +61,8 @@ from devices.base import (
 from devices.client import DaemonSession, Reply
 from devices.inventory import Board, normalise_arch
 from devices.lease import Lease, LeaseManager
-from devices.local import DAEMON_PATH, THROTTLED_NOW_MASK
-from devices.stats import LatencyStats
+from devices.local import DAEMON_PATH
+from devices.remeasure import measure_request, measure_until_stable
 
 logger = logging.getLogger(__name__)
 
@@ -418,11 +418,6 @@ class SshSession:
         return remote
 
 
-def _throttled(state: dict) -> bool:
-    bits = state.get("throttled")
-    return isinstance(bits, int) and bool(bits & THROTTLED_NOW_MASK)
-
-
 class SshDevice(Device):
     """Measures on one inventory board over SSH; one daemon session per lease.
 
@@ -633,56 +628,14 @@ class SshDevice(Device):
             if e.kind in (MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.TIMEOUT):
                 self._drop_session(polite=False)
             return MeasureResult(error=e)
-        request = {"artifact": remote, "backend": config.backend, "warmup": config.warmup,
-                   "number": config.number, "repeat": config.repeat, "min_repeat_ms": config.min_repeat_ms,
-                   "seed": config.seed, "num_threads": config.num_threads}
-        best = None
-        attempts = 0
-        for attempt in range(config.max_remeasure + 1):
-            attempts = attempt + 1
-            reply = self.call("measure", timeout_s=config.timeout_s, daemon_threads=config.num_threads, **request)
-            if not reply.ok:
-                return MeasureResult(error=reply.error)
-            result = reply.result
-            try:
-                stats = LatencyStats.from_raw(result["latency_ms"], max_cov=config.max_cov)
-            except (KeyError, TypeError, ValueError) as exc:
-                return MeasureResult.fail(MeasureErrorKind.PROTOCOL, f"bad measure result: {exc}")
-            throttled = _throttled(result.get("device_state_before", {})) or \
-                _throttled(result.get("device_state_after", {}))
-            rank = (throttled, stats.cov)
-            if best is None or rank < best[0]:
-                best = (rank, result, stats)
-            if not throttled and not stats.unstable:
-                break
-            if throttled and attempt < config.max_remeasure:
-                logger.info("board %s throttled (bits %s): cooling down %.1f s before re-measuring",
-                            self.board.name, result.get("device_state_after", {}).get("throttled"),
-                            self.board.cooldown_s)
-                time.sleep(self.board.cooldown_s)
-        (throttled, _), result, stats = best
-        if throttled:
-            return MeasureResult.fail(MeasureErrorKind.UNSTABLE,
-                                      f"board {self.board.name!r} throttled in all {attempts} measurements "
-                                      f"(vcgencmd bits {result['device_state_after'].get('throttled')}), "
-                                      f"{self.board.cooldown_s:g} s cooldown between them")
-        try:
-            value = Measurement(
-                device=self.name, backend=config.backend, artifact_sha256=manifest.get("library_sha256"),
-                latency_ms=tuple(float(v) for v in result["latency_ms"]),
-                warmup_ms=tuple(float(v) for v in result["warmup_ms"]),
-                number=int(result["number"]), stats=stats,
-                output_sha256=str(result["output_sha256"]),
-                output_head=tuple(float(v) for v in result["output_head"]),
-                output_shape=tuple(int(v) for v in result["output_shape"]),
-                device_state_before=dict(result["device_state_before"]),
-                device_state_after=dict(result["device_state_after"]),
-                hello=dict(self._session.hello if self._session and self._session.hello else {}),
-                source="emulated" if self.board.emulated else "measured", remeasured=attempts - 1,
-                tuning=manifest.get("tuning"),
-                created_at=time.time(),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            return MeasureResult.fail(MeasureErrorKind.PROTOCOL, f"bad measure result: {exc!r}")
-        self.last_error, self.last_fatal = None, False
-        return MeasureResult(value=value)
+        request = measure_request(remote, config)
+        outcome = measure_until_stable(
+            lambda: self.call("measure", timeout_s=config.timeout_s, daemon_threads=config.num_threads, **request),
+            config, device=self.name, manifest=manifest,
+            hello=lambda: self._session.hello if self._session and self._session.hello else {},
+            source="emulated" if self.board.emulated else "measured", cooldown_s=self.board.cooldown_s,
+            what=f"{artifact_dir.name} on board {self.board.name!r}",
+        )
+        if outcome.error is None:
+            self.last_error, self.last_fatal = None, False
+        return outcome

@@ -306,6 +306,9 @@ class CandidateEvaluator:
         if outcome.error is not None:
             return failed(f"measure_{outcome.error.kind}", outcome.error.message)
         m = outcome.value
+        if m.source not in ("measured", "simulated"):  # e.g. an emulated board: a functional check only
+            return failed("not_a_latency", f"{self.device.name} gives {m.source} timings, which are not latencies; "
+                                           "use a real board, local, or sim:PROFILE for the search")
         self.stats["measured"] += 1
         st = m.stats
         mid = self._store_measurement(key, m, artifact.library_sha256, report.onnx_sha256, artifact.manifest.get("tuning"))
