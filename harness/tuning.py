@@ -363,8 +363,11 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
         if new_tasks:
             # MetaSchedule's console handler writes to sys.stdout (tvm/s_tir/meta_schedule/logging.py,
             # "ext://sys.stdout"), which would corrupt `--json` output: send it to a log beside the database.
-            with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
-                _tune(new_tasks, db, config)
+            try:
+                with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
+                    _tune(new_tasks, db, config)
+            finally:
+                _drop_meta_schedule_handlers()
     report = TuneReport(
         tasks_total=len(tasks),
         tasks_from_db=len(tasks) - len(new_tasks),
@@ -374,6 +377,21 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
     )
     logger.info("tuning done in %.1f s: %s", report.seconds, report)
     return report
+
+
+def _drop_meta_schedule_handlers() -> None:
+    """Remove (and close) the handlers MetaSchedule's ``dictConfig`` attached for one tuning call.
+
+    They hold the stream that was ``sys.stdout`` during the call (our tuning.log, already
+    closed) and files in the call's deleted work dir; left in place, any later record
+    on those loggers hits a closed file. Each tuning call configures them afresh.
+    """
+    for name in list(logging.root.manager.loggerDict):
+        if name == "tvm.s_tir.meta_schedule" or name.startswith("tvm.s_tir.meta_schedule."):
+            lg = logging.getLogger(name)
+            for handler in list(lg.handlers):
+                lg.removeHandler(handler)
+                handler.close()
 
 
 def _tune(tasks, db, config: TuningConfig) -> None:

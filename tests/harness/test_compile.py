@@ -95,7 +95,7 @@ def test_host_artifact_runs_and_matches_torch(onnx_path, tmp_path):
     assert (m["target_preset"], m["arch"], m["device_kind"]) == ("host", "x86_64", "cpu")
     assert m["target"] == resolve_target("host").target
     assert m["tuning"] == {"tuned": False, "trials_per_task": 0, "database": None,
-                           "tasks_total": 0, "tasks_from_db": 0, "tasks_tuned_now": 0}
+                           "tasks_total": 0, "tasks_from_db": 0, "tasks_tuned_now": 0, "tune_s": 0.0}
     assert m["build_s"] > 0 and m["tvm_version"].startswith("0.27")
     assert _e_machine(art.path / "lib.so") == 62  # x86-64
     assert (art.path / "lib.so").stat().st_size < 2_000_000  # weights are not embedded
