@@ -274,6 +274,7 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
         try:
             tune_report = tune_module(mod, tvm_target, db_dir, tuning)
         except Exception as exc:
+            logger.debug("tuning raised", exc_info=True)
             raise _Failed("tune_failed", exc) from exc
 
     try:

@@ -363,11 +363,20 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
         if new_tasks:
             # MetaSchedule's console handler writes to sys.stdout (tvm/s_tir/meta_schedule/logging.py,
             # "ext://sys.stdout"), which would corrupt `--json` output: send it to a log beside the database.
+            # MetaSchedule's create_loggers copies the names of the handlers already on its logger
+            # and fails on an unnamed one (AttributeError: 'NoneType' object has no attribute 'format',
+            # tvm/s_tir/meta_schedule/logging.py): set them aside during the call, put them back after.
+            ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+            kept = list(ms_logger.handlers)
+            for handler in kept:
+                ms_logger.removeHandler(handler)
             try:
                 with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
                     _tune(new_tasks, db, config)
             finally:
                 _drop_meta_schedule_handlers()
+                for handler in kept:
+                    ms_logger.addHandler(handler)
     report = TuneReport(
         tasks_total=len(tasks),
         tasks_from_db=len(tasks) - len(new_tasks),
@@ -380,7 +389,7 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
 
 
 def _drop_meta_schedule_handlers() -> None:
-    """Remove (and close) the handlers MetaSchedule's ``dictConfig`` attached for one tuning call.
+    """Remove (and close) every handler on MetaSchedule's loggers after one tuning call.
 
     They hold the stream that was ``sys.stdout`` during the call (our tuning.log, already
     closed) and files in the call's deleted work dir; left in place, any later record
