@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from devices.base import MeasureConfig, make_device  # noqa: E402
+from devices.base import MeasureConfig  # noqa: E402
+from devices.registry import make_device  # noqa: E402
 from devices.local import LocalDevice  # noqa: E402
 from tests.devices.conftest import build_tiny_artifact  # noqa: E402
 from tests.devices.sshd_server import LoopbackSshd, board_toml, keygen  # noqa: E402

@@ -224,11 +224,11 @@ class FarmDevice(Device):
     def _sim_device(self) -> Device | str:
         with self._sim_lock:
             if self._sim is None:
-                from devices.base import make_device
+                from devices.sim.device import SimDevice
 
                 targets = sorted({d.board.target for d in self.boards.values()})
                 try:
-                    self._sim = make_device(f"sim:{targets[0]}")
+                    self._sim = SimDevice(targets[0], name=f"sim:{targets[0]}")
                 except (ValueError, ImportError, OSError) as exc:
                     return f"sim:{targets[0]}: {exc}"
             return self._sim

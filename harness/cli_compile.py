@@ -37,16 +37,13 @@ the flags above.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,30 +255,11 @@ def _tuning(trials: int, threads: int | None):
     return TuningConfig(trials_per_task=trials, num_threads=threads)
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send everything written to stdout (Python and file descriptor 1) to stderr meanwhile.
-
-    MetaSchedule prints its task tables and progress to stdout; stdout of these
-    commands is reserved for their result (one path, a table or one JSON object).
-    """
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def _compile(source: _Source, target, cache_dir: Path, tuning):
     """compile_onnx (stdout diverted to stderr) or a ``_Failure``."""
-    from harness.compile import compile_onnx
+    from harness.compile import compile_onnx, stdout_to_stderr
 
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         result = compile_onnx(source.onnx_path, target, cache_dir, tuning)
     if result.error is not None:
         raise _Failure(f"{result.error.kind}: {result.error.message}")
@@ -316,7 +294,7 @@ def _check_measurable(target, device_name: str) -> None:
 
 
 def _measure(device_name: str, artifact_dir: Path, config):
-    from devices.base import make_device
+    from devices.registry import make_device
 
     device = make_device(device_name)  # unknown -> ValueError listing the valid names
     try:
@@ -389,7 +367,7 @@ def _bench_impl(args: argparse.Namespace) -> int:
     target = _target(args)
     _check_measurable(target, args.device)
     if args.device != "local":
-        from devices.base import make_device
+        from devices.registry import make_device
 
         make_device(args.device).close()  # unknown device: ValueError before any work
     config = MeasureConfig(backend=args.backend, warmup=args.warmup, number=0, repeat=args.repeat,

@@ -27,12 +27,15 @@ compiler for aarch64).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,3 +332,22 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     logger.info("built artifact in %.1f s (%s)", manifest["build_s"], target.name)
     return manifest
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (Python and file descriptor 1) to stderr meanwhile.
+
+    TVM and MetaSchedule may print to stdout (task tables, C++ logs); the stdout
+    of a command is reserved for its result (one path, a table or one JSON object).
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

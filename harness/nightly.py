@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,21 +137,6 @@ def run_metadata(suite: Suite) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """MetaSchedule prints to stdout; a command's stdout is for its result only."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def _onnx_for(bench: Benchmark, work: Path) -> tuple[Path, str, str]:
     """(ONNX path, model label, architecture signature) of a benchmark.
 
@@ -240,7 +224,7 @@ class _Devices:
         return None
 
     def get(self, device: str, target):
-        from devices.base import make_device
+        from devices.registry import make_device
 
         key = (device, target.name if device.startswith("farm:") else None)
         if key not in self._open:
@@ -278,8 +262,9 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
         ValueError: an unknown device name or a bad inventory, before anything is measured.
         KeyboardInterrupt: after marking the run ``interrupted`` (results so far are kept).
     """
-    from devices.base import DeviceUnavailable, MeasureConfig, make_device
-    from harness.compile import compile_onnx
+    from devices.base import DeviceUnavailable, MeasureConfig
+    from devices.registry import make_device
+    from harness.compile import compile_onnx, stdout_to_stderr
     from harness.store import ResultsStore
     from harness.targets import resolve_target
     from harness.tuning import TuningConfig
@@ -371,7 +356,7 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
                 if not pairs:
                     continue
                 try:
-                    with _stdout_to_stderr():
+                    with stdout_to_stderr():
                         compiled = compile_onnx(onnx_path, target, options.cache_dir, tuning)
                     if compiled.error is not None:
                         raise _Fail(f"compile_failed:{compiled.error.kind}", compiled.error.message)

@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from agent.reinforce import ReinforceAgent, ReinforceConfig
-from devices.base import MeasureConfig, make_device
+from devices.base import MeasureConfig
+from devices.registry import make_device
 from harness.candidate import CandidateEvaluator, CandidateResult, StageTimer
 from harness.data import load_dataset
 from harness.env import EnvConfig, PruningEnv

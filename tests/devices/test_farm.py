@@ -7,7 +7,8 @@ import time
 import psutil
 import pytest
 
-from devices.base import MeasureConfig, MeasureErrorKind, make_device
+from devices.base import MeasureConfig, MeasureErrorKind
+from devices.registry import make_device
 from devices.farm import EXHAUSTED, FarmDevice
 from devices.inventory import load_inventory
 from tests.devices.farm_fixtures import board_toml, client_key, needs_sshd, sshd_pair, write_inventory  # noqa: F401

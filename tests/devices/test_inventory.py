@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devices.base import make_device
+from devices.registry import make_device
 from devices.inventory import InventoryError, load_inventory
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "devices" / "examples" / "farm.toml"

@@ -12,7 +12,8 @@ import numpy as np
 import psutil
 import pytest
 
-from devices.base import (MeasureConfig, MeasureError, MeasureErrorKind, MeasureResult, make_device)
+from devices.base import MeasureConfig, MeasureError, MeasureErrorKind, MeasureResult
+from devices.registry import make_device
 from devices.local import LocalDevice
 
 FAST = dict(warmup=2, number=5, repeat=5, min_repeat_ms=0, timeout_s=60)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.base import MeasureConfig, make_device
+from devices.base import MeasureConfig
+from devices.registry import make_device
 from devices.sim import (
     OP_CLASSES,
     GraphFeatures,
@@ -310,7 +311,7 @@ def test_sim_device_errors_are_values(tmp_path):
 
 
 def test_devices_sim_imports_neither_onnx_nor_scipy():
-    code = ("import sys; import devices.sim, devices.base; d = devices.base.make_device('sim:rpi4'); "
+    code = ("import sys; import devices.sim, devices.registry; d = devices.registry.make_device('sim:rpi4'); "
             "print(sorted(m for m in ('onnx', 'scipy', 'torch', 'tvm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devices.base import make_device
+from devices.registry import make_device
 from tests.devices.farm_fixtures import board_toml, client_key, needs_sshd, sshd_pair, write_inventory  # noqa: F401
 
 pytestmark = [needs_sshd, pytest.mark.slow]
