@@ -148,6 +148,8 @@ class CandidateEvaluator:
         store: results store (latency cache and measurement rows).
         eval_samples: validation images used per candidate (None = all).
         importance: ``"l1"`` or ``"l2"`` group magnitude.
+        cache_min_id: the latency cache serves only measurements with an id >= this
+            (0 = the whole store; set by the search when the device drifted).
     """
 
     model_name: str
@@ -165,6 +167,7 @@ class CandidateEvaluator:
     eval_samples: int | None = 2000
     importance: str = "l1"
     timer: StageTimer = field(default_factory=StageTimer)
+    cache_min_id: int = 0
 
     def __post_init__(self) -> None:
         self._acc_cache: dict[str, tuple[float, int, int]] = {}
@@ -213,7 +216,7 @@ class CandidateEvaluator:
 
         key = self._key(spec)
         if not fresh and model is None:
-            hit = self.store.find_measurement(**key)
+            hit = self.store.find_measurement(**key, min_id=self.cache_min_id)
             if hit is not None:
                 self.stats["latency_cache_hits"] += 1
                 return CandidateResult(

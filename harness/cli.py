@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--eval-samples", type=_nonneg_int, help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
     opt("--subset", type=_pos_int, help="cap each data split (quick runs and tests)")
     opt("--repeat", type=_pos_int, help=f"timed blocks per measurement (default {d.repeat})")
+    opt("--cache-drift-tolerance", type=float,
+        help=f"reuse earlier runs' latencies only while the unpruned p50 is within this fraction "
+             f"of its cached value (default {d.cache_drift_tolerance}; inf = always)")
     opt("--out", help=f"run directories go to OUT/RUN_ID (default {d.out})")
     opt("--db", help=f"results store (default {d.db})")
     opt("--cache-dir", help="baselines, artifacts, tuning databases (default results/cache)")

@@ -72,6 +72,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 #: Interleaved rounds of the final baseline-vs-best measurement (median of each side reported).
 FINAL_ROUNDS = 3
+#: Relative change of the unpruned model's p50 beyond which cached latencies of earlier runs
+#: are not reused (the device, its load or its firmware changed): 10 %, the CoV threshold
+#: of an unstable measurement (pyperf's rule, devices/stats.py).
+DRIFT_TOLERANCE = 0.10
 
 
 class SearchAborted(RuntimeError):
@@ -115,6 +119,9 @@ class SearchConfig:
         eval_samples: validation images per candidate (0 = the whole validation split).
         subset: cap on each data split (tests; None = full data).
         repeat: timed blocks per measurement.
+        cache_drift_tolerance: reuse latencies cached by earlier runs only while the unpruned
+            model's fresh p50 is within this fraction of its cached one (DRIFT_TOLERANCE);
+            ``inf`` always reuses them.
         out: run directories go to ``out/RUN_ID``.
         db: results store path.
         cache_dir: baselines, artifacts, tuning databases (None = default_cache_dir()).
@@ -148,6 +155,7 @@ class SearchConfig:
     eval_samples: int = 2000
     subset: int | None = None
     repeat: int = 30
+    cache_drift_tolerance: float = 0.10
     out: str = "results/runs"
     db: str = "results/hilprune.db"
     cache_dir: str | None = None
@@ -163,6 +171,8 @@ class SearchConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
+        if not self.cache_drift_tolerance > 0:
+            raise ValueError(f"cache_drift_tolerance must be > 0 (e.g. 0.1, or inf), got {self.cache_drift_tolerance}")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be >= 1, got {self.subset}")
         if self.fallback not in (None, "fail", "sim"):
@@ -263,6 +273,7 @@ class _Run:
         self.progress = progress
         self.interrupt_after_steps = interrupt_after_steps
         self.timer = StageTimer()
+        self.drift: dict | None = None
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         self.target = resolve_target(config.target)
         build_model(config.model)  # unknown model: clear error before any work
@@ -275,7 +286,7 @@ class _Run:
     def close(self) -> None:
         self.device.close()
 
-    def setup(self) -> None:
+    def setup(self, ckpt: dict | None = None) -> None:
         """Baseline (trained or cached), groups, evaluator, unpruned reference, env and agent."""
         c = self.config
         with self.timer.time("train"):
@@ -295,7 +306,11 @@ class _Run:
             eval_samples=c.eval_samples or None, importance=c.importance, timer=self.timer,
         )
         self.base_spec = full_spec(self.groups)
+        if ckpt is not None:  # a resumed run keeps the cache window it started with: same numbers
+            self.evaluator.cache_min_id = ckpt.get("cache_min_id", 0)
         self.baseline = self.evaluator.evaluate(self.base_spec)
+        if ckpt is None and self.baseline.ok and self.baseline.latency_cache_hit:
+            self._check_drift()
         if not self.baseline.ok:
             raise SearchAborted(f"the unpruned {c.model} could not be measured: "
                                f"{self.baseline.error_kind}: {self.baseline.error_message}")
@@ -305,6 +320,27 @@ class _Run:
             weights=RewardWeights(c.alpha, c.beta, c.gamma)))
         self.agent = ReinforceAgent(self.env.observation_space, self.env.action_space, ReinforceConfig(
             seed=c.seed, mode=c.reinforce, discount=c.discount, baseline=c.baseline))
+
+    def _check_drift(self) -> None:
+        """Latencies cached by earlier runs are only comparable if the device has not changed since.
+
+        The unpruned model is measured afresh; if its p50 differs from the cached one by more
+        than DRIFT_TOLERANCE, this run ignores the older cache (it measures every architecture
+        anew, from this measurement on) and says so; otherwise the cache is used as is.
+        """
+        cached = self.baseline
+        fresh = self.evaluator.evaluate(self.base_spec, fresh=True, model=self.base_model)
+        if not fresh.ok:
+            return
+        drift = fresh.latency_p50_ms / cached.latency_p50_ms - 1.0
+        self.drift = {"cached_p50_ms": cached.latency_p50_ms, "fresh_p50_ms": fresh.latency_p50_ms,
+                      "drift": drift, "cache_reset": abs(drift) > self.config.cache_drift_tolerance}
+        if abs(drift) > self.config.cache_drift_tolerance:
+            log.warning("%s: the unpruned model now measures %.3f ms, %.0f%% off its cached %.3f ms; the "
+                        "device changed since the cache was filled, so this run measures every architecture "
+                        "afresh", self.config.device, fresh.latency_p50_ms, 100 * drift, cached.latency_p50_ms)
+            self.evaluator.cache_min_id = fresh.measurement_id
+            self.baseline = fresh
 
     # -- the loop ---------------------------------------------------------------
     def loop(self, ckpt: dict | None) -> None:
@@ -392,6 +428,7 @@ class _Run:
             "kept": [int(k) for k in env.kept], "env_steps": env.steps,
             "current_spec": None if env.current is self.baseline else list(env.current.spec.channels),
             "agent": self.agent.state_dict(), "timer": dict(self.timer.seconds),
+            "cache_min_id": self.evaluator.cache_min_id,
             "best_spec": list(self.best_spec.channels) if self.best_spec is not None else None,
             "best_key": list(self.best_key) if self.best_key is not None else None,
         }, self.run_dir / CHECKPOINT)
@@ -454,6 +491,7 @@ class _Run:
             "baseline": baseline,
             "best": best_out,
             "pareto_size": len(front),
+            "latency_cache_drift": self.drift,
             "device": c.device,
             "target": self.target.name,
             "target_dict": self.target.target,
@@ -545,7 +583,7 @@ def load_best_model(run_dir: Path | str) -> tuple[torch.nn.Module, ArchSpec]:
 def _execute(run: _Run, ckpt: dict | None, t_start: float) -> dict:
     status = "failed"
     try:
-        run.setup()
+        run.setup(ckpt)
         if ckpt is None:
             run.store.add_candidate(run.run_id, _row(run.baseline, episode=-1, step=0, action=None, reward=0.0,
                                                      terms=None, device=run.config.device, target=run.target.name))

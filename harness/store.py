@@ -274,7 +274,8 @@ class ResultsStore:
             return int(cur.lastrowid)
 
     def find_measurement(
-        self, *, model: str, arch_signature: str, device: str, target: str, backend: str, tuning_key: str
+        self, *, model: str, arch_signature: str, device: str, target: str, backend: str, tuning_key: str,
+        min_id: int = 0,
     ) -> dict | None:
         """The first measurement of this (architecture, device, target, backend, tuning), or None.
 
@@ -285,12 +286,15 @@ class ResultsStore:
         latencies the earlier steps saw, so they make the same choices. A
         result flagged unstable (after the device's own re-measurements) is
         still the value the search used; its flag stays in the row.
+
+        ``min_id``: ignore measurements with a smaller id (a run that found the
+        device drifted since they were taken caches only from its own on).
         """
         with self._lock:
             row = self._conn.execute(
                 "SELECT * FROM measurements WHERE model=? AND arch_signature=? AND device=? AND target=? "
-                "AND backend=? AND tuning_key=? ORDER BY id ASC LIMIT 1",
-                (model, arch_signature, device, target, backend, tuning_key),
+                "AND backend=? AND tuning_key=? AND id >= ? ORDER BY id ASC LIMIT 1",
+                (model, arch_signature, device, target, backend, tuning_key, min_id),
             ).fetchone()
         if row is None:
             return None

@@ -21,8 +21,9 @@ from harness.search import SearchConfig, load_best_model, resume_search, run_sea
 
 pytestmark = pytest.mark.slow
 
+# cache_drift_tolerance=inf: later runs here must reuse the first run's latencies whatever the machine's load
 SMALL = dict(episodes=2, max_steps=3, subset=1000, train_epochs=1, eval_samples=200, tune_trials=0,
-             finetune_epochs=1, repeat=10, latency_target=0.5)
+             finetune_epochs=1, repeat=10, latency_target=0.5, cache_drift_tolerance=float("inf"))
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +148,28 @@ def test_config_file_gives_options_and_flags_override(ws, tmp_path, capsys):
     bad.write_text("episodez = 3\n")
     assert main(["search", "--config", str(bad)]) == 2
     assert "episodez" in capsys.readouterr().err
+
+
+def test_drifted_device_makes_the_run_ignore_older_cached_latencies(ws, first_run, monkeypatch):
+    """When the unpruned model measures far from its cached p50, earlier latencies are not reused."""
+    import harness.candidate as candidate
+
+    real = candidate.CandidateEvaluator.evaluate
+
+    def slower(self, spec, *, fresh=False, model=None):  # the device got 3x slower since the cache was filled
+        r = real(self, spec, fresh=fresh, model=model)
+        if r.ok and not r.latency_cache_hit:
+            r = candidate.CandidateResult(**{**{f: getattr(r, f) for f in r.__slots__},
+                                             "latency_p50_ms": 3 * r.latency_p50_ms})
+        return r
+
+    monkeypatch.setattr(candidate.CandidateEvaluator, "evaluate", slower)
+    db = sqlite3.connect(ws["db"])
+    before = db.execute("SELECT MAX(id) FROM measurements").fetchone()[0]
+    out = run_search(SearchConfig(**{**SMALL, "finetune_epochs": 0, "cache_drift_tolerance": 0.1,
+                                     "episodes": 1, "max_steps": 2}, **ws), progress=False)
+    drift = out["latency_cache_drift"]
+    assert drift["cache_reset"] and drift["drift"] == pytest.approx(2.0, rel=0.5)
+    ids = [r[0] for r in db.execute("SELECT measurement_id FROM candidates WHERE run_id=? AND episode >= 0 "
+                                     "AND measurement_id IS NOT NULL", (out["run_id"],))]
+    assert ids and min(ids) > before  # every step used a latency measured in this run, none from the cache
