@@ -306,8 +306,12 @@ class _Run:
             eval_samples=c.eval_samples or None, importance=c.importance, timer=self.timer,
         )
         self.base_spec = full_spec(self.groups)
+        window = {k: v for k, v in self.evaluator._key(self.base_spec).items() if k != "arch_signature"}
         if ckpt is not None:  # a resumed run keeps the cache window it started with: same numbers
             self.evaluator.cache_min_id = ckpt.get("cache_min_id", 0)
+        else:
+            self.evaluator.cache_min_id = self.store.latency_cache_floor(**window)
+        self.cache_window = window
         self.baseline = self.evaluator.evaluate(self.base_spec)
         if ckpt is None and self.baseline.ok and self.baseline.latency_cache_hit:
             self._check_drift()
@@ -325,8 +329,9 @@ class _Run:
         """Latencies cached by earlier runs are only comparable if the device has not changed since.
 
         The unpruned model is measured afresh; if its p50 differs from the cached one by more
-        than DRIFT_TOLERANCE, this run ignores the older cache (it measures every architecture
-        anew, from this measurement on) and says so; otherwise the cache is used as is.
+        than ``cache_drift_tolerance``, this run and later ones ignore the older cache (the
+        store's cache window starts at this measurement) and it says so; otherwise the cache
+        is used as is.
         """
         cached = self.baseline
         fresh = self.evaluator.evaluate(self.base_spec, fresh=True, model=self.base_model)
@@ -340,6 +345,8 @@ class _Run:
                         "device changed since the cache was filled, so this run measures every architecture "
                         "afresh", self.config.device, fresh.latency_p50_ms, 100 * drift, cached.latency_p50_ms)
             self.evaluator.cache_min_id = fresh.measurement_id
+            self.store.reset_latency_cache(**self.cache_window, min_id=fresh.measurement_id,
+                                           reason=f"run {self.run_id}: unpruned p50 drifted {100 * drift:+.0f}%")
             self.baseline = fresh
 
     # -- the loop ---------------------------------------------------------------

@@ -34,9 +34,20 @@ from typing import Any, Iterator
 
 __all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache_windows (  -- schema 3: where the latency cache of a key starts
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    model TEXT NOT NULL,
+    device TEXT NOT NULL,
+    target TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    tuning_key TEXT NOT NULL,
+    min_id INTEGER NOT NULL,            -- measurements with a smaller id are history, not cache
+    reason TEXT
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -272,6 +283,26 @@ class ResultsStore:
                 ),
             )
             return int(cur.lastrowid)
+
+    def latency_cache_floor(self, *, model: str, device: str, target: str, backend: str, tuning_key: str) -> int:
+        """The smallest measurement id the latency cache of this key may serve (0 = all).
+
+        Raised by :meth:`reset_latency_cache` when a run finds the device drifted, so later
+        runs do not go back to latencies measured before the change.
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MAX(min_id) FROM cache_windows WHERE model=? AND device=? AND target=? AND backend=? "
+                "AND tuning_key=?", (model, device, target, backend, tuning_key)).fetchone()
+        return int(row[0] or 0)
+
+    def reset_latency_cache(self, *, model: str, device: str, target: str, backend: str, tuning_key: str,
+                            min_id: int, reason: str) -> None:
+        """From now on, the latency cache of this key serves only measurements with id >= ``min_id``."""
+        with self._tx() as c:
+            c.execute("INSERT INTO cache_windows (created_at, model, device, target, backend, tuning_key, min_id, "
+                      "reason) VALUES (?,?,?,?,?,?,?,?)",
+                      (time.time(), model, device, target, backend, tuning_key, min_id, reason))
 
     def find_measurement(
         self, *, model: str, arch_signature: str, device: str, target: str, backend: str, tuning_key: str,

@@ -173,3 +173,10 @@ def test_drifted_device_makes_the_run_ignore_older_cached_latencies(ws, first_ru
     ids = [r[0] for r in db.execute("SELECT measurement_id FROM candidates WHERE run_id=? AND episode >= 0 "
                                      "AND measurement_id IS NOT NULL", (out["run_id"],))]
     assert ids and min(ids) > before  # every step used a latency measured in this run, none from the cache
+    # and the next run does not go back to the latencies from before the drift
+    monkeypatch.undo()
+    after = run_search(SearchConfig(**{**SMALL, "finetune_epochs": 0, "episodes": 1, "max_steps": 2}, **ws),
+                       progress=False)
+    ids = [r[0] for r in db.execute("SELECT measurement_id FROM candidates WHERE run_id=? AND episode >= 0 "
+                                     "AND measurement_id IS NOT NULL", (after["run_id"],))]
+    assert ids and min(ids) > before
