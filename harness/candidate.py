@@ -61,11 +61,6 @@ class StageTimer:
         finally:
             self.add(stage, time.perf_counter() - t0)
 
-    def shares(self) -> dict[str, float]:
-        """Each stage's share of the summed stage time, in [0, 1]."""
-        total = sum(self.seconds.values()) or 1.0
-        return {k: v / total for k, v in self.seconds.items()}
-
 
 def tuning_key(tuning: TuningConfig) -> str:
     """Key separating latencies of differently tuned builds in the cache: ``TuningConfig.identity()``
