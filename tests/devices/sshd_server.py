@@ -79,7 +79,7 @@ class LoopbackSshd:
             self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "ab"),
                                          start_new_session=True)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30  # generous: the loop ends at the banner
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
                     with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
@@ -128,5 +128,5 @@ def board_toml(name: str, sshd: LoopbackSshd, key: Path, *, tags=("loop",), pyth
     return (f'[[board]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {sshd.port}\nuser = "{getpass.getuser()}"\n'
             f'identity_file = "{key}"\nhost_key = "{host_key or sshd.host_key}"\ntarget = "host"\n'
             f'tags = {list(tags)!r}\npython = "{python}"\nenv = {{ TVM_NUM_THREADS = "1" }}\n'
-            f'cooldown_s = 0.2\nconnect_timeout_s = 5\ncommand_timeout_s = 20\nremote_tmp = "{sshd.remote_tmp}"\n'
+            f'cooldown_s = 0.2\nconnect_timeout_s = 30\ncommand_timeout_s = 60\nremote_tmp = "{sshd.remote_tmp}"\n'
             f'{extra}\n').replace("'", '"')
