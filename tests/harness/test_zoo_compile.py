@@ -101,16 +101,21 @@ def test_doubled_widths_resnet20_is_clearly_slower_and_ort_is_labelled(device, c
     base = build_model("resnet20")
     widths = {k: 2 * v for k, v in base.config.widths().items()}
     wide = build_model("resnet20", widths=widths)
-    timing = MeasureConfig(warmup=1, number=0, repeat=7, min_repeat_ms=30.0, timeout_s=300.0, num_threads=2)
+    # One thread: a 2-thread pool on a loaded 2-core machine waits for its descheduled worker at every
+    # operator, a cost per operator (the same for both models) that squeezes the ratio towards 1.
+    timing = MeasureConfig(warmup=1, number=0, repeat=7, min_repeat_ms=30.0, timeout_s=300.0, num_threads=1)
     shape = (1, 1, 28, 28)
     a_base = _artifact(base, shape, tmp_path / "base.onnx", cache_dir)
     a_wide = _artifact(wide, shape, tmp_path / "wide.onnx", cache_dir)
-    p50 = {}
-    for label, art in (("base", a_base), ("wide", a_wide)):
-        r = device.measure(art.path, timing)
-        assert r.error is None, r.error
-        p50[label] = r.value.stats.p50_ms
-    assert p50["wide"] / p50["base"] > 1.3, p50
+    # Interleaved rounds (base, wide, base, wide, ...), each side's fastest p50: a burst of load during
+    # one side's measurement cannot make the wide model look as fast as the base one.
+    p50 = {"base": [], "wide": []}
+    for _ in range(3):
+        for label, art in (("base", a_base), ("wide", a_wide)):
+            r = device.measure(art.path, timing)
+            assert r.error is None, r.error
+            p50[label].append(r.value.stats.p50_ms)
+    assert min(p50["wide"]) / min(p50["base"]) > 1.3, p50
 
     ort = device.measure(a_base.path, MeasureConfig(backend="onnxruntime", warmup=1, number=0, repeat=5,
                                                     min_repeat_ms=10.0, num_threads=2, seed=ONCE.seed))
