@@ -13,7 +13,10 @@
   ``daemon_start``, ``timeout``, ``protocol``) is retried on another board;
   ``max_failures`` consecutive faults (or one host-key/auth refusal)
   quarantine the board with the reason. Finished results are values already
-  handed back, so nothing measured before a failure is lost.
+  handed back, so nothing measured before a failure is lost. With a lease
+  database the quarantine is shared (``quarantine_s``): the controller's other
+  processes, and farms made later, skip the board too until it expires or
+  ``hilprune devices check`` clears it.
 - **Fallback** when no healthy board is left: ``"sim"`` answers from the
   simulator device ``sim:<target preset>`` (results say ``source=
   "simulated"``), ``"fail"`` returns a ``device_lost`` error whose message
@@ -25,6 +28,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +85,9 @@ class FarmDevice(Device):
         name: device name (e.g. ``farm:rpi4``).
         dispatcher: where requests run (default :class:`ThreadDispatcher`).
         lease_wait_s: passed to each :class:`SshDevice`.
+        quarantine_s: how long a quarantine found here is shared through
+            ``leases`` (s); boards already quarantined there when the farm is
+            made start quarantined.
 
     Raises:
         ValueError: no boards, or a bad fallback.
@@ -88,7 +95,8 @@ class FarmDevice(Device):
 
     def __init__(self, boards: tuple[Board, ...] | list[Board], *, leases: LeaseManager | None = None,
                  max_failures: int = 3, fallback: str = "fail", name: str = "farm",
-                 dispatcher: Dispatcher | None = None, lease_wait_s: float = 0.0) -> None:
+                 dispatcher: Dispatcher | None = None, lease_wait_s: float = 0.0,
+                 quarantine_s: float = 1800.0) -> None:
         super().__init__(name)
         if not boards:
             raise ValueError(f"{name}: no boards to measure on")
@@ -96,12 +104,22 @@ class FarmDevice(Device):
             raise ValueError(f"{name}: fallback must be one of {FALLBACKS}, got {fallback!r}")
         if max_failures < 1:
             raise ValueError(f"{name}: max_failures must be >= 1, got {max_failures}")
+        if not quarantine_s > 0:
+            raise ValueError(f"{name}: quarantine_s must be > 0 seconds, got {quarantine_s!r}")
         self.boards = {b.name: SshDevice(b, leases, lease_wait_s=lease_wait_s, name=name) for b in boards}
         self.leases = leases
         self.max_failures = max_failures
         self.fallback = fallback
         self.failures: dict[str, int] = {b: 0 for b in self.boards}
+        self.quarantine_s = float(quarantine_s)
         self.quarantined: dict[str, str] = {}
+        if leases is not None:
+            for board, q in leases.quarantines().items():
+                if board in self.boards:
+                    self.quarantined[board] = (f"quarantined by {q.holder} until "
+                                               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(q.until))}: "
+                                               f"{q.reason}")
+                    logger.warning("%s: board %s skipped: %s", name, board, self.quarantined[board])
         self.measured_on: dict[str, int] = {b: 0 for b in self.boards}
         self.exhausted = False
         self._busy: set[str] = set()
@@ -152,6 +170,11 @@ class FarmDevice(Device):
                           f"{result.error.message.splitlines()[0][:300]}")
                 self.quarantined[board] = reason
                 logger.warning("%s: board %s quarantined: %s", self.name, board, reason)
+                if self.leases is not None:
+                    try:
+                        self.leases.quarantine(board, reason, self.quarantine_s)
+                    except Exception as exc:  # noqa: BLE001 - sharing is best effort; this run skips it anyway
+                        logger.warning("%s: could not share the quarantine of %s: %r", self.name, board, exc)
                 self._cond.notify_all()
             return True
 
@@ -314,4 +337,4 @@ def make_farm_device(name: str, inventory: Any, *, fallback: str | None = None,
                          + (f" and target {target!r}" if target else "")
                          + f"; tags: {sorted({t for b in inv.boards for t in b.tags})}")
     return FarmDevice(boards, leases=leases, max_failures=inv.farm.max_failures,
-                      fallback=fallback or inv.farm.fallback, name=name)
+                      fallback=fallback or inv.farm.fallback, name=name, quarantine_s=inv.farm.quarantine_s)

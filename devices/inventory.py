@@ -9,6 +9,7 @@ typo never silently changes a lab's setup::
     lease_db = "farm.leases.sqlite"   # controller-side lease database
     lease_ttl_s = 60             # a lease not renewed for this long expires
     max_failures = 3             # consecutive failures -> board quarantined
+    quarantine_s = 1800          # how long other runs on this controller skip it too
     fallback = "fail"            # "fail" | "sim" when no healthy board is left
 
     [[board]]
@@ -34,7 +35,7 @@ relative to the inventory file. Every error is an :class:`InventoryError`
 whose message is ONE line naming the file, the board and the field.
 
 This module never imports ``harness/``: the arch of a target preset is the
-small table :data:`PRESET_ARCH` (kept in step with ``harness/targets.py``).
+small table :data:`PRESET_ARCH` (kept in step with ``harness/compile/targets.py``).
 """
 
 from __future__ import annotations
@@ -138,12 +139,17 @@ class FarmSettings:
         lease_db: SQLite file of the controller-side leases (absolute).
         lease_ttl_s: lease expiry; a heartbeat renews it every ttl/3.
         max_failures: consecutive failures that quarantine a board.
+        quarantine_s: seconds a quarantine is shared through ``lease_db`` with
+            the controller's other processes (the run that found the fault
+            skips the board until it ends); ``hilprune devices check`` clears
+            it early when the board answers again.
         fallback: ``"fail"`` or ``"sim"`` when no healthy board is left.
     """
 
     lease_db: Path
     lease_ttl_s: float = 60.0
     max_failures: int = 3
+    quarantine_s: float = 1800.0
     fallback: str = "fail"
 
 
@@ -179,7 +185,7 @@ _BOARD_KEYS = {
     "python", "env", "cooldown_s", "connect_timeout_s", "command_timeout_s", "upload_timeout_s",
     "session_limit_s", "keepalive_s", "remote_tmp", "arch", "emulated",
 }
-_FARM_KEYS = {"lease_db", "lease_ttl_s", "max_failures", "fallback"}
+_FARM_KEYS = {"lease_db", "lease_ttl_s", "max_failures", "quarantine_s", "fallback"}
 
 
 class _Fields:
@@ -349,6 +355,7 @@ def load_inventory(path: str | Path) -> Inventory:
         lease_db=_path(base, ff.str("lease_db", f"{path.stem}.leases.sqlite")),
         lease_ttl_s=ff.num("lease_ttl_s", 60.0),
         max_failures=ff.int("max_failures", 3, 1, 1000),
+        quarantine_s=ff.num("quarantine_s", 1800.0),
         fallback=fallback,
     )
     return Inventory(path=path, boards=tuple(boards), farm=farm)

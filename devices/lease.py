@@ -14,6 +14,12 @@ local disk of one of them (SQLite over NFS is not safe); a board-side
 
 States (labgrid style): a board is ``free`` (no row or an expired row) or
 ``leased`` (a row with a future expiry and a holder).
+
+Quarantines live in the same file: a controller that takes a board out of
+service after repeated faults writes ``(board, reason, until)``, so every
+other process on the controller (tonight's nightly bench, the next search)
+skips that board too until ``until`` passes or ``hilprune devices check``
+finds it healthy again and clears it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Lease", "LeaseManager"]
+__all__ = ["Lease", "LeaseManager", "Quarantine"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -39,6 +45,13 @@ CREATE TABLE IF NOT EXISTS leases (
     token TEXT NOT NULL,
     acquired_at REAL NOT NULL,
     expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    board TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    since REAL NOT NULL,
+    until REAL NOT NULL
 );
 """
 
@@ -57,6 +70,17 @@ class Lease:
     token: str
     expires_at: float
     lost: bool = False
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """A board taken out of service: why, by whom (``host:pid``), and until when (Unix time, s)."""
+
+    board: str
+    reason: str
+    holder: str
+    since: float
+    until: float
 
 
 class LeaseManager:
@@ -161,6 +185,40 @@ class LeaseManager:
         if row is None or row[2] <= time.time():
             return None
         return {"holder": row[0], "acquired_at": row[1], "expires_at": row[2]}
+
+    # ------------------------------------------------------------ quarantine
+
+    def quarantine(self, board: str, reason: str, for_s: float) -> Quarantine:
+        """Take ``board`` out of service for every controller sharing this file, for ``for_s`` seconds.
+
+        A second quarantine of the same board replaces the first (latest
+        reason, new expiry).
+
+        Raises:
+            ValueError: ``for_s`` not > 0.
+        """
+        if not for_s > 0:
+            raise ValueError(f"quarantine for_s must be > 0 seconds, got {for_s!r}")
+        now = time.time()
+        q = Quarantine(board, reason, self.holder, now, now + float(for_s))
+        with self._connect() as con:
+            con.execute("INSERT OR REPLACE INTO quarantine(board, reason, holder, since, until) VALUES (?, ?, ?, ?, ?)",
+                        (q.board, q.reason, q.holder, q.since, q.until))
+        return q
+
+    def quarantines(self) -> dict[str, Quarantine]:
+        """Live quarantines (``until`` in the future), by board name."""
+        with self._connect() as con:
+            rows = con.execute("SELECT board, reason, holder, since, until FROM quarantine WHERE until > ?",
+                               (time.time(),)).fetchall()
+        return {r[0]: Quarantine(*r) for r in rows}
+
+    def clear_quarantine(self, board: str) -> bool:
+        """Put ``board`` back into service; True if a live quarantine was removed."""
+        with self._connect() as con:
+            cur = con.execute("DELETE FROM quarantine WHERE board = ? AND until > ?", (board, time.time()))
+            con.execute("DELETE FROM quarantine WHERE until <= ?", (time.time(),))
+        return cur.rowcount > 0
 
     # ------------------------------------------------------------- heartbeat
 

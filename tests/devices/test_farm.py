@@ -94,6 +94,8 @@ def test_no_healthy_board_left(tmp_path, sshd_pair, client_key, tiny_artifact, f
     try:
         r = farm.measure(tiny_artifact, MeasureConfig(**FAST))
         assert "HOST KEY CHANGED" in farm.quarantined["b1"]
+        # shared with the controller's other processes through the lease database
+        assert "HOST KEY CHANGED" in farm.leases.quarantines()["b1"].reason
         if fallback == "fail":
             assert r.error.kind is MeasureErrorKind.DEVICE_LOST and r.error.message.startswith(EXHAUSTED)
             assert "fallback is 'fail'" in r.error.message and farm.exhausted

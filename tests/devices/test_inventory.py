@@ -47,6 +47,7 @@ def test_example_inventory_loads(tmp_path):
     assert pi5.known_hosts == tmp_path / "farm_known_hosts" and pi5.host_key is None and pi5.port == 22
     assert inv.tagged("lab-a") == (pi4, pi5) and inv.board("pi5-01") is pi5
     assert inv.farm.fallback == "fail" and inv.farm.lease_db == tmp_path / "farm.leases.sqlite"
+    assert inv.farm.quarantine_s == 1800.0
 
 
 @pytest.mark.parametrize("edit, field, words", [
@@ -78,6 +79,8 @@ def test_file_level_errors(tmp_path):
         load_inventory(_write(tmp_path, GOOD + GOOD))
     with pytest.raises(InventoryError, match="'fallback' must be one of"):
         load_inventory(_write(tmp_path, '[farm]\nfallback = "pray"\n' + GOOD))
+    with pytest.raises(InventoryError, match=r"\[farm\]: field 'quarantine_s' must be a number > 0"):
+        load_inventory(_write(tmp_path, '[farm]\nquarantine_s = 0\n' + GOOD))
     with pytest.raises(InventoryError, match="cannot read"):
         load_inventory(tmp_path / "missing.toml")
 
@@ -107,5 +110,26 @@ def test_farm_filters_by_target(tmp_path):
     farm = make_device("farm:lab-a", inventory=inv, target='{"kind": "llvm"}', fallback="sim")
     try:
         assert list(farm.boards) == ["pi4-01", "pi5-01"] and farm.fallback == "sim"
+    finally:
+        farm.close()
+
+
+def test_quarantine_is_shared_through_the_lease_database(tmp_path):
+    """A board quarantined by one process is skipped by a farm made later; clearing puts it back."""
+    from devices.lease import LeaseManager
+
+    inv = load_inventory(_write(tmp_path, GOOD + GOOD.replace('"pi4-01"', '"pi4-02"')))
+    other = LeaseManager(inv.farm.lease_db, holder="nightly:42")
+    other.quarantine("pi4-01", "3 consecutive failure(s), last device_lost: connection reset", for_s=600)
+    farm = make_device("farm:lab-a", inventory=inv)
+    try:
+        assert farm.healthy() == ["pi4-02"]
+        assert "nightly:42" in farm.quarantined["pi4-01"] and "connection reset" in farm.quarantined["pi4-01"]
+    finally:
+        farm.close()
+    assert other.clear_quarantine("pi4-01") is True and other.clear_quarantine("pi4-01") is False
+    farm = make_device("farm:lab-a", inventory=inv)
+    try:
+        assert farm.healthy() == ["pi4-01", "pi4-02"] and not farm.quarantined
     finally:
         farm.close()

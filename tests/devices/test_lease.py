@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from devices.lease import LeaseManager
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,3 +66,20 @@ def test_killed_client_lease_expires(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_quarantine_shared_expires_and_clears(tmp_path):
+    a = LeaseManager(tmp_path / "l.sqlite", ttl_s=30, holder="a")
+    b = LeaseManager(tmp_path / "l.sqlite", ttl_s=30, holder="b")
+    q = a.quarantine("b1", "host key changed", for_s=600)
+    assert 599 < q.until - q.since <= 600
+    seen = b.quarantines()
+    assert list(seen) == ["b1"] and seen["b1"].reason == "host key changed" and seen["b1"].holder == "a"
+    a.quarantine("b2", "timeout", for_s=0.2)
+    assert set(b.quarantines()) == {"b1", "b2"}
+    time.sleep(0.4)
+    assert set(b.quarantines()) == {"b1"}  # b2's quarantine expired
+    assert b.clear_quarantine("b2") is False  # expired rows do not count as cleared
+    assert b.clear_quarantine("b1") is True and a.quarantines() == {}
+    with pytest.raises(ValueError, match="for_s must be > 0"):
+        a.quarantine("b1", "x", for_s=0)
