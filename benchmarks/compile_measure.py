@@ -4,7 +4,7 @@
 For each model (default: ResNet-18 and MobileNetV2 at 1x3x224x224, ResNet-20
 at 1x1x28x28), with ``--threads`` CPU threads (default 2) everywhere:
 
-1. ONNX export seconds (``harness.export.export_onnx``: export + onnx.checker + ORT check);
+1. ONNX export seconds (``harness.compile.export.export_onnx``: export + onnx.checker + ORT check);
 2. TVM build seconds untuned, and for each tuning budget (trials per task,
    default 8 and 16) the tuning seconds and the rest of the build; every
    budget tunes into its OWN fresh database (a shared one would hand the
@@ -121,11 +121,11 @@ def run_model(name: str, args, cache_dir: Path) -> dict:
     import numpy as np
 
     from devices.local import LocalDevice
-    from harness.compile import compile_onnx
-    from harness.export import export_onnx
+    from harness.compile.build import compile_onnx
+    from harness.compile.export import export_onnx
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig
     from harness.models import build_model
-    from harness.targets import resolve_target
-    from harness.tuning import TuningConfig
 
     kw, shape = MODELS[name]
     target = resolve_target("host")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.search import SearchConfig, run_search  # noqa: E402
+from harness.search.run import SearchConfig, run_search  # noqa: E402
 
 STAGES = ("prune", "evaluate", "export", "tune", "build", "measure", "agent")
 

@@ -65,8 +65,8 @@ HOST_MODELS = ("resnet20", "resnet56", "mobilenet_v2")
 
 
 def board_section(graph_dir: Path) -> dict:
-    from harness.sim_data import ncnn_rows
-    from harness.sim_graphs import export_classics
+    from harness.sim.data import ncnn_rows
+    from harness.sim.graphs import export_classics
 
     graphs = export_classics(graph_dir)
     print(f"\n== board profiles: leave-one-model-out on ncnn classics {sorted(graphs)} "
@@ -103,7 +103,7 @@ def measure_variants(variants, db_path: Path, work: Path, fresh: bool, passes: i
     """{variant label: smallest block latency (ms) over ``passes`` shuffled passes}, cached in the store."""
     from devices.base import MeasureConfig
     from devices.local import LocalDevice
-    from harness.export import sha256_file
+    from harness.compile.export import sha256_file
     from harness.store import ResultsStore
 
     store = ResultsStore(db_path)
@@ -149,7 +149,7 @@ def measure_variants(variants, db_path: Path, work: Path, fresh: bool, passes: i
 def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool, n_grid: int) -> dict:
     from scipy.stats import spearmanr
 
-    from harness.sim_graphs import random_variants
+    from harness.sim.graphs import random_variants
 
     graph_dir = work / "graphs"
     t0 = time.perf_counter()
@@ -217,7 +217,7 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool, n
 
 
 def speed_section(work: Path) -> dict:
-    from harness.sim_graphs import random_variants
+    from harness.sim.graphs import random_variants
 
     path = random_variants("resnet20", 1, seed=0, out_dir=work / "graphs")[0].path
     profile = prior_profile("host")

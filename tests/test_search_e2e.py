@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.search import SearchConfig, load_best_model, resume_search, run_search
+from harness.search.run import SearchConfig, load_best_model, resume_search, run_search
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def test_config_file_gives_options_and_flags_override(ws, tmp_path, capsys):
 
 def test_drifted_device_makes_the_run_ignore_older_cached_latencies(ws, first_run, monkeypatch):
     """When the unpruned model measures far from its cached p50, earlier latencies are not reused."""
-    import harness.candidate as candidate
+    import harness.search.candidate as candidate
 
     real = candidate.CandidateEvaluator.evaluate
 

@@ -1,4 +1,4 @@
-"""harness/board_runner.py: MetaSchedule tuning measured on a loopback SSH board, records in the DB."""
+"""harness/compile/board_runner.py: MetaSchedule tuning measured on a loopback SSH board, records in the DB."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def _matmul_module(target):
 def test_loopback_board_tunes_into_database(tmp_path, sshd_pair, client_key):
     import tvm
 
-    from harness.board_runner import make_board_runner
-    from harness.targets import resolve_target
-    from harness.tuning import TuningConfig, database_info, tune_module
+    from harness.compile.board_runner import make_board_runner
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig, database_info, tune_module
 
     spec = resolve_target("host")
     target = tvm.target.Target(spec.target)

@@ -1,4 +1,4 @@
-"""Tests of harness/cli_compile.py: ``hilprune compile``, ``bench`` and ``tune``."""
+"""Tests of harness/cli/compile.py: ``hilprune compile``, ``bench`` and ``tune``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from harness.cli import main
-from harness.cli_compile import BENCH_JSON_KEYS, parse_input_shape
+from harness.cli.compile import BENCH_JSON_KEYS, parse_input_shape
 
 HILPRUNE = [sys.executable, "-m", "harness.cli"]
 
@@ -65,7 +65,7 @@ def test_bench_bad_device_and_board_target_on_local(capsys, tmp_path):
 
 
 def test_onnx_input_shape_must_match_the_graph(capsys, tmp_path):
-    from harness.export import export_onnx
+    from harness.compile.export import export_onnx
     from harness.models import build_model
 
     path = tmp_path / "m.onnx"
@@ -133,7 +133,7 @@ def test_tune_reports_tasks_and_database_growth_then_reuses_it(capsys, tmp_path)
     """A 2-conv ResNet-20 slice at 8x8 tuned with 2 trials/task, then again: all tasks from the database."""
     import torch
 
-    from harness.export import export_onnx
+    from harness.compile.export import export_onnx
 
     class Tiny(torch.nn.Module):
         def __init__(self):

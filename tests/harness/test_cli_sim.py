@@ -103,7 +103,7 @@ def test_calibrate_from_csv_writes_profile_with_fit(tmp_path, graphs):
 
 
 def test_calibrate_from_db_and_cache_never_mixes_sources(tmp_path, graphs):
-    from harness.export import sha256_file
+    from harness.compile.export import sha256_file
     from harness.store import ResultsStore
 
     db = tmp_path / "r.db"
@@ -151,7 +151,7 @@ def test_search_runs_on_a_simulated_device(tmp_path):
     """The search takes ``sim:PROFILE`` like any device; every latency it stores is simulated and deterministic."""
     import sqlite3
 
-    from harness.search import SearchConfig, run_search
+    from harness.search.run import SearchConfig, run_search
 
     small = dict(episodes=1, max_steps=2, subset=500, train_epochs=1, eval_samples=100, tune_trials=0,
                  finetune_epochs=0, repeat=5, latency_target=0.5, device="sim:rpi4")

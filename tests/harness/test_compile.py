@@ -1,4 +1,4 @@
-"""Tests of harness/compile.py: the artifact contract the device daemon reads."""
+"""Tests of harness/compile/build.py: the artifact contract the device daemon reads."""
 
 import dataclasses
 import hashlib
@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-import harness.compile as compile_mod
-from harness.compile import CompileResult, compile_onnx
-from harness.export import export_onnx
-from harness.targets import resolve_target
-from harness.tuning import TuningConfig
+import harness.compile.build as compile_mod
+from harness.compile.build import CompileResult, compile_onnx
+from harness.compile.export import export_onnx
+from harness.compile.targets import resolve_target
+from harness.compile.tuning import TuningConfig
 
 UNTUNED = TuningConfig(trials_per_task=0)
 EM_AARCH64 = 183  # ELF e_machine of AArch64 (ELF for the Arm 64-bit Architecture)

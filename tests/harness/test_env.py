@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from harness.env import EnvConfig, PruningEnv
 from harness.pruning import ArchSpec, PruneGroup
-from harness.reward import RewardWeights
+from harness.search.env import EnvConfig, PruningEnv
+from harness.search.reward import RewardWeights
 
 GROUPS = [PruneGroup(0, "stage1", 16, ("conv1",), "residual"), PruneGroup(1, "block1.inner", 8, ("b1",), "conv"),
           PruneGroup(2, "stage2", 32, ("s2",), "residual")]

@@ -1,4 +1,4 @@
-"""Tests of harness/export.py: ONNX export checked against torch eager."""
+"""Tests of harness/compile/export.py: ONNX export checked against torch eager."""
 
 import hashlib
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import harness.export as export_mod
-from harness.export import ExportError, export_onnx
+import harness.compile.export as export_mod
+from harness.compile.export import ExportError, export_onnx
 
 
 class SmallNet(nn.Module):

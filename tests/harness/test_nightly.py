@@ -24,7 +24,7 @@ SHAPE = (1, 1, 16, 16)
 def _export(path, widths):
     import torch
 
-    from harness.export import export_onnx
+    from harness.compile.export import export_onnx
 
     layers, c_in = [], SHAPE[1]
     for w in widths:
@@ -123,8 +123,8 @@ def test_suite_run_compare_and_report_end_to_end(tmp_path, capsys):
 
 
 def test_devices_that_cannot_run_a_target_are_skipped_not_failed():
-    from harness.nightly import _Devices
-    from harness.targets import resolve_target
+    from harness.compile.targets import resolve_target
+    from harness.nightly.run import _Devices
 
     devs = _Devices(None)
     assert "local is" in devs.skip_reason(resolve_target("rpi4"), "local")

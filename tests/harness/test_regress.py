@@ -1,4 +1,4 @@
-"""harness/regress.py and ``hilprune bench compare`` on a synthetic nightly history in a temp store.
+"""harness/nightly/regress.py and ``hilprune bench compare`` on a synthetic nightly history in a temp store.
 
 The history: 2 benchmarks x 2 devices, 10 nightly runs, each result 20 raw
 repeats with 2 % within-run spread around a nightly p50 that itself wanders
@@ -15,7 +15,7 @@ import pytest
 
 from devices.stats import LatencyStats
 from harness.cli import main
-from harness.regress import CompareRule, compare_all, compare_run
+from harness.nightly.regress import CompareRule, compare_all, compare_run
 from harness.store import ResultsStore
 
 BASE_MS = {("resnet20-28", "local"): 10.0, ("resnet20-28", "ssh:pi4"): 42.0,

@@ -1,4 +1,4 @@
-"""harness/report.py: the static HTML report (history plots, regressions, Pareto fronts) and the CSV export."""
+"""harness/nightly/report.py: the static HTML report (history plots, regressions, Pareto fronts) and the CSV export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.report import pareto_front, write_report
+from harness.nightly.report import pareto_front, write_report
 from harness.store import ResultsStore
 
 PNG = b"\x89PNG\r\n\x1a\n"

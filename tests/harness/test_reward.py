@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harness.reward import RewardWeights, compute_reward
+from harness.search.reward import RewardWeights, compute_reward
 
 
 def test_reward_by_hand():

@@ -1,4 +1,4 @@
-"""harness/suite.py: the suite TOML contract and its one-line-per-problem errors."""
+"""harness/nightly/suite.py: the suite TOML contract and its one-line-per-problem errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.suite import SuiteError, load_suite
+from harness.nightly.suite import SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Tests of harness/targets.py: presets, JSON targets, DESIGN.md §4 pitfalls."""
+"""Tests of harness/compile/targets.py: presets, JSON targets, DESIGN.md §4 pitfalls."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import tvm
 
-from harness.targets import PRESETS, resolve_target
+from harness.compile.targets import PRESETS, resolve_target
 
 
 def test_host_preset_names_the_real_cpu():

@@ -1,4 +1,4 @@
-"""Tests of harness/tuning.py: persistent per-target database, reuse, locking."""
+"""Tests of harness/compile/tuning.py: persistent per-target database, reuse, locking."""
 
 import json
 import subprocess
@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.compile import compile_onnx
-from harness.export import export_onnx
-from harness.targets import resolve_target
-from harness.tuning import TuningConfig, database_info, locked, target_key
+from harness.compile.build import compile_onnx
+from harness.compile.export import export_onnx
+from harness.compile.targets import resolve_target
+from harness.compile.tuning import TuningConfig, database_info, locked, target_key
 
 
 class SmallNet(nn.Module):

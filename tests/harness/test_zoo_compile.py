@@ -14,11 +14,11 @@ import torch
 
 from devices.base import MeasureConfig
 from devices.local import LocalDevice
-from harness.compile import compile_onnx
-from harness.export import export_onnx
+from harness.compile.build import compile_onnx
+from harness.compile.export import export_onnx
+from harness.compile.targets import resolve_target
+from harness.compile.tuning import TuningConfig
 from harness.models import build_model
-from harness.targets import resolve_target
-from harness.tuning import TuningConfig
 
 torch.set_num_threads(2)
 

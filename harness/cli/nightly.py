@@ -6,15 +6,15 @@
            every benchmark runs; exit 1 when any of them failed (each failure is stored with its
            kind and reason), 0 when all succeeded, 2 on a bad suite file or device
     hilprune bench compare [--db PATH] [--run RUN_ID] [--baseline N] [--threshold 0.05] [--json]
-        -> the run's verdicts; exit 1 when any regression, else 0 (harness/regress.py has the rule)
+        -> the run's verdicts; exit 1 when any regression, else 0 (harness/nightly/regress.py has the rule)
     hilprune report [--db PATH] --out DIR [--baseline N] [--threshold X] [--json]
         -> DIR/index.html (static), DIR/plots/*.png, DIR/data/*.csv (and *.parquet with pyarrow)
 
-``bench`` itself lives in :mod:`harness.cli_compile`; it calls
+``bench`` itself lives in :mod:`harness.cli.compile`; it calls
 :func:`add_bench_suite_args` and :func:`add_bench_compare` on its parser and
 hands ``--suite`` to :func:`cmd_bench_suite`. ``--device`` stays a single
 value for ``bench --model/--onnx`` (the last one given, as before) and is a
-list (every one given) for ``--suite`` (:class:`DeviceAction`).
+list (every one given) for ``--suite`` (:class:`harness.cli.args.DeviceAction`).
 """
 
 from __future__ import annotations
@@ -24,22 +24,15 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["DeviceAction", "add_bench_compare", "add_bench_suite_args", "cmd_bench_suite", "register"]
+from harness.cli.args import pos_int
 
-
-class DeviceAction(argparse.Action):
-    """``--device``: stores the last value in ``dest`` (one-model bench) and all values in ``devices``."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        given = list(getattr(namespace, "devices", None) or [])
-        setattr(namespace, "devices", [*given, values])
+__all__ = ["add_bench_compare", "add_bench_suite_args", "cmd_bench_suite", "register"]
 
 
 def add_bench_suite_args(bench: argparse.ArgumentParser, source_group) -> None:
     """Add ``--suite`` (to bench's model-source group) and ``--inventory`` to the bench parser."""
     source_group.add_argument("--suite", metavar="FILE",
-                              help="a benchmark suite TOML ([[benchmark]] tables; see harness/suite.py): "
+                              help="a benchmark suite TOML ([[benchmark]] tables; see harness/nightly/suite.py): "
                                    "compile and measure each benchmark on each device, stored as one bench run")
     bench.add_argument("--inventory", metavar="FILE", default=None,
                        help="farm inventory TOML for --device ssh:BOARD / farm:TAG")
@@ -48,8 +41,6 @@ def add_bench_suite_args(bench: argparse.ArgumentParser, source_group) -> None:
 
 def add_bench_compare(bench: argparse.ArgumentParser) -> None:
     """Add the ``bench compare`` subcommand under the bench parser."""
-    from harness.cli import _pos_int
-
     sub = bench.add_subparsers(dest="bench_command", metavar="{compare}")
     c = sub.add_parser("compare", help="compare the latest bench run with its history; exit 1 on regression",
                        description="Compare a bench run (default: the latest) with the history of each "
@@ -59,7 +50,7 @@ def add_bench_compare(bench: argparse.ArgumentParser) -> None:
                                    "Exit 1 when any regression, else 0.")
     c.add_argument("--db", default="results/hilprune.db", help="results store (default results/hilprune.db)")
     c.add_argument("--run", metavar="RUN_ID", default=None, help="the bench run to judge (default: the latest)")
-    c.add_argument("--baseline", type=_pos_int, default=7, help="earlier runs forming the history (default 7)")
+    c.add_argument("--baseline", type=pos_int, default=7, help="earlier runs forming the history (default 7)")
     c.add_argument("--threshold", type=float, default=0.05,
                    help="smallest relative change reported, e.g. 0.05 = 5%% (default 0.05)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -68,8 +59,6 @@ def add_bench_compare(bench: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add ``report`` to the ``hilprune`` parser."""
-    from harness.cli import _pos_int
-
     r = subparsers.add_parser("report", help="static HTML report of the results store (history, regressions, "
                                              "Pareto fronts) and CSV/Parquet export",
                               description="Write DIR/index.html (opens from disk, no server) with per benchmark "
@@ -78,7 +67,7 @@ def register(subparsers) -> None:
                                           "(and Parquet when pyarrow is installed) under DIR/data.")
     r.add_argument("--db", default="results/hilprune.db", help="results store (default results/hilprune.db)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    r.add_argument("--baseline", type=_pos_int, default=7, help="history runs of the regression flags (default 7)")
+    r.add_argument("--baseline", type=pos_int, default=7, help="history runs of the regression flags (default 7)")
     r.add_argument("--threshold", type=float, default=0.05, help="regression threshold (default 0.05)")
     r.add_argument("--json", action="store_true", help="print one JSON object (paths, regressions)")
     r.set_defaults(func=cmd_report)
@@ -86,9 +75,9 @@ def register(subparsers) -> None:
 
 def cmd_bench_suite(args: argparse.Namespace) -> int:
     """``bench --suite``: run the whole suite, print the outcome; 1 when any benchmark failed, else 0."""
-    from harness.nightly import SuiteOptions, run_suite
-    from harness.search import default_cache_dir
-    from harness.suite import load_suite
+    from harness.nightly.run import SuiteOptions, run_suite
+    from harness.nightly.suite import load_suite
+    from harness.paths import default_cache_dir
 
     if args.target:
         raise ValueError("--target is for --model/--onnx; a suite names its targets per benchmark (targets = [...])")
@@ -119,7 +108,7 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
 
 def cmd_bench_compare(args: argparse.Namespace) -> int:
     """``bench compare``: exit 1 when the judged run has a regression."""
-    from harness.regress import CompareRule, compare_run, metadata_changes
+    from harness.nightly.regress import CompareRule, compare_run, metadata_changes
     from harness.store import ResultsStore
 
     rule = CompareRule(threshold=args.threshold, baseline_runs=args.baseline)
@@ -173,8 +162,8 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``report``: write the HTML report; print its path (or one JSON object)."""
-    from harness.regress import CompareRule
-    from harness.report import write_report
+    from harness.nightly.regress import CompareRule
+    from harness.nightly.report import write_report
 
     out = write_report(args.db, args.out, CompareRule(threshold=args.threshold, baseline_runs=args.baseline))
     if args.json:

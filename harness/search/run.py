@@ -50,20 +50,21 @@ import torch
 from agent.reinforce import ReinforceAgent, ReinforceConfig
 from devices.base import MeasureConfig
 from devices.registry import make_device
-from harness.candidate import CandidateEvaluator, CandidateResult, StageTimer
+from harness.compile.export import export_onnx
+from harness.compile.targets import resolve_target
+from harness.compile.tuning import TuningConfig
 from harness.data import load_dataset
-from harness.env import EnvConfig, PruningEnv
-from harness.export import export_onnx
 from harness.models import build_model
+from harness.paths import default_cache_dir
 from harness.pruning import ArchSpec, find_groups, full_spec, rebuild
-from harness.reward import RewardWeights
+from harness.search.candidate import CandidateEvaluator, CandidateResult, StageTimer
+from harness.search.env import EnvConfig, PruningEnv
+from harness.search.reward import RewardWeights
 from harness.store import ResultsStore
-from harness.targets import resolve_target
 from harness.train import evaluate, finetune, load_or_train_baseline
-from harness.tuning import TuningConfig
 
 __all__ = [
-    "SearchAborted", "SearchConfig", "run_search", "resume_search", "default_cache_dir", "load_config_file",
+    "SearchAborted", "SearchConfig", "run_search", "resume_search", "load_config_file",
     "load_best_model", "pareto_front",
 ]
 
@@ -81,11 +82,6 @@ DRIFT_TOLERANCE = 0.10
 class SearchAborted(RuntimeError):
     """The search cannot go on (the unpruned model could not be measured, a farm ran out of
     healthy boards). Everything measured before is in the results store; the run can be resumed."""
-
-
-def default_cache_dir() -> Path:
-    """Cache root for baselines, artifacts and tuning databases: ``$HILPRUNE_CACHE`` or ``results/cache``."""
-    return Path(os.environ.get("HILPRUNE_CACHE", "results/cache"))
 
 
 @dataclass(frozen=True, slots=True)

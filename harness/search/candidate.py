@@ -25,13 +25,13 @@ from typing import Iterator
 import torch
 
 from devices.base import Device, MeasureConfig
-from harness.compile import compile_onnx
-from harness.export import ExportError, export_onnx
+from harness.compile.build import compile_onnx
+from harness.compile.export import ExportError, export_onnx
+from harness.compile.targets import TargetSpec
+from harness.compile.tuning import TuningConfig
 from harness.pruning import ArchSpec, PruneGroup, apply_spec, count_macs_params
 from harness.store import ResultsStore
-from harness.targets import TargetSpec
 from harness.train import evaluate
-from harness.tuning import TuningConfig
 
 __all__ = ["CandidateResult", "CandidateEvaluator", "StageTimer", "tuning_key"]
 

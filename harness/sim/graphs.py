@@ -47,7 +47,7 @@ def export_classics(out_dir: Path, names: tuple[str, ...] | None = None) -> dict
     Raises:
         ValueError: a name the zoo cannot build.
     """
-    from harness.export import export_onnx
+    from harness.compile.export import export_onnx
     from harness.models import build_model
 
     out_dir = Path(out_dir)
@@ -97,7 +97,7 @@ def random_variants(model: str, n: int, *, seed: int, out_dir: Path, keep_range:
     Raises:
         ValueError: unknown model, or a spec the model's groups reject.
     """
-    from harness.export import export_onnx
+    from harness.compile.export import export_onnx
     from harness.models import build_model, default_input_shape
     from harness.pruning import ArchSpec, apply_spec, find_groups
 

@@ -1,11 +1,11 @@
 """Run a benchmark suite: compile each benchmark once per target, measure it on each device, store everything.
 
 ``hilprune bench --suite FILE`` (issue 6) calls :func:`run_suite`. For every
-benchmark of the suite (:mod:`harness.suite`), in file order:
+benchmark of the suite (:mod:`harness.nightly.suite`), in file order:
 
 1. the ONNX file is produced once (a zoo model exported with its seeded
    random weights, or the suite's file checked against ``input_shape``);
-2. for every target it is compiled once (:func:`harness.compile.compile_onnx`,
+2. for every target it is compiled once (:func:`harness.compile.build.compile_onnx`,
    content-addressed: an unchanged model is a cache hit the next night);
 3. for every device that can run that target's code it is measured
    (``local``: this machine's arch; ``ssh:BOARD``: the board's target preset;
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.suite import Benchmark, Suite
+from harness.nightly.suite import Benchmark, Suite
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,11 @@ def run_metadata(suite: Suite) -> dict[str, Any]:
     (and of hilprune's own checkout), package versions, Python, the host."""
     import tvm
 
-    here = Path(__file__).resolve().parent
+    checkout = Path(__file__).resolve().parents[2]  # harness/nightly/run.py -> the repository root
     return {
         "suite_git": _git_commit(suite.path.parent),
-        "hilprune_git": _git_commit(here),
-        "hilprune_version": _version("hilprune") or _pyproject_version(here.parent / "pyproject.toml"),
+        "hilprune_git": _git_commit(checkout),
+        "hilprune_version": _version("hilprune") or _pyproject_version(checkout / "pyproject.toml"),
         "tvm_version": getattr(tvm, "__version__", None),
         "onnxruntime_version": _version("onnxruntime"),
         "torch_version": _version("torch"),
@@ -149,7 +149,7 @@ def _onnx_for(bench: Benchmark, work: Path) -> tuple[Path, str, str]:
             raise _Fail("onnx_missing", f"ONNX file {str(bench.onnx)!r} not found")
         import onnx
 
-        from harness.export import sha256_file
+        from harness.compile.export import sha256_file
 
         try:
             model = onnx.load(str(bench.onnx), load_external_data=False)
@@ -167,7 +167,7 @@ def _onnx_for(bench: Benchmark, work: Path) -> tuple[Path, str, str]:
 
     import torch
 
-    from harness.export import ExportError, export_onnx
+    from harness.compile.export import ExportError, export_onnx
     from harness.models import build_model
 
     shape = tuple(bench.input_shape)
@@ -248,7 +248,7 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
     """Run every benchmark of ``suite`` and store each outcome; returns the run's summary.
 
     Args:
-        suite: from :func:`harness.suite.load_suite`.
+        suite: from :func:`harness.nightly.suite.load_suite`.
         store_path: the results store (SQLite).
         options: devices, tuning and measurement settings.
         run_id: default ``bench-<suite>-<UTC time>-<4 hex>``.
@@ -264,10 +264,10 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
     """
     from devices.base import DeviceUnavailable, MeasureConfig
     from devices.registry import make_device
-    from harness.compile import compile_onnx, stdout_to_stderr
+    from harness.compile.build import compile_onnx, stdout_to_stderr
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig
     from harness.store import ResultsStore
-    from harness.targets import resolve_target
-    from harness.tuning import TuningConfig
 
     t_start = time.perf_counter()
     devs = _Devices(options.inventory)

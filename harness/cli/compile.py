@@ -14,7 +14,7 @@ The command-line contract of issue 3 (other tools rely on these names)::
            tuned latency on this machine when the target is this machine
 
 A model comes from the zoo (``--model``, random seeded weights, exported to
-ONNX opset 17 and checked against ONNX Runtime by :func:`harness.export.export_onnx`)
+ONNX opset 17 and checked against ONNX Runtime by :func:`harness.compile.export.export_onnx`)
 or from an ONNX file (``--onnx``, one static-shape input). ``--input-shape``
 is N,C,H,W; for a zoo model it defaults to the model's natural shape
 (:data:`harness.models.DEFAULT_INPUT_SHAPES`) and sets its ``in_channels`` and
@@ -22,7 +22,7 @@ is N,C,H,W; for a zoo model it defaults to the model's natural shape
 
 Bad input (unknown model, target or device, a malformed shape, a missing ONNX
 file) raises ``ValueError``/``FileNotFoundError`` with a message naming the
-fix; :func:`harness.cli.main` prints it as one ``hilprune: error: ...`` line
+fix; :func:`harness.cli.main.main` prints it as one ``hilprune: error: ...`` line
 and exits 2. Expected pipeline failures (export, compile or measurement
 failed) print one ``hilprune: error: <kind>: ...`` line and exit 1.
 
@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from harness.cli.args import DeviceAction, nonneg_int, pos_int
 
 logger = logging.getLogger(__name__)
 
@@ -80,18 +82,6 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def _trials(text: str) -> int:
-    from harness.cli import _nonneg_int
-
-    return _nonneg_int(text)
-
-
-def _pos(text: str) -> int:
-    from harness.cli import _pos_int
-
-    return _pos_int(text)
-
-
 def _add_source_args(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
     """--model/--onnx (exclusive; checked in the handler), --input-shape, --seed, --cache-dir, --threads."""
     src = p.add_mutually_exclusive_group()
@@ -99,12 +89,12 @@ def _add_source_args(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveG
     src.add_argument("--onnx", metavar="PATH", help="an ONNX file with one static-shape input")
     p.add_argument("--input-shape", metavar="N,C,H,W",
                    help="input shape, e.g. 1,3,224,224 (default: the zoo model's natural shape / the ONNX graph's)")
-    p.add_argument("--seed", type=_trials, default=0, help="seed of the zoo model's random weights (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the zoo model's random weights (default 0)")
     p.add_argument("--target", default=None,
                    help="required: TVM target preset (host, rpi4, rpi5, jetson-nano, jetson-orin-nano) or a JSON dict")
     p.add_argument("--cache-dir", default=None, help="artifacts and tuning databases (default results/cache "
                                                      "or $HILPRUNE_CACHE)")
-    p.add_argument("--threads", type=_pos, default=None,
+    p.add_argument("--threads", type=pos_int, default=None,
                    help="CPU threads for tuning and measuring (default: all cores)")
     return src
 
@@ -116,7 +106,7 @@ def register(subparsers) -> None:
                                           "prints the artifact directory. Cached by content: compiling the same "
                                           "thing twice is a cache hit.")
     _add_source_args(c)
-    c.add_argument("--tune-trials", type=_trials, default=DEFAULT_TUNE_TRIALS,
+    c.add_argument("--tune-trials", type=nonneg_int, default=DEFAULT_TUNE_TRIALS,
                    help=f"MetaSchedule trials per new task, 0 = untuned (default {DEFAULT_TUNE_TRIALS})")
     c.add_argument("--out", metavar="DIR", default=None,
                    help="copy the artifact here (default: print the cache entry's path)")
@@ -126,7 +116,7 @@ def register(subparsers) -> None:
     b = subparsers.add_parser("bench", help="compile and measure one model on a device",
                               description="Compile (cached) and time a model on a device; the measurement is "
                                           "stored in the results store.")
-    from harness.cli_nightly import DeviceAction, add_bench_compare, add_bench_suite_args  # issue 6
+    from harness.cli.nightly import add_bench_compare, add_bench_suite_args  # issue 6
 
     bench_src = _add_source_args(b)
     b.add_argument("--device", default="local", action=DeviceAction,
@@ -135,27 +125,27 @@ def register(subparsers) -> None:
     b.add_argument("--backend", choices=("tvm", "onnxruntime"), default="tvm",
                    help="time the TVM library (default) or the artifact's ONNX file with ONNX Runtime "
                         "(the artifact is still built as for tvm; --tune-trials 0 skips tuning)")
-    b.add_argument("--repeat", type=_pos, default=30, help="timed blocks (raw latencies) (default 30)")
-    b.add_argument("--warmup", type=_trials, default=5, help="untimed warm-up calls (default 5)")
+    b.add_argument("--repeat", type=pos_int, default=30, help="timed blocks (raw latencies) (default 30)")
+    b.add_argument("--warmup", type=nonneg_int, default=5, help="untimed warm-up calls (default 5)")
     b.add_argument("--min-repeat-ms", type=float, default=50.0,
                    help="each timed block lasts at least this long, in ms (default 50)")
     b.add_argument("--timeout-s", type=float, default=600.0, help="limit of one measurement, s (default 600)")
-    b.add_argument("--tune-trials", type=_trials, default=DEFAULT_TUNE_TRIALS,
+    b.add_argument("--tune-trials", type=nonneg_int, default=DEFAULT_TUNE_TRIALS,
                    help=f"MetaSchedule trials per new task, 0 = untuned (default {DEFAULT_TUNE_TRIALS})")
     b.add_argument("--db", default="results/hilprune.db", help="results store (default results/hilprune.db)")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     b.set_defaults(func=_cmd_bench)
-    add_bench_suite_args(b, bench_src)  # --suite FILE, --inventory (harness/cli_nightly.py)
-    add_bench_compare(b)  # `bench compare` (harness/cli_nightly.py)
+    add_bench_suite_args(b, bench_src)  # --suite FILE, --inventory (harness/cli/nightly.py)
+    add_bench_compare(b)  # `bench compare` (harness/cli/nightly.py)
 
     t = subparsers.add_parser("tune", help="tune a model's tasks into the target's tuning database",
                               description="MetaSchedule-tune the tasks of a model that the target's database "
                                           "lacks, then build and (for this machine) measure the tuned artifact.")
     _add_source_args(t)
-    t.add_argument("--trials", type=_pos, default=DEFAULT_TUNE_TRIALS,
+    t.add_argument("--trials", type=pos_int, default=DEFAULT_TUNE_TRIALS,
                    help=f"trials per new task (default {DEFAULT_TUNE_TRIALS})")
     t.add_argument("--device", default="local", help="where the tuned latency is measured (default local)")
-    t.add_argument("--repeat", type=_pos, default=20, help="timed blocks of the latency check (default 20)")
+    t.add_argument("--repeat", type=pos_int, default=20, help="timed blocks of the latency check (default 20)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_tune)
 
@@ -176,7 +166,7 @@ class _Source:
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
-    from harness.search import default_cache_dir
+    from harness.paths import default_cache_dir
 
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
@@ -204,7 +194,7 @@ def _resolve_source(args: argparse.Namespace, work_dir: Path) -> _Source:
     Raises:
         ValueError: no or both sources, unknown model, malformed or mismatching shape.
         FileNotFoundError: ``--onnx`` names no file.
-        harness.export.ExportError: the zoo model failed to export (a pipeline failure).
+        harness.compile.export.ExportError: the zoo model failed to export (a pipeline failure).
     """
     if not args.model and not args.onnx:
         raise ValueError(f"give a model: --model NAME (a zoo model) or --onnx PATH; e.g. "
@@ -219,7 +209,7 @@ def _resolve_source(args: argparse.Namespace, work_dir: Path) -> _Source:
         if shape is not None and tuple(shape) != graph_shape:
             raise ValueError(f"--input-shape {','.join(map(str, shape))} differs from the ONNX graph's input "
                              f"{','.join(map(str, graph_shape))}; drop --input-shape or re-export the model")
-        from harness.export import sha256_file
+        from harness.compile.export import sha256_file
 
         return _Source(f"onnx:{path.stem}", path, graph_shape, "onnx-" + sha256_file(path)[:16], 0.0)
 
@@ -228,7 +218,7 @@ def _resolve_source(args: argparse.Namespace, work_dir: Path) -> _Source:
     shape = shape or default_input_shape(args.model)  # unknown model -> ValueError naming the valid ones
     import torch
 
-    from harness.export import export_onnx
+    from harness.compile.export import export_onnx
 
     model = build_model(args.model, in_channels=shape[1], input_size=shape[2:], seed=args.seed)
     path = work_dir / f"{args.model}.onnx"
@@ -242,7 +232,7 @@ def _resolve_source(args: argparse.Namespace, work_dir: Path) -> _Source:
 
 def _target(args: argparse.Namespace):
     """The TargetSpec of ``--target`` (checked here, not by argparse, so the error is one line)."""
-    from harness.targets import PRESETS, resolve_target
+    from harness.compile.targets import PRESETS, resolve_target
 
     if not args.target:
         raise ValueError(f"give --target PRESET ({', '.join(PRESETS)}) or a JSON target dict")
@@ -250,14 +240,14 @@ def _target(args: argparse.Namespace):
 
 
 def _tuning(trials: int, threads: int | None):
-    from harness.tuning import TuningConfig
+    from harness.compile.tuning import TuningConfig
 
     return TuningConfig(trials_per_task=trials, num_threads=threads)
 
 
 def _compile(source: _Source, target, cache_dir: Path, tuning):
     """compile_onnx (stdout diverted to stderr) or a ``_Failure``."""
-    from harness.compile import compile_onnx, stdout_to_stderr
+    from harness.compile.build import compile_onnx, stdout_to_stderr
 
     with stdout_to_stderr():
         result = compile_onnx(source.onnx_path, target, cache_dir, tuning)
@@ -271,7 +261,7 @@ class _Failure(Exception):
 
 
 def _run_guarded(fn, args: argparse.Namespace) -> int:
-    from harness.export import ExportError
+    from harness.compile.export import ExportError
 
     try:
         return fn(args)
@@ -353,8 +343,8 @@ def _copy_artifact(src: Path, out: Path) -> Path:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if getattr(args, "suite", None):  # nightly suites: harness/cli_nightly.py (issue 6)
-        from harness.cli_nightly import cmd_bench_suite
+    if getattr(args, "suite", None):  # nightly suites: harness/cli/nightly.py (issue 6)
+        from harness.cli.nightly import cmd_bench_suite
 
         return cmd_bench_suite(args)
     return _run_guarded(_bench_impl, args)
@@ -434,7 +424,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _tune_impl(args: argparse.Namespace) -> int:
     from devices.base import MeasureConfig
-    from harness.tuning import database_dir_for, database_info
+    from harness.compile.tuning import database_dir_for, database_info
 
     target = _target(args)
     tuning = _tuning(args.trials, args.threads)

@@ -7,7 +7,7 @@
     DIR/data/bench_results.csv, measurements.csv, candidates.csv, runs.csv, bench_runs.csv
     DIR/data/*.parquet      the same tables, only when pyarrow is installed (it is not a dependency)
 
-The report has: the latest bench run's comparison (:mod:`harness.regress`)
+The report has: the latest bench run's comparison (:mod:`harness.nightly.regress`)
 with regressions first; per history key (benchmark, device, target, backend,
 tuning, source) the p50 latency of every run as a line with the p50–p90 band
 shaded, regressions marked with red triangles and improvements with green
@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from harness.regress import CompareRule, Comparison, compare_all, history_key, metadata_changes
+from harness.nightly.regress import CompareRule, Comparison, compare_all, history_key, metadata_changes
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
              f"<p>store <code>{html.escape(str(store_path))}</code>; generated "
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {len(bench_runs)} bench runs, "
              f"{len(searches)} searches. Regression rule: band = max({rule.threshold:g}, {rule.k:g} × noise), "
-             f"baseline = median p50 of the last {rule.baseline_runs} runs (see harness/regress.py).</p>"]
+             f"baseline = median p50 of the last {rule.baseline_runs} runs (see harness/nightly/regress.py).</p>"]
     plots: list[str] = []
     regressions = [v for v in latest_verdicts if v.status == "regression"]
     parts.append(f"<h2>Latest bench run {html.escape(str(latest))}</h2>")

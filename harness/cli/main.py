@@ -19,35 +19,20 @@ import signal
 import sys
 from pathlib import Path
 
+from harness.cli.args import nonneg_int, pos_int
+
 __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 
 #: Modules that add subcommands: each has ``register(subparsers)`` which adds its
 #: parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit status.
 #: Keep imports inside the ``func``s so ``--help`` and light commands start fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli_compile", "harness.cli_sim", "harness.cli_devices",
-                                       "harness.cli_nightly")
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give a count >= 0")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    value = _nonneg_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli.compile", "harness.cli.sim", "harness.cli.devices",
+                                       "harness.cli.nightly")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (each has ``--help``)."""
-    from harness.search import SearchConfig
+    from harness.search.run import SearchConfig
 
     d = SearchConfig()
     p = argparse.ArgumentParser(
@@ -73,27 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--backend", choices=("tvm", "onnxruntime"), help=f"what the daemon times (default {d.backend})")
     opt("--inventory", help="farm inventory TOML, for --device ssh:BOARD or farm:TAG")
     opt("--fallback", choices=("fail", "sim"), help="farm: when no healthy board is left (default: the inventory's)")
-    opt("--episodes", type=_pos_int, help=f"episodes (default {d.episodes})")
-    opt("--max-steps", type=_pos_int, help=f"steps per episode (default {d.max_steps})")
+    opt("--episodes", type=pos_int, help=f"episodes (default {d.episodes})")
+    opt("--max-steps", type=pos_int, help=f"steps per episode (default {d.max_steps})")
     opt("--latency-target", type=float,
         help=f"episode ends once the target metric <= R x unpruned (default {d.latency_target})")
     opt("--target-metric", choices=("latency", "macs"), help=f"what --latency-target bounds (default {d.target_metric})")
     opt("--alpha", type=float, help=f"weight of ΔP, accuracy (default {d.alpha})")
     opt("--beta", type=float, help=f"weight of ΔC, MACs (default {d.beta})")
     opt("--gamma", type=float, help=f"weight of ΔH, measured latency (default {d.gamma})")
-    opt("--seed", type=_nonneg_int, help=f"seed of every random source (default {d.seed})")
-    opt("--tune-trials", type=_nonneg_int, help=f"MetaSchedule trials per task, 0 = untuned (default {d.tune_trials})")
-    opt("--train-epochs", type=_nonneg_int, help=f"epochs of the baseline, cached (default {d.train_epochs})")
-    opt("--finetune-epochs", type=_nonneg_int, help=f"fine-tuning epochs of the best model (default {d.finetune_epochs})")
+    opt("--seed", type=nonneg_int, help=f"seed of every random source (default {d.seed})")
+    opt("--tune-trials", type=nonneg_int, help=f"MetaSchedule trials per task, 0 = untuned (default {d.tune_trials})")
+    opt("--train-epochs", type=nonneg_int, help=f"epochs of the baseline, cached (default {d.train_epochs})")
+    opt("--finetune-epochs", type=nonneg_int, help=f"fine-tuning epochs of the best model (default {d.finetune_epochs})")
     opt("--step-fraction", type=float, help=f"share of a group's filters one action removes (default {d.step_fraction})")
-    opt("--round-to", type=_pos_int, help=f"keep widths on multiples of N (default {d.round_to})")
+    opt("--round-to", type=pos_int, help=f"keep widths on multiples of N (default {d.round_to})")
     opt("--importance", help=f"group magnitude criterion (default {d.importance})")
     opt("--reinforce", choices=("per_step", "episodic"), help=f"REINFORCE update (default {d.reinforce}, the seed's)")
     opt("--discount", type=float, help=f"discount of episodic returns (default {d.discount})")
     opt("--baseline", choices=("none", "moving_average"), help=f"episodic return baseline (default {d.baseline})")
-    opt("--eval-samples", type=_nonneg_int, help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
-    opt("--subset", type=_pos_int, help="cap each data split (quick runs and tests)")
-    opt("--repeat", type=_pos_int, help=f"timed blocks per measurement (default {d.repeat})")
+    opt("--eval-samples", type=nonneg_int, help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
+    opt("--subset", type=pos_int, help="cap each data split (quick runs and tests)")
+    opt("--repeat", type=pos_int, help=f"timed blocks per measurement (default {d.repeat})")
     opt("--cache-drift-tolerance", type=float,
         help=f"reuse earlier runs' latencies only while the unpruned p50 is within this fraction "
              f"of its cached value (default {d.cache_drift_tolerance}; inf = always)")
@@ -108,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=d.model, help=f"zoo model (default {d.model})")
     t.add_argument("--dataset", default=d.dataset, help=f"dataset (default {d.dataset})")
     t.add_argument("--data-root", default=None, help="dataset directory (default: the Debian package's)")
-    t.add_argument("--epochs", type=_nonneg_int, default=d.train_epochs, help=f"epochs (default {d.train_epochs})")
-    t.add_argument("--seed", type=_nonneg_int, default=d.seed, help=f"seed (default {d.seed})")
-    t.add_argument("--subset", type=_pos_int, default=None, help="cap each data split")
+    t.add_argument("--epochs", type=nonneg_int, default=d.train_epochs, help=f"epochs (default {d.train_epochs})")
+    t.add_argument("--seed", type=nonneg_int, default=d.seed, help=f"seed (default {d.seed})")
+    t.add_argument("--subset", type=pos_int, default=None, help="cap each data split")
     t.add_argument("--cache-dir", default=None, help="cache root (default results/cache)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_train)
@@ -120,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from harness.search import SearchConfig, load_config_file, resume_search, run_search
+    from harness.search.run import SearchConfig, load_config_file, resume_search, run_search
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "json", "config", "resume")}
     as_json = getattr(args, "json", False)
@@ -163,7 +148,7 @@ def _print_search(s: dict) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from harness.data import load_dataset
-    from harness.search import default_cache_dir
+    from harness.paths import default_cache_dir
     from harness.train import load_or_train_baseline
 
     root = Path(args.data_root) if args.data_root else None
@@ -181,7 +166,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hilprune`` console script; returns the exit status."""
-    from harness.cli_sim import fast_main  # `predict` / `sim` start without torch or TVM (issue 5)
+    from harness.cli.sim import fast_main  # `predict` / `sim` start without torch or TVM (issue 5)
 
     fast = fast_main(sys.argv[1:] if argv is None else list(argv))
     if fast is not None:
@@ -193,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["search", *(argv or [])])
     from harness.data import DatasetError
-    from harness.search import SearchAborted
+    from harness.search.run import SearchAborted
     from harness.store import StoreError
 
     def _terminate(signum, frame):  # a `kill` is handled like Ctrl-C: the run is marked interrupted

@@ -70,7 +70,7 @@ def make_board_runner(device: Any, target: Any, *, number: int = 3, repeat: int 
         device: an ``SshDevice`` (``ssh:BOARD``) or ``FarmDevice``
             (``farm:TAG``) — anything with ``time_function(lib, args, arch=,
             number=, repeat=, min_repeat_ms=, timeout_s=) -> Reply``.
-        target: ``harness.targets.TargetSpec`` of the candidates (its
+        target: ``harness.compile.targets.TargetSpec`` of the candidates (its
             ``arch`` is checked against the board; ``cross_cc`` links them).
         number, repeat, min_repeat_ms: TVM ``time_evaluator`` settings.
         timeout_s: limit of one candidate's timing on the board.

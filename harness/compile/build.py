@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.export import sha256_file
-from harness.targets import TargetSpec
-from harness.tuning import TuningConfig, TuneReport, database_dir_for, locked, open_database, tune_module
+from harness.compile.export import sha256_file
+from harness.compile.targets import TargetSpec
+from harness.compile.tuning import TuningConfig, TuneReport, database_dir_for, locked, open_database, tune_module
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def compile_onnx(
     Args:
         onnx_path: ONNX model with one static-shape input (e.g. fp32
             ``[1, 1, 28, 28]``) and one output.
-        target: from ``harness.targets.resolve_target``.
+        target: from ``harness.compile.targets.resolve_target``.
         cache_dir: root of the artifact cache and (by default) the tuning
             databases (``cache_dir/tuning/<target key>/``).
         tuning: ``TuningConfig(trials_per_task=0)`` for an untuned build.

@@ -100,9 +100,9 @@ def golden_artifact(target_name: str, cache_dir: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from harness.compile import compile_onnx
-    from harness.targets import resolve_target
-    from harness.tuning import TuningConfig
+    from harness.compile.build import compile_onnx
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig
 
     rng = np.random.default_rng(0)
     inits = {"w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
@@ -191,7 +191,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.golden:
             goldens = {b.target: Path(args.golden) for b in boards}
         else:
-            from harness.search import default_cache_dir
+            from harness.paths import default_cache_dir
 
             cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
             for t in sorted({b.target for b in boards}):

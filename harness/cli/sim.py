@@ -134,7 +134,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from devices.sim.calibrate import PRIORS, choose_channel_align, fit_profile, leave_one_group_out, prior_profile
     from devices.sim.profile import PROFILE_DIR, SimParams, load_profile
-    from harness import sim_data
+    from harness.sim import data as sim_data
 
     name = args.profile
     try:
@@ -162,7 +162,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             if args.graphs:
                 graphs = {p.stem: p for p in Path(args.graphs).glob("*.onnx")}
             else:
-                from harness.sim_graphs import export_classics
+                from harness.sim.graphs import export_classics
 
                 graphs = export_classics(Path(CLASSICS_DIR))
             rows = sim_data.ncnn_rows(csv_path, name, graphs, board=args.board, gpu_device=args.gpu_device)

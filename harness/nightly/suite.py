@@ -171,7 +171,7 @@ def parse_suite(data: dict[str, Any], path: Path, sha256: str = "") -> Suite:
             if not targets:
                 err("targets", "must be a non-empty list of target presets, e.g. [\"host\", \"rpi4\"]")
             else:
-                from harness.targets import resolve_target
+                from harness.compile.targets import resolve_target
 
                 for t in targets:
                     try:

@@ -24,7 +24,7 @@ already at its minimum leaves the state unchanged and gives
 ``weights.failure_penalty``. ``info["action_mask"]`` (int8, 1 = possible)
 lets an agent mask them (ours does), so a masked agent never pays it.
 
-Reward: ``harness.reward.compute_reward`` of the state reached, relative to
+Reward: ``harness.search.reward.compute_reward`` of the state reached, relative to
 the unpruned model; "stop" is rewarded with the current state's reward. A
 candidate whose export, build or measurement failed gives the failure penalty
 and the state goes back to where it was.
@@ -43,7 +43,7 @@ import gymnasium as gym
 import numpy as np
 
 from harness.pruning import ArchSpec, PruneGroup
-from harness.reward import RewardTerms, RewardWeights, compute_reward
+from harness.search.reward import RewardTerms, RewardWeights, compute_reward
 
 __all__ = ["EnvConfig", "PruningEnv", "CandidateSource"]
 
@@ -56,7 +56,7 @@ class CandidateSource(Protocol):
 
     ``evaluate(spec)`` returns an object with ``ok`` (bool), ``top1`` (float),
     ``macs`` (int), ``latency_p50_ms`` (float), ``error_kind`` and
-    ``error_message`` — see ``harness.candidate.CandidateResult``.
+    ``error_message`` — see ``harness.search.candidate.CandidateResult``.
     """
 
     def evaluate(self, spec: ArchSpec) -> Any: ...
