@@ -3,14 +3,17 @@
     hilprune devices list  --inventory FILE [--json]
     hilprune devices check --inventory FILE [--json] [--board NAME ...] [--golden DIR] [--no-measure]
 
-``list`` reads the inventory only (no network): board, endpoint, target,
-arch, tags, and who holds its lease. ``check`` contacts every board in
+``list`` reads the inventory and the lease database only (no network):
+board, endpoint, target, arch, tags, who holds its lease, and whether it is
+quarantined (by whom, until when, why). ``check`` contacts every board in
 parallel: SSH reachability (host key, auth), the daemon's hello (Python,
 numpy, TVM runtime, ONNX Runtime, glibc, machine), the machine against the
 target's architecture, the thermal/throttling state, and a golden-model
 measurement (a tiny conv net compiled for the board's target and cached, or
-``--golden DIR``). Exit status 1 if any board is unhealthy, 2 on a bad
-inventory.
+``--golden DIR``). A healthy board's quarantine is cleared; an unhealthy one
+is quarantined for ``[farm] quarantine_s`` so searches and nightly runs on
+this controller skip it (a board leased by someone else is neither). Exit
+status 1 if any board is unhealthy, 2 on a bad inventory.
 """
 
 from __future__ import annotations
@@ -70,19 +73,32 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     inv = _load(args)
     leases = LeaseManager(inv.farm.lease_db, ttl_s=inv.farm.lease_ttl_s)
+    quarantines = leases.quarantines()
     rows = []
     for b in inv.boards:
         held = leases.holder_of(b.name)
+        q = quarantines.get(b.name)
         rows.append({"name": b.name, "endpoint": f"{b.user}@{b.host}:{b.port}", "target": b.target, "arch": b.arch,
                      "tags": ",".join(b.tags), "python": b.python,
                      "host_key": "pinned" if b.host_key else f"known_hosts {b.known_hosts}",
-                     "lease": f"{held['holder']} until {time.strftime('%H:%M:%S', time.localtime(held['expires_at']))}"
-                     if held else "free"})
+                     "lease": f"{held['holder']} until {_clock(held['expires_at'])}" if held else "free",
+                     "quarantine": None if q is None else {"reason": q.reason, "holder": q.holder,
+                                                           "since": q.since, "until": q.until},
+                     "health": "ok" if q is None else f"quarantined until {_clock(q.until)}"})
     if args.json:
         print(json.dumps({"inventory": str(inv.path), "boards": rows}, indent=2))
     else:
-        print(_table(rows, ["name", "endpoint", "target", "arch", "tags", "host_key", "lease"]))
+        print(_table(rows, ["name", "endpoint", "target", "arch", "tags", "host_key", "lease", "health"]))
+        for r in rows:
+            if r["quarantine"]:
+                print(f"{r['name']}: quarantined by {r['quarantine']['holder']}: {r['quarantine']['reason']}",
+                      file=sys.stderr)
     return 0
+
+
+def _clock(t: float) -> str:
+    """Unix time -> local ``HH:MM:SS``."""
+    return time.strftime("%H:%M:%S", time.localtime(t))
 
 
 _TINY_CACHE: dict[str, Path] = {}
@@ -129,12 +145,16 @@ def golden_artifact(target_name: str, cache_dir: Path) -> Path:
 
 
 def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) -> dict[str, Any]:
-    """Health of one board as a dict (``healthy`` bool and ``problem`` text); never raises."""
+    """Health of one board as a dict (``healthy`` bool, ``problem`` text, ``busy`` bool); never raises.
+
+    ``busy``: the board is leased by another holder, so its health is unknown
+    (not a fault of the board).
+    """
     from devices.base import DeviceUnavailable, MeasureConfig
-    from devices.ssh import SshDevice
+    from devices.ssh import BoardState, SshDevice
 
     row: dict[str, Any] = {"name": board.name, "endpoint": f"{board.host}:{board.port}", "target": board.target,
-                           "arch": board.arch, "healthy": False, "problem": None}
+                           "arch": board.arch, "healthy": False, "busy": False, "problem": None}
     dev = SshDevice(board, leases, lease_wait_s=lease_wait_s)
     t0 = time.monotonic()
     try:
@@ -142,6 +162,7 @@ def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) 
             hello = dev.hello()
         except DeviceUnavailable as exc:
             row["problem"] = str(exc)
+            row["busy"] = dev.state is BoardState.BUSY
             return row
         row["reachable"] = True
         row["connect_s"] = round(time.monotonic() - t0, 2)
@@ -198,6 +219,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                 goldens[t] = golden_artifact(t, cache)
     with ThreadPoolExecutor(max_workers=max(1, len(boards))) as pool:
         rows = list(pool.map(lambda b: check_board(b, leases, goldens.get(b.target), args.lease_wait_s), boards))
+    for r in rows:  # share what was found with the controller's other runs (devices/lease.py)
+        r["quarantine"] = None
+        if r["healthy"]:
+            r["quarantine_cleared"] = leases.clear_quarantine(r["name"])
+        elif not r["busy"]:
+            q = leases.quarantine(r["name"], f"devices check: {r['problem']}", inv.farm.quarantine_s)
+            r["quarantine"] = {"reason": q.reason, "holder": q.holder, "since": q.since, "until": q.until}
     leases.close()
     if args.json:
         print(json.dumps({"inventory": str(inv.path), "boards": rows}, indent=2))
@@ -206,5 +234,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                             "temp_c", "throttled", "golden_p50_ms", "healthy"]))
         for r in rows:
             if r["problem"]:
-                print(f"{r['name']}: {r['problem']}", file=sys.stderr)
+                until = f" (quarantined until {_clock(r['quarantine']['until'])})" if r["quarantine"] else ""
+                print(f"{r['name']}: {r['problem']}{until}", file=sys.stderr)
+            elif r.get("quarantine_cleared"):
+                print(f"{r['name']}: healthy again, quarantine cleared", file=sys.stderr)
     return 0 if all(r["healthy"] for r in rows) else 1

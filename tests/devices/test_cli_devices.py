@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from devices.registry import make_device
 from harness.cli import main
 from tests.devices.farm_fixtures import board_toml, client_key, needs_sshd, sshd_pair, write_inventory  # noqa: F401
 
@@ -27,8 +28,26 @@ def test_devices_list_and_check(tmp_path, sshd_pair, client_key, tiny_artifact, 
         board_toml("b2", sshd_pair[1], client_key, host_key=sshd_pair[0].host_key)])
     assert main(["devices", "check", "--inventory", str(bad), "--no-measure"]) == 1
     captured = capsys.readouterr()
-    assert "b2: " in captured.err and "HOST KEY CHANGED" in captured.err
+    assert "b2: " in captured.err and "HOST KEY CHANGED" in captured.err and "quarantined until" in captured.err
     assert captured.out.splitlines()[0].split()[:3] == ["name", "endpoint", "target"]
+    # the unhealthy board is quarantined for the controller's other runs; a farm made now skips it
+    assert main(["devices", "list", "--inventory", str(bad), "--json"]) == 0
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)["boards"]}
+    assert listed["b1"]["quarantine"] is None and listed["b1"]["health"] == "ok"
+    assert "HOST KEY CHANGED" in listed["b2"]["quarantine"]["reason"]
+    assert listed["b2"]["health"].startswith("quarantined until")
+    farm = make_device("farm:loop", inventory=bad)
+    try:
+        assert farm.healthy() == ["b1"]
+    finally:
+        farm.close()
+    # b2's key is fixed: check finds it healthy and clears the quarantine
+    fixed = write_inventory(tmp_path / "bad.toml", [
+        board_toml("b1", sshd_pair[0], client_key), board_toml("b2", sshd_pair[1], client_key)])
+    assert main(["devices", "check", "--inventory", str(fixed), "--no-measure", "--board", "b2"]) == 0
+    assert "b2: healthy again, quarantine cleared" in capsys.readouterr().err
+    assert main(["devices", "list", "--inventory", str(fixed), "--json"]) == 0
+    assert all(r["quarantine"] is None for r in json.loads(capsys.readouterr().out)["boards"])
 
 
 def test_devices_bad_inventory_exit_2(tmp_path, capsys):
