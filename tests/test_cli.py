@@ -32,7 +32,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args, needle):
 
 def test_negative_count_is_refused_by_the_parser():
     r = subprocess.run(HILPRUNE + ["search", "--episodes", "-3"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "negative" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "argument --episodes: -3 must be >= 1" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_missing_dataset_names_the_fix(tmp_path, capsys):

@@ -11,23 +11,24 @@ import argparse
 __all__ = ["DeviceAction", "nonneg_int", "pos_int"]
 
 
-def nonneg_int(text: str) -> int:
-    """argparse type: an integer >= 0 (a count)."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give a count >= 0")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
     return value
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a count; 0 usually means "none")."""
+    return _int_at_least(text, 0)
 
 
 def pos_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = nonneg_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+    return _int_at_least(text, 1)
 
 
 class DeviceAction(argparse.Action):

@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from harness.cli.args import pos_int
+
 __all__ = ["FAST_COMMANDS", "fast_main", "register"]
 
 #: First words handled by :func:`fast_main` (no torch, no TVM).
@@ -30,16 +32,6 @@ CLASSICS_DIR = "results/cache/sim_classics"
 logger = logging.getLogger(__name__)
 
 
-def _pos_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``predict`` and ``sim`` (with ``calibrate``, ``profiles``) to ``sub``."""
     p = sub.add_parser("predict", help="predict latency of ONNX graphs with a simulator profile (no board)",
@@ -47,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(devices/profiles/). Imports neither torch nor TVM.")
     p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files with static input shapes")
     p.add_argument("--device", default="sim:host", help="sim:PROFILE, a name or a profile .json (default sim:host)")
-    p.add_argument("--threads", type=_pos_int, default=None, help="thread count (default: the profile's)")
+    p.add_argument("--threads", type=pos_int, default=None, help="thread count (default: the profile's)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {model, latency_ms, ...}")
     p.add_argument("--layers", action="store_true", help="per-layer breakdown")
     p.set_defaults(func=_cmd_predict)
@@ -73,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--from-db: folder searched for the rows' ONNX files by sha256 (repeatable; default results)")
     c.add_argument("--statistic", choices=("p50", "min"), default="p50",
                    help="--from-db: latency of a graph = smallest p50 (default) or smallest block (min) of its rows")
-    c.add_argument("--threads", type=_pos_int, default=None,
+    c.add_argument("--threads", type=pos_int, default=None,
                    help="--from-db: threads the measurements used (default: the profile's)")
     c.add_argument("--board", default=None, help="--from ncnn table: exact device string (default: the profile's)")
     c.add_argument("--gpu-device", type=int, default=None, help="--from ncnn table: -1 CPU, 0 GPU (default: the profile's)")
