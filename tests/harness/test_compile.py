@@ -7,50 +7,22 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import harness.compile.build as compile_mod
 from harness.compile.build import CompileResult, compile_onnx
 from harness.compile.export import export_onnx
 from harness.compile.targets import resolve_target
 from harness.compile.tuning import TuningConfig
+from tests.harness.small_net import small_net
 
 UNTUNED = TuningConfig(trials_per_task=0)
 EM_AARCH64 = 183  # ELF e_machine of AArch64 (ELF for the Arm 64-bit Architecture)
 
 
-class SmallNet(nn.Module):
-    """conv3x3(1->8)+BN+ReLU, one residual block, GAP, Linear(10); input 1x1x28x28."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = self.stem(x)
-        x = torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def _net() -> SmallNet:
-    torch.manual_seed(0)
-    net = SmallNet()
-    with torch.no_grad():
-        for bn in (net.stem[1], net.b1, net.b2):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "small.onnx"
-    export_onnx(_net(), (1, 1, 28, 28), path)
+    export_onnx(small_net(), (1, 1, 28, 28), path)
     return path
 
 
@@ -101,7 +73,7 @@ def test_host_artifact_runs_and_matches_torch(onnx_path, tmp_path):
     assert (art.path / "lib.so").stat().st_size < 2_000_000  # weights are not embedded
 
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
-    expected = _net()(torch.from_numpy(x)).detach().numpy()
+    expected = small_net()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(run_artifact(art.path, x), expected, atol=1e-4, rtol=1e-4)
 
     again = compile_onnx(onnx_path, resolve_target("host"), tmp_path, UNTUNED)

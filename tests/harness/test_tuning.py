@@ -7,35 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from harness.compile.build import compile_onnx
 from harness.compile.export import export_onnx
 from harness.compile.targets import resolve_target
 from harness.compile.tuning import TuningConfig, database_info, locked, target_key
-
-
-class SmallNet(nn.Module):
-    """conv3x3(1->8)+BN+ReLU, one residual block, GAP, Linear(10); input 1x1x28x28."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.b2 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = self.stem(x)
-        x = torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def _net() -> SmallNet:
-    torch.manual_seed(0)
-    return SmallNet().eval()
+from tests.harness.small_net import small_net
 
 
 def test_config_is_checked_early():
@@ -76,7 +53,7 @@ def test_database_lock_excludes_other_processes(tmp_path):
 @pytest.mark.slow
 def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     onnx_path = tmp_path / "small.onnx"
-    export_onnx(_net(), (1, 1, 28, 28), onnx_path)
+    export_onnx(small_net(), (1, 1, 28, 28), onnx_path)
     db_dir = tmp_path / "db"
     config = TuningConfig(trials_per_task=2, database_dir=db_dir)
     host = resolve_target("host")
@@ -114,5 +91,5 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     params = np.load(art / "params.npz")
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
     out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(params[k]) for k in sorted(params.files)])
-    expected = _net()(torch.from_numpy(x)).detach().numpy()
+    expected = small_net()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, rtol=1e-4)
