@@ -24,7 +24,9 @@ Bad input (unknown model, target or device, a malformed shape, a missing ONNX
 file) raises ``ValueError``/``FileNotFoundError`` with a message naming the
 fix; :func:`harness.cli.main.main` prints it as one ``hilprune: error: ...`` line
 and exits 2. Expected pipeline failures (export, compile or measurement
-failed) print one ``hilprune: error: <kind>: ...`` line and exit 1.
+failed, or ``wrong_output``: the device's output differs from ONNX Runtime's,
+:mod:`harness.compile.check`, and the latency is not stored) print one
+``hilprune: error: <kind>: ...`` line and exit 1.
 
 Extension point (nightly benchmarks, a later issue): ``bench``'s model source
 is an argparse mutually exclusive group that is *not* argparse-required (the
@@ -62,7 +64,7 @@ BENCH_JSON_KEYS = (
     "latency_p50_ms", "latency_p90_ms", "latency_mean_ms", "latency_std_ms", "latency_min_ms",
     "latency_max_ms", "latency_cov", "unstable", "n", "number", "source", "device", "target", "backend",
     "tuned", "tuning", "artifact_sha256", "onnx_sha256", "artifact_dir", "model", "input_shape",
-    "measurement_id", "db", "compile_cache_hit", "output_sha256", "remeasured",
+    "measurement_id", "db", "compile_cache_hit", "output_sha256", "remeasured", "output_check",
 )
 
 
@@ -352,6 +354,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_impl(args: argparse.Namespace) -> int:
     from devices.base import MeasureConfig
+    from harness.compile.check import check_measurement
     from harness.store import ResultsStore
 
     target = _target(args)
@@ -367,6 +370,11 @@ def _bench_impl(args: argparse.Namespace) -> int:
         source = _resolve_source(args, Path(work))
         artifact = _compile(source, target, _cache_dir(args), tuning)
     m = _measure(args.device, artifact.path, config)
+    check = check_measurement(artifact.path, artifact.manifest, m, config.seed)
+    if check is not None and not check.ok:  # a fast wrong program: not stored, so no search ever caches it
+        raise _Failure(f"wrong_output on {m.device}: {check.message}; the latency (p50 {m.stats.p50_ms:.4g} ms) "
+                       "was not stored")
+    output_check = check and {"max_abs_diff": check.max_abs_diff, "bound": check.bound, "compared": check.compared}
     st = m.stats
     stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
                  cov=st.cov, n=st.n, unstable=st.unstable)
@@ -381,7 +389,8 @@ def _bench_impl(args: argparse.Namespace) -> int:
             metadata={"device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
                       "hello": m.hello, "tuning": manifest.get("tuning"), "remeasured": m.remeasured,
                       "output_sha256": m.output_sha256, "input_shape": list(source.input_shape),
-                      "number": m.number, "command": "bench", "num_threads": args.threads},
+                      "number": m.number, "command": "bench", "num_threads": args.threads,
+                      "output_check": output_check},
         )
     finally:
         store.close()
@@ -395,6 +404,7 @@ def _bench_impl(args: argparse.Namespace) -> int:
         "onnx_sha256": manifest.get("onnx_sha256"), "artifact_dir": str(artifact.path), "model": source.label,
         "input_shape": list(source.input_shape), "measurement_id": mid, "db": str(args.db),
         "compile_cache_hit": artifact.cache_hit, "output_sha256": m.output_sha256, "remeasured": m.remeasured,
+        "output_check": output_check,
     }
     if args.json:
         print(json.dumps(row, sort_keys=True))

@@ -16,7 +16,9 @@ benchmark of the suite (:mod:`harness.nightly.suite`), in file order:
 Every outcome is a row of ``bench_results``: ``ok`` with its measurement
 (raw latencies, statistics, device state) or ``failed`` with a kind and the
 reason (``onnx_missing``, ``source_failed``, ``compile_failed:<kind>``,
-``measure_failed:<kind>``, ``device_unavailable``, ``error``). A failure
+``measure_failed:<kind>``, ``wrong_output`` (the device's output differs from
+ONNX Runtime's, ``harness/compile/check.py``), ``device_unavailable``,
+``error``). A failure
 never stops the other benchmarks. The run row holds the metadata: git
 commit of the suite's repository (if any), hilprune, TVM and Python
 versions, the host, and each device's daemon hello and its state at the
@@ -265,6 +267,7 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
     from devices.base import DeviceUnavailable, MeasureConfig
     from devices.registry import make_device
     from harness.compile.build import compile_onnx, stdout_to_stderr
+    from harness.compile.check import check_measurement
     from harness.compile.targets import resolve_target
     from harness.compile.tuning import TuningConfig
     from harness.store import ResultsStore
@@ -385,6 +388,11 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
                     if result.error is not None:
                         record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
                                fail=_Fail(f"measure_failed:{result.error.kind.value}", result.error.message))
+                        continue
+                    check = check_measurement(artifact.path, artifact.manifest, result.value, config.seed)
+                    if check is not None and not check.ok:  # e.g. a TVM upgrade that miscompiles: not a latency
+                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
+                               fail=_Fail("wrong_output", check.message))
                         continue
                     record(bench, target.name, d, backend, tuning_key, measurement=result.value,
                            cache_hit=artifact.cache_hit, label=label, signature=signature, artifact=artifact)

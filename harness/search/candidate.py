@@ -8,6 +8,9 @@ through the search loop). Latencies are cached by (model, architecture,
 device, target, backend, tuning) in the results store, so a revisited
 architecture is never exported, compiled or measured again; accuracy and MACs
 are cached per evaluator (they are deterministic for a given base model).
+A compiled library whose output on the device differs from ONNX Runtime's
+(``harness/compile/check.py``) is a failed candidate (``wrong_output``): its
+latency is neither stored nor cached, so a fast wrong program earns nothing.
 
 Per-stage wall time is accumulated in ``StageTimer`` for the run summary.
 """
@@ -26,6 +29,7 @@ import torch
 
 from devices.base import Device, MeasureConfig
 from harness.compile.build import compile_onnx
+from harness.compile.check import check_measurement
 from harness.compile.export import ExportError, export_onnx
 from harness.compile.targets import TargetSpec
 from harness.compile.tuning import TuningConfig
@@ -249,7 +253,8 @@ class CandidateEvaluator:
             backend=self.measure.backend, tuning_key=tuning_key(self.tuning),
         )
 
-    def _store_measurement(self, key: dict, m, artifact_sha256, onnx_sha256, manifest_tuning) -> int:
+    def _store_measurement(self, key: dict, m, artifact_sha256, onnx_sha256, manifest_tuning,
+                           output_check: dict | None = None) -> int:
         st = m.stats
         stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
                      cov=st.cov, n=st.n, unstable=st.unstable)
@@ -259,7 +264,7 @@ class CandidateEvaluator:
             metadata={
                 "device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
                 "hello": m.hello, "tuning": manifest_tuning if manifest_tuning is not None else m.tuning,
-                "remeasured": m.remeasured, "output_sha256": m.output_sha256,
+                "remeasured": m.remeasured, "output_sha256": m.output_sha256, "output_check": output_check,
             },
         )
 
@@ -307,9 +312,15 @@ class CandidateEvaluator:
         if m.source not in ("measured", "simulated"):  # e.g. an emulated board: a functional check only
             return failed("not_a_latency", f"{self.device.name} gives {m.source} timings, which are not latencies; "
                                            "use a real board, local, or sim:PROFILE for the search")
+        with self.timer.time("measure"):
+            check = check_measurement(artifact.path, artifact.manifest, m, self.measure.seed)
+        if check is not None and not check.ok:
+            return failed("wrong_output", f"{self.device.name}: {check.message}; latency not used")
         self.stats["measured"] += 1
         st = m.stats
-        mid = self._store_measurement(key, m, artifact.library_sha256, report.onnx_sha256, artifact.manifest.get("tuning"))
+        mid = self._store_measurement(key, m, artifact.library_sha256, report.onnx_sha256, artifact.manifest.get("tuning"),
+                                      check and {"max_abs_diff": check.max_abs_diff, "bound": check.bound,
+                                                 "compared": check.compared})
         return CandidateResult(
             spec, top1, macs, params, st.p50_ms, tuple(m.latency_ms), measurement_id=mid, source=m.source,
             artifact_sha256=artifact.library_sha256, artifact_path=str(artifact.path),

@@ -1,0 +1,129 @@
+"""harness/compile/check.py: the device's output against ONNX Runtime's, and what a search does with a wrong one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from devices.base import Device, MeasureConfig, MeasureResult
+from devices.local import LocalDevice
+from harness.compile.check import OUTPUT_ATOL, OUTPUT_RTOL, check_device_output, check_measurement, device_input
+from harness.compile.export import export_onnx
+from harness.compile.targets import resolve_target
+from harness.compile.tuning import TuningConfig
+from harness.models import build_model
+from harness.pruning import find_groups, full_spec
+from harness.search.candidate import CandidateEvaluator
+from harness.store import ResultsStore
+from tests.harness.small_net import INPUT_SHAPE, small_net
+
+FAST = MeasureConfig(warmup=1, number=2, repeat=3, min_repeat_ms=0, timeout_s=120, max_cov=1e9, max_remeasure=0)
+
+
+@pytest.fixture(scope="module")
+def onnx_and_ref(tmp_path_factory):
+    path = tmp_path_factory.mktemp("check") / "small.onnx"
+    export_onnx(small_net(), INPUT_SHAPE, path)
+    x = device_input(INPUT_SHAPE, "float32", seed=0)
+    (ref,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    return path, ref
+
+
+def test_device_input_is_the_daemons_rule():
+    x = device_input((1, 1, 4, 4), "float32", seed=3)
+    assert x.dtype == np.float32 and x.shape == (1, 1, 4, 4)
+    np.testing.assert_array_equal(x, np.random.default_rng(3).standard_normal((1, 1, 4, 4)).astype(np.float32))
+
+
+def test_right_output_passes_and_a_wrong_one_names_the_value(onnx_and_ref):
+    path, ref = onnx_and_ref
+    head = ref.reshape(-1)[:16].astype(np.float64)
+    ok = check_device_output(path, "input", INPUT_SHAPE, "float32", 0, head + 1e-6, ref.shape)
+    assert ok.ok and ok.compared == 10 and ok.max_abs_diff == pytest.approx(1e-6, rel=1e-3)
+    assert ok.bound == pytest.approx(OUTPUT_ATOL + OUTPUT_RTOL * float(np.abs(ref).max()))
+
+    bad = head.copy()
+    bad[7] += 0.05 * float(np.abs(ref).max()) + 2 * OUTPUT_ATOL  # a wrong program's error: far past the bound
+    r = check_device_output(path, "input", INPUT_SHAPE, "float32", 0, bad, ref.shape)
+    assert not r.ok and "at index 7" in r.message and r.max_abs_diff > r.bound
+
+    # another seed is another input: the same values no longer match
+    assert not check_device_output(path, "input", INPUT_SHAPE, "float32", 1, head, ref.shape).ok
+    shape = check_device_output(path, "input", INPUT_SHAPE, "float32", 0, head, (1, 11))
+    assert not shape.ok and "shape (1, 11)" in shape.message
+    nan = head.copy()
+    nan[0] = np.nan
+    assert "NaN" in check_device_output(path, "input", INPUT_SHAPE, "float32", 0, nan, ref.shape).message
+
+
+@pytest.fixture(scope="module")
+def evaluator_parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wrong")
+    model = build_model("resnet20").eval()  # random seeded weights; 12x12 input keeps the build small
+    shape = (1, 1, 12, 12)
+    groups = find_groups(model, torch.zeros(shape))
+    gen = torch.Generator().manual_seed(0)
+    val = TensorDataset(torch.randn(16, 1, 12, 12, generator=gen), torch.randint(0, 10, (16,), generator=gen))
+    return root, model, groups, shape, val
+
+
+def _evaluator(parts, device: Device, store: ResultsStore, name: str) -> CandidateEvaluator:
+    root, model, groups, shape, val = parts
+    return CandidateEvaluator(
+        model_name="resnet20", base_model=model, groups=groups, input_shape=shape, val_data=val, device=device,
+        target=resolve_target("host"), tuning=TuningConfig(trials_per_task=0), measure=FAST,
+        cache_dir=root / "cache", work_dir=root / name, store=store, eval_samples=16)
+
+
+class CorruptingDevice(Device):
+    """A real LocalDevice whose replies come back with one output value off: a fast, wrong program."""
+
+    def __init__(self, inner: LocalDevice) -> None:
+        super().__init__(inner.name)
+        self.inner = inner
+
+    def hello(self) -> dict:
+        return self.inner.hello()
+
+    def measure(self, artifact_dir, config) -> MeasureResult:
+        r = self.inner.measure(artifact_dir, config)
+        if r.ok:
+            head = list(r.value.output_head)
+            head[3] += 1.0 + abs(head[3])
+            r = MeasureResult(value=dataclasses.replace(r.value, output_head=tuple(head)))
+        return r
+
+    def _close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.slow
+def test_search_candidate_with_wrong_output_fails_and_is_never_cached(evaluator_parts, tmp_path):
+    store = ResultsStore(tmp_path / "r.db")
+    spec = full_spec(evaluator_parts[2])
+    local = LocalDevice()
+    try:
+        wrong = _evaluator(evaluator_parts, CorruptingDevice(local), store, "w").evaluate(spec)
+        assert wrong.error_kind == "wrong_output" and "at index 3" in wrong.error_message
+        assert wrong.latency_p50_ms is None
+        assert store.query("SELECT COUNT(*) AS n FROM measurements")[0]["n"] == 0  # nothing to cache
+
+        right = _evaluator(evaluator_parts, local, store, "r").evaluate(spec)  # the real daemon, real TVM
+        assert right.ok and not right.latency_cache_hit
+        (row,) = store.query("SELECT metadata_json FROM measurements")
+        check = json.loads(row["metadata_json"])["output_check"]
+        assert check["compared"] == 10 and 0 <= check["max_abs_diff"] <= check["bound"]
+    finally:
+        local.close()
+        store.close()
+
+
+def test_simulated_measurements_are_not_checked(onnx_and_ref):
+    sim = type("M", (), {"source": "simulated", "output_head": (), "output_shape": (1, 10)})()
+    assert check_measurement(onnx_and_ref[0].parent, {}, sim, seed=0) is None
