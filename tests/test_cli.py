@@ -39,3 +39,21 @@ def test_missing_dataset_names_the_fix(tmp_path, capsys):
     code = main(["train", "--data-root", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "nowhere" in err and "dataset-fashion-mnist" in err and "\n" not in err
+
+
+def _summary(rounds):
+    return {"run_id": "r", "candidates": 3, "wall_s": 10, "run_dir": "d", "stage_seconds": {"build": 1.0},
+            "baseline": {"top1": 0.9, "macs": 100, "params": 10, "latency_p50_ms": 1.0},
+            "best": {"top1": 0.89, "macs": 50, "params": 5, "latency_p50_ms": 0.9, "speedup": 1.11,
+                     "speedup_rounds": rounds, "top1_drop": 0.01, "arch_signature": "8-8"}}
+
+
+def test_search_report_gives_the_speedup_spread_and_flags_noise(capsys):
+    from harness.cli.main import _print_search
+
+    _print_search(_summary([1.2, 1.05, 1.1]))
+    out = capsys.readouterr().out
+    assert "speedup 1.11x (rounds 1.05-1.20)" in out and "noise" not in out
+    _print_search(_summary([1.2, 0.98, 1.1]))
+    out = capsys.readouterr().out
+    assert "(rounds 0.98-1.20)" in out and "within this machine's noise" in out

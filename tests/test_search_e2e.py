@@ -51,6 +51,10 @@ def test_search_end_to_end_writes_rows_and_summary(ws, first_run, capsys):
             assert out[part][key] is not None, (part, key)
     assert out["best"]["macs"] < out["baseline"]["macs"]
     assert out["best"]["speedup"] == pytest.approx(out["baseline"]["latency_p50_ms"] / out["best"]["latency_p50_ms"])
+    # three interleaved final rounds, each with its own ratio of the two fresh p50s
+    base_r, best_r = out["baseline"]["latency_p50_ms_rounds"], out["best"]["latency_p50_ms_rounds"]
+    assert len(base_r) == len(best_r) == 3
+    assert out["best"]["speedup_rounds"] == pytest.approx([b / a for b, a in zip(base_r, best_r)])
     assert len(out["best"]["spec"]) == len(out["baseline"]["spec"])
     assert all(1 <= k <= b for k, b in zip(out["best"]["spec"], out["baseline"]["spec"]))
 

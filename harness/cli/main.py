@@ -141,7 +141,13 @@ def _print_search(s: dict) -> None:
         print("best       none: no candidate was measured successfully")
         return
     print(f"{'best':10} {fmt(best['top1'])} {best['macs']:>12,} {best['params']:>9,} {fmt(best['latency_p50_ms'], '9.3f')}")
-    print(f"speedup {fmt(best['speedup'], '.2f')}x, top-1 drop {fmt(100 * best['top1_drop'], '.2f')} points, spec {best['arch_signature']}")
+    rounds = best.get("speedup_rounds") or []
+    spread = f" (rounds {min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
+    print(f"speedup {fmt(best['speedup'], '.2f')}x{spread}, top-1 drop {fmt(100 * best['top1_drop'], '.2f')} points, "
+          f"spec {best['arch_signature']}")
+    if len(rounds) > 1 and min(rounds) <= 1.0 < max(rounds):
+        print("note: some final rounds measured the best model no faster than the baseline: the speedup is "
+              "within this machine's noise (measure on an idle machine or a board)")
     shares = {k: v for k, v in s["stage_seconds"].items() if v > 0}
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in shares.items()))
 

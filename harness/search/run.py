@@ -452,18 +452,25 @@ class _Run:
             test_after = evaluate(model, self.splits.test)
         # Fresh measurements of the unpruned and the final model, interleaved in FINAL_ROUNDS rounds
         # (A, B, A, B, ...) so that both see the same machine state; each side's median p50 is reported.
+        # A round's two p50s also give that round's speedup: their spread says how sure the speedup is.
         base_fresh = ev.evaluate(self.base_spec, fresh=True, model=self.base_model)
         base_p50s = [base_fresh.latency_p50_ms] if base_fresh.ok else []
         best_p50s: list[float] = []
+        round_speedups: list[float] = []
         if model is not None:
             final = ev.evaluate(self.best_spec, fresh=True, model=model)
             best_p50s += [final.latency_p50_ms] if final.ok else []
+            if base_fresh.ok and final.ok:
+                round_speedups.append(base_fresh.latency_p50_ms / final.latency_p50_ms)
         for _ in range(FINAL_ROUNDS - 1):
+            pair = []
             for fresh, p50s in ((base_fresh, base_p50s), (final, best_p50s)):
-                if fresh is not None and fresh.ok:
-                    p50 = ev.remeasure(fresh)
-                    if p50 is not None:
-                        p50s.append(p50)
+                p50 = ev.remeasure(fresh) if fresh is not None and fresh.ok else None
+                if p50 is not None:
+                    p50s.append(p50)
+                pair.append(p50)
+            if None not in pair:
+                round_speedups.append(pair[0] / pair[1])
         base_lat = float(np.median(base_p50s)) if base_p50s else self.baseline.latency_p50_ms
         baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
                     "latency_p50_ms_rounds": base_p50s, "latency_p50_ms_search": self.baseline.latency_p50_ms}
@@ -478,6 +485,7 @@ class _Run:
                 "top1_before_finetune": test_before,
                 "latency_p50_ms_search": best.latency_p50_ms,
                 "speedup": base_lat / lat if lat else None,
+                "speedup_rounds": round_speedups,
                 "top1_drop": base_test - test_after,
                 "macs_ratio": best.macs / self.baseline.macs,
                 "finetune_epochs": c.finetune_epochs,
@@ -618,8 +626,10 @@ def run_search(config: SearchConfig, *, progress: bool = True, interrupt_after_s
         A dict with at least ``run_id``, ``run_dir``, ``candidates`` (steps
         evaluated), ``baseline`` and ``best`` (each with ``top1`` — test
         top-1 —, ``macs``, ``params``, ``latency_p50_ms`` measured afresh at
-        the end; ``best`` also with ``speedup`` = baseline p50 / best p50 and
-        ``spec``), ``stage_seconds`` and ``wall_s``.
+        the end; ``best`` also with ``speedup`` = baseline p50 / best p50 (the
+        medians of the interleaved final rounds), ``speedup_rounds`` (each
+        round's own baseline/best ratio: their spread is the speedup's
+        uncertainty) and ``spec``), ``stage_seconds`` and ``wall_s``.
 
     Raises:
         ValueError: bad configuration (unknown model, dataset, device or target).
