@@ -7,8 +7,9 @@ and the fast commands stay fast.
 from __future__ import annotations
 
 import argparse
+import sys
 
-__all__ = ["DeviceAction", "nonneg_int", "pos_int"]
+__all__ = ["DeviceAction", "Parser", "nonneg_int", "pos_int"]
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -38,3 +39,16 @@ class DeviceAction(argparse.Action):
         setattr(namespace, self.dest, values)
         given = list(getattr(namespace, "devices", None) or [])
         setattr(namespace, "devices", [*given, values])
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are ONE line naming the fix, exit status 2.
+
+    argparse's own ``error`` prints the whole usage block first; for a command
+    with 30 options that buries the one line that matters. Subparsers made
+    with ``add_subparsers`` are of this class too (argparse's default).
+    """
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        print(f"{self.prog}: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

@@ -12,14 +12,16 @@ with status 2; nothing already measured is lost (it is in the results store).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
-from harness.cli.args import nonneg_int, pos_int
+from harness.cli.args import Parser, nonneg_int, pos_int
 
 __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 
@@ -29,13 +31,17 @@ __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli.compile", "harness.cli.sim", "harness.cli.devices",
                                        "harness.cli.nightly")
 
+#: Above this ratio of the unpruned model's TVM p50 to its ONNX Runtime p50 the search report
+#: warns that the TVM build is far from a mature runtime (DESIGN.md §4: 2-5x at 8-32 trials per task).
+TVM_SLOWER_THAN_ORT_NOTE = 1.5
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (each has ``--help``)."""
     from harness.search.run import SearchConfig
 
     d = SearchConfig()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="hilprune",
         description="Hardware-in-the-loop RL filter pruning: prune, compile through ONNX and TVM, measure on a device.",
     )
@@ -148,6 +154,15 @@ def _print_search(s: dict) -> None:
     if len(rounds) > 1 and min(rounds) <= 1.0 < max(rounds):
         print("note: some final rounds measured the best model no faster than the baseline: the speedup is "
               "within this machine's noise (measure on an idle machine or a board)")
+    ref = best.get("reference_onnxruntime")
+    if ref:
+        print(f"ONNX Runtime on the same device: {ref['baseline_p50_ms']:.3f} -> {ref['best_p50_ms']:.3f} ms "
+              f"({ref['speedup']:.2f}x)")
+        slower = (b["latency_p50_ms"] or 0.0) / ref["baseline_p50_ms"]
+        if slower > TVM_SLOWER_THAN_ORT_NOTE:
+            print(f"note: this TVM build runs the unpruned model {slower:.1f}x slower than ONNX Runtime; with so "
+                  "little tuning a speedup may come from the schedules TVM happened to find, not from the "
+                  "pruning (raise --tune-trials for deployment-grade latencies)")
     shares = {k: v for k, v in s["stage_seconds"].items() if v > 0}
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in shares.items()))
 
@@ -164,14 +179,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
         data_root=root, progress=not args.json, splits=splits,
     )
-    info = info if isinstance(info, dict) else __import__("dataclasses").asdict(info)
+    info = info if isinstance(info, dict) else dataclasses.asdict(info)
     print(json.dumps(info, sort_keys=True, default=str) if args.json else
           "\n".join(f"{k}: {v}" for k, v in info.items() if k != "history"))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hilprune`` console script; returns the exit status."""
+    """Entry point of the ``hilprune`` console script; returns the exit status.
+
+    Output piped into a reader that stops early (``hilprune predict ... | head``)
+    ends quietly with status 141 (128 + SIGPIPE, as a shell reports it), not a
+    BrokenPipeError traceback.
+    """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # Python's own recipe: no second error at exit
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     from harness.cli.sim import fast_main  # `predict` / `sim` start without torch or TVM (issue 5)
 
     fast = fast_main(sys.argv[1:] if argv is None else list(argv))
@@ -181,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.command is None:
-        args = parser.parse_args(["search", *(argv or [])])
+    if args.command is None:  # a bare `hilprune` must not start a 20-minute job
+        parser.print_help(sys.stderr)
+        print("hilprune: error: no command given; `hilprune search` runs the default search", file=sys.stderr)
+        return 2
     from harness.data import DatasetError
     from harness.search.run import SearchAborted
     from harness.store import StoreError

@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from harness.cli.args import pos_int
+from harness.cli.args import Parser, pos_int
 
 __all__ = ["FAST_COMMANDS", "fast_main", "register"]
 
@@ -232,7 +232,7 @@ def fast_main(argv: list[str]) -> int | None:
     words = [a for a in argv if not a.startswith("-")]
     if not words or words[0] not in FAST_COMMANDS:
         return None
-    parser = argparse.ArgumentParser(prog="hilprune", description="hilprune latency simulator commands")
+    parser = Parser(prog="hilprune", description="hilprune latency simulator commands")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))
     args = parser.parse_args(argv)
