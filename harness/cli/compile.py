@@ -414,9 +414,11 @@ def _bench_impl(args: argparse.Namespace) -> int:
 
 
 def _print_bench(r: dict[str, Any]) -> None:
-    tuned = f"tuned, {r['tuning'].get('trials_per_task')} trials/task" if r["tuned"] else "UNTUNED"
-    print(f"{r['model']} {'x'.join(map(str, r['input_shape']))} on {r['device']} "
-          f"(target {r['target']}, backend {r['backend']}, {tuned})")
+    if r["backend"] == "onnxruntime":  # the TVM library is built but not what was timed
+        how = "backend onnxruntime: the ONNX file, not the TVM build"
+    else:
+        how = f"backend tvm, {'tuned, %s trials/task' % r['tuning'].get('trials_per_task') if r['tuned'] else 'UNTUNED'}"
+    print(f"{r['model']} {'x'.join(map(str, r['input_shape']))} on {r['device']} (target {r['target']}, {how})")
     print(f"{'p50 ms':>10} {'p90 ms':>10} {'mean ms':>10} {'min ms':>10} {'CoV':>7} {'n':>4}")
     print(f"{r['latency_p50_ms']:10.3f} {r['latency_p90_ms']:10.3f} {r['latency_mean_ms']:10.3f} "
           f"{r['latency_min_ms']:10.3f} {r['latency_cov']:7.3f} {r['n']:4d}"

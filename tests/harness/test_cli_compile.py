@@ -125,7 +125,9 @@ def test_bench_json_contract_store_and_compile_cache(capsys, tmp_path):
 
     # table output
     code, out, _ = _run(capsys, ["bench", *common, "--repeat", "3", "--db", str(db)])
-    assert code == 0 and "p50 ms" in out and "UNTUNED" in out and "stored as measurement" in out
+    assert code == 0 and "p50 ms" in out and "backend tvm, UNTUNED" in out and "stored as measurement" in out
+    code, out, _ = _run(capsys, ["bench", *common, "--repeat", "3", "--db", str(db), "--backend", "onnxruntime"])
+    assert code == 0 and "backend onnxruntime: the ONNX file, not the TVM build" in out and "tuned" not in out.lower()
 
 
 @pytest.mark.slow
