@@ -52,10 +52,31 @@ p=1, ``"l2"`` p=2 (the squared L2 norm, which ranks like the L2 norm within
 one slice). :func:`rebuild` builds an untrained model of a spec's widths
 through :mod:`harness.models`, onto which the pruned state dict loads strictly.
 
-MACs: Torch-Pruning's counter returns multiply-accumulates (even where its
-variables say "flops"); :func:`count_macs_params` names them ``macs``. It
-also counts BN (2 per element), ReLU, pooling and adds, so its total is a
-little above the conv+linear MACs.
+MACs — the one definition used across the project (search, store, reports
+and the simulator's ``hilprune predict``, :mod:`devices.sim.graph`): the
+multiply-accumulates of the weight layers in one forward pass at the given
+input shape, batch included:
+
+    Conv (any groups; ONNX Conv)           output elements x (C_in/groups) x kH x kW
+    Linear (ONNX Gemm, or MatMul + Add)    output elements x in_features
+
+and nothing else: no bias adds, no BatchNorm (folded into the conv at
+deployment: the exported ONNX has no BN left), no ReLU, pooling or residual
+adds — they are not multiply-accumulates with weights. One MAC is one
+multiply plus one add (2 FLOPs). This is fvcore's conv and linear counting
+(``fvcore/nn/flop_count.py``, ``FlopCountAnalysis``: "one fused multiply-add
+as one flop"; its example counts a biased 1x1 Conv2d(3, 10) on 10x10 as 3,000
+and Linear(1000, 10) as 10,000: biases ignored) without the BatchNorm and
+adaptive-pool handles it also enables by default (the same file notes BN
+flops may be ignored "due to inference-time fusion"). AMC (He et al., ECCV
+2018; ``mit-han-lab/amc``, ``measure_layer_for_pruning``) counts its conv
+layers exactly so and its linear layers with one add per output for the
+bias, which we leave out. For the exported graph of a model,
+:func:`count_macs_params` equals ``devices.sim.graph.load_features(onnx).macs``
+exactly (tested for every zoo model, pruned too). Torch-Pruning's
+``count_ops_and_params``, used here before, also counted BN (2 per element),
+ReLU, pooling and the classifier's bias: 31,476,682 for ResNet-20 at
+1x1x28x28 instead of 31,021,952.
 """
 
 from __future__ import annotations
@@ -385,23 +406,80 @@ def _lowest(scores: torch.Tensor, k: int) -> list[int]:
     return idx[:k]
 
 
+#: Modules whose multiply-accumulates :func:`count_macs_params` counts.
+_MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: Weight layers the definition does not cover: counting would be silently wrong.
+_UNCOUNTED_LAYERS = (nn.modules.conv._ConvTransposeNd, nn.Bilinear, nn.RNNBase, nn.MultiheadAttention)
+
+
+def _module_macs(m: nn.Module, out: torch.Tensor) -> int:
+    """MACs of one call of a Conv or Linear that produced ``out`` (batch included)."""
+    if isinstance(m, nn.Linear):
+        return out.numel() * m.in_features
+    return out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
+
+
+def _macs_by_layer(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """MACs of every Conv1d/2d/3d and Linear by module name (forward order of
+    ``named_modules``; 0 for one the forward pass does not call; a module called
+    twice counts twice). Runs one no-grad forward in eval mode with forward hooks;
+    the model's train/eval flags are restored and the hooks removed afterwards."""
+    counts: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, _UNCOUNTED_LAYERS):
+            raise ValueError(f"cannot count the MACs of {name or 'the model'!r} ({type(m).__name__}): "
+                             "only Conv1d/2d/3d and Linear are weight layers of the MACs definition")
+        if isinstance(m, _MAC_LAYERS):
+            counts[name] = 0
+
+            def hook(mod, _inp, out, _name=name):
+                counts[_name] += _module_macs(mod, out)
+
+            handles.append(m.register_forward_hook(hook))
+    modes = [(m, m.training) for m in model.modules()]
+    x = _example(input_shape)
+    p = next(model.parameters(), None)
+    if p is not None:
+        x = x.to(p.device)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return counts
+
+
 def count_macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
-    """(MACs, params) of one forward pass at ``input_shape`` ((C,H,W) means batch 1),
-    by Torch-Pruning's counter (eval mode, on a copy)."""
-    macs, params = tp.utils.count_ops_and_params(model, _example(input_shape))
+    """(MACs, params) of one forward pass at ``input_shape`` ((C,H,W) means batch 1).
+
+    MACs: multiply-accumulates of the Conv and Linear layers, batch included,
+    as the module docstring defines them (no bias, BN, activation, pooling or
+    residual adds); equal to the simulator's ``GraphFeatures.macs`` of the
+    model's ONNX export. Params: every parameter of the model (shared ones
+    once), BN scales and shifts included, buffers (BN running statistics)
+    not — as Torch-Pruning's counter counts them (the exported graph, BN
+    folded into the convs, stores a different number of weights).
+
+    Raises ValueError for a weight layer outside the definition
+    (ConvTranspose, Bilinear, RNN, MultiheadAttention). Functional
+    ``F.conv2d``/``torch.matmul`` calls in a ``forward`` are not modules and
+    are not seen (the zoo has none)."""
+    macs = sum(_macs_by_layer(model, input_shape).values())
+    params = sum(p.numel() for p in model.parameters())
     return int(macs), int(params)
 
 
 def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """MACs of each Conv2d and Linear layer by module name (forward order), by
-    Torch-Pruning's counter: a conv counts output elements x (in/groups) x kH x kW
-    (+1 per output element with a bias); a linear in x out (+ out for its bias)."""
-    _, _, per_layer, _ = tp.utils.count_ops_and_params(model, _example(input_shape), layer_wise=True)
-    return {
-        name: int(per_layer.get(m) or 0)
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
+    """MACs of each Conv and Linear layer by module name (forward order), by the
+    definition of the module docstring: a conv counts output elements x
+    (in/groups) x kH x kW, a linear output elements x in_features; biases are
+    not counted. The values sum to ``count_macs_params(...)[0]``."""
+    return _macs_by_layer(model, input_shape)
 
 
 def rebuild(

@@ -14,6 +14,16 @@ costed operator becomes one row of :class:`GraphFeatures`:
   weights (initializers) and outputs at their element sizes — a lower bound
   that assumes each tensor is read or written once (no cache reuse model).
 
+``GraphFeatures.macs`` is the project's one MACs definition (the module
+docstring of :mod:`harness.pruning` gives it and its sources): the sum over
+``Conv`` of output elements x (C_in / group) x kH x kW and over ``Gemm`` /
+``MatMul`` of output elements x K (the reduced dimension); bias inputs
+(Conv's B, Gemm's C), BatchNormalization, activations, pooling and adds are
+not MACs (they are costed as their own rows). For a torch model's export it
+equals ``harness.pruning.count_macs_params(model, shape)[0]`` exactly
+(tests/harness/test_macs_agree.py). A MatMul of two activations (attention)
+counts too; the torch counter cannot see it (it refuses nn.MultiheadAttention).
+
 Shape-only operators (``Reshape``, ``Flatten``, ``Identity``...) cost nothing
 and are not rows: compilers (TVM, ncnn, ONNX Runtime) turn them into views.
 
@@ -105,7 +115,9 @@ class GraphFeatures:
         op_class: int64 array (n,), index into :data:`OP_CLASSES`.
         work: float64 array (n,), operations (MACs for conv/dense classes).
         bytes: float64 array (n,), memory traffic in bytes.
-        macs: total MACs of the conv and dense rows (int), the MACs proxy.
+        macs: total MACs of the conv and dense rows (int), the MACs proxy;
+            weight-layer multiply-accumulates only, biases excluded (see the
+            module docstring).
         input_shapes: {graph input name: shape} of the non-initializer inputs.
         channels: int64 array (n, 2): (input channels per group, output
             channels) of conv rows, (0, 0) elsewhere — for the profile's

@@ -4,8 +4,11 @@
   (``../shared/data/ncnn_benchmark.csv``) that the zoo can build, at the
   table's ImageNet configuration (batch 1, 3x224x224, 1000 classes): ncnn's
   ``resnet18``, ``mobilenet_v2`` and ``vgg16`` (BN folded away by the export,
-  as ncnn folds it). MACs of our graphs vs ncnn's counts are in
-  :data:`CLASSIC_NETWORKS`' notes and checked by the benchmark.
+  as ncnn folds it). Their MACs (the definition of :mod:`harness.pruning`;
+  the same for the torch model and its graph) are the published
+  multiply-add counts: resnet18 1,814,073,344 (He et al. 2016, Table 1:
+  1.8e9), mobilenet_v2 300,774,272 (Sandler et al. 2018: 300M MAdds),
+  vgg16 15,470,264,320 (~15.5e9).
 - :func:`random_variants`: randomly pruned variants of a zoo model
   (Torch-Pruning groups with random keep ratios), exported to ONNX.
 
