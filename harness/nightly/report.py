@@ -7,13 +7,20 @@
     DIR/data/bench_results.csv, measurements.csv, candidates.csv, runs.csv, bench_runs.csv
     DIR/data/*.parquet      the same tables, only when pyarrow is installed (it is not a dependency)
 
-The report has: the latest bench run's comparison (:mod:`harness.nightly.regress`)
+The report has: the latest nightly suite run's comparison (:mod:`harness.nightly.regress`)
 with regressions first; per history key (benchmark, device, target, backend,
-tuning, source) the p50 latency of every run as a line with the p50–p90 band
-shaded, regressions marked with red triangles and improvements with green
-ones, failed runs as grey crosses on the time axis; and for every search run
-in the store with measured candidates, its Pareto front of test top-1
-(higher is better) against latency p50 in ms (lower is better).
+tuning, source) the p50 latency of every suite run as a line with the p50–p90
+band shaded, regressions marked with red triangles and improvements with green
+ones, failed runs as grey crosses on the time axis. Both cover suite runs
+(``hilprune bench --suite``, the ``bench_runs`` table) only; single-model
+``hilprune bench`` measurements (``measurements`` rows whose metadata command is
+``bench``) have no history key to judge against and are listed in a table of
+their own (the latest :data:`BENCH_ROWS`). Last, for every search run in the
+store with measured candidates, its Pareto front as ``pareto.png`` draws it
+(:mod:`harness.search.pareto`): *validation* top-1 during the search, before
+fine-tuning (higher is better) against search-time latency p50 in ms (lower is
+better), the chosen best model starred, with its final test top-1 after
+fine-tuning and re-measured latency from the run's summary beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html
+import json
 import logging
 import re
 from collections import defaultdict
@@ -28,17 +36,23 @@ from pathlib import Path
 from typing import Any
 
 from harness.nightly.regress import CompareRule, Comparison, compare_all, history_key, metadata_changes
+from harness.search import pareto as search_pareto
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_tables", "pareto_front", "write_report"]
+__all__ = ["BENCH_ROWS", "export_tables", "pareto_front", "write_report"]
+
+#: Single-model ``hilprune bench`` measurements listed in the report (the latest; all are in data/measurements.csv).
+BENCH_ROWS = 20
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the non-dominated points of (latency_ms, top1), sorted by latency.
 
     A point is dominated when another is no slower and no less accurate and
-    strictly better in one of the two.
+    strictly better in one of the two. (The report draws search runs with
+    :func:`harness.search.pareto.pareto_front`, which works on candidate rows and
+    counts each architecture once, as ``pareto.csv`` does.)
     """
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
     front, best_top1 = [], float("-inf")
@@ -128,30 +142,50 @@ def _history_plot(key: tuple, rows: list[dict], verdicts: dict[int, Comparison],
     plt.close(fig)
 
 
-def _pareto_plot(run_id: str, pts: list[tuple[float, float]], front: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", color="tab:grey", alpha=0.6, label="candidates")
-    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "o-", color="tab:red", drawstyle="steps-post",
-            label="Pareto front")
-    ax.set_xlabel("latency p50, ms")
-    ax.set_ylabel("top-1")
-    ax.set_title(f"search {run_id}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def _fmt(x: Any, spec: str = ".3f") -> str:
     if x is None:
         return "–"
     return format(x, spec) if isinstance(x, float) else html.escape(str(x))
+
+
+def _count(n: int, noun: str, *, none: str | None = None) -> str:
+    """``3 searches``, ``1 search``, ``no searches`` (or ``none``): a count in words, never ``None``."""
+    plural = noun + ("es" if noun.endswith(("s", "sh", "ch")) else "s")
+    if n == 0:
+        return none or f"no {plural}"
+    return f"{n} {noun if n == 1 else plural}"
+
+
+def _json(text: str | None) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _tuning(m: dict) -> str:
+    """A measurement's tuning in words: ``8 trials/task``, ``untuned``, or ``–`` for ONNX Runtime (not compiled)."""
+    if m["backend"] == "onnxruntime":
+        return "–"
+    if m["tuning_key"] == "untuned":
+        return "untuned"
+    trials = re.match(r"ms:t(\d+):", m["tuning_key"] or "")
+    return f"{trials.group(1)} trials/task" if trials else str(m["tuning_key"])[:40]
+
+
+def _tuned(epochs: int | None) -> str:
+    if epochs is None:
+        return "at the end of the run"
+    return "without fine-tuning" if epochs == 0 else f"after {epochs} fine-tuning epoch{'s' if epochs != 1 else ''}"
+
+
+def _single_bench_measurements(store) -> list[dict]:
+    """``measurements`` rows written by a single-model ``hilprune bench`` (metadata command ``bench``), oldest first."""
+    rows = store.query("SELECT id, created_at, model, device, target, backend, tuning_key, source, latency_p50_ms, "
+                       "latency_p90_ms, latency_cov, n, unstable, metadata_json FROM measurements WHERE metadata_json "
+                       "LIKE '%\"command\"%' ORDER BY id")
+    return [r for r in rows if _json(r.pop("metadata_json")).get("command") == "bench"]
 
 
 _CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse;font-size:13px}
@@ -186,10 +220,11 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
         results = store.bench_results()
         bench_runs = store.bench_runs()
         verdicts_by_run = compare_all(results, rule)
-        searches = store.query("SELECT run_id, model, dataset, device, target, status, created_at FROM runs "
-                               "ORDER BY created_at")
-        cands = store.query("SELECT run_id, top1, latency_p50_ms, arch_signature, macs FROM candidates WHERE "
-                            "top1 IS NOT NULL AND latency_p50_ms IS NOT NULL AND error_kind IS NULL")
+        searches = store.query("SELECT run_id, model, dataset, device, target, status, created_at, config_json, "
+                               "summary_json FROM runs ORDER BY created_at")
+        cands = store.query("SELECT run_id, episode, step, top1, latency_p50_ms, arch_signature, macs, source, "
+                            "error_kind FROM candidates ORDER BY run_id, episode, step")
+        singles = _single_bench_measurements(store)
         exports = export_tables(store, out / "data")
     finally:
         store.close()
@@ -204,13 +239,15 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>hilprune report</title>"
              f"<style>{_CSS}</style></head><body><h1>hilprune report</h1>",
              f"<p>store <code>{html.escape(str(store_path))}</code>; generated "
-             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {len(bench_runs)} bench runs, "
-             f"{len(searches)} searches. Regression rule: band = max({rule.threshold:g}, {rule.k:g} × noise), "
+             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; "
+             f"{_count(len(bench_runs), 'nightly suite run', none='no nightly suite runs')}, "
+             f"{_count(len(singles), 'single-model bench measurement')}, {_count(len(searches), 'search')}. "
+             f"Regression rule: band = max({rule.threshold:g}, {rule.k:g} × noise), "
              f"baseline = median p50 of the last {rule.baseline_runs} runs (see harness/nightly/regress.py).</p>"]
     plots: list[str] = []
     regressions = [v for v in latest_verdicts if v.status == "regression"]
-    parts.append(f"<h2>Latest bench run {html.escape(str(latest))}</h2>")
     if latest:
+        parts.append(f"<h2>Latest nightly suite run {html.escape(str(latest))}</h2>")
         meta = bench_runs[-1]["metadata"]
         git = meta.get("suite_git") or {}
         parts.append(f"<p>suite {html.escape(bench_runs[-1]['suite_name'])}, status "
@@ -237,12 +274,15 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
                 f"<td class='l'>{html.escape(note or '')}</td></tr>")
         parts.append("</table>")
     else:
-        parts.append("<p>No bench runs in this store.</p>")
+        parts.append("<h2>Nightly suite runs</h2><p>No nightly suite runs in this store "
+                     "(<code>hilprune bench --suite FILE</code> makes them), so there is no regression table and no "
+                     "latency history: both are built from suite runs only.</p>")
 
     series: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         series[history_key(r)].append(r)
-    parts.append("<h2>Latency history</h2>")
+    if series:
+        parts.append("<h2>Latency history (nightly suite runs)</h2>")
     for key in sorted(series):
         name = _slug("history", *key[:4], key[5]) + f"-{hashlib.sha256(key[4].encode()).hexdigest()[:8]}.png"
         _history_plot(key, series[key], verdict_of, plots_dir / name)
@@ -254,30 +294,89 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
                      f"<img src='plots/{html.escape(name)}' alt='latency history of {html.escape(key[0])} on "
                      f"{html.escape(key[1])}'>")
 
-    parts.append("<h2>Search Pareto fronts (top-1 vs latency p50)</h2>")
+    if singles:
+        shown = singles[-BENCH_ROWS:]
+        more = f"; the latest {len(shown)} here, all in data/measurements.csv" if len(shown) < len(singles) else ""
+        parts.append(f"<h2>Single-model bench measurements</h2><p>{_count(len(singles), 'measurement')} by "
+                     "<code>hilprune bench --model/--onnx</code> (one model, no suite). They are kept in the store "
+                     "but are not in the regression table or the latency history, which follow nightly suite runs "
+                     f"only{more}.</p><table><tr><th>measured (UTC)</th><th>model</th><th>device</th><th>target</th>"
+                     "<th>backend</th><th>tuning</th><th>source</th><th>p50 ms</th><th>p90 ms</th><th>CoV</th>"
+                     "<th>n</th><th>note</th></tr>")
+        for m in reversed(shown):
+            when = dt.datetime.fromtimestamp(m["created_at"], tz=dt.timezone.utc)
+            parts.append(
+                f"<tr><td class='l'>{when:%Y-%m-%d %H:%M:%S}</td><td class='l'>{html.escape(m['model'])}</td>"
+                f"<td class='l'>{html.escape(m['device'])}</td><td class='l'>{html.escape(m['target'])}</td>"
+                f"<td class='l'>{html.escape(m['backend'])}</td><td class='l'>{html.escape(_tuning(m))}</td>"
+                f"<td class='l'>{html.escape(m['source'])}</td><td>{_fmt(m['latency_p50_ms'], '.4f')}</td>"
+                f"<td>{_fmt(m['latency_p90_ms'], '.4f')}</td><td>{_fmt(m['latency_cov'], '.1%')}</td>"
+                f"<td>{_fmt(m['n'])}</td><td class='l'>{'unstable' if m['unstable'] else ''}</td></tr>")
+        parts.append("</table>")
+
+    parts.append(
+        "<h2>Search Pareto fronts</h2><p>Each run's front as its <code>pareto.png</code> and <code>pareto.csv</code> "
+        "draw it: every candidate's <b>validation</b> top-1 during the search (on the run's "
+        "<code>eval_samples</code> validation images, before fine-tuning) against its latency p50 measured during "
+        "the search. The table printed at the end of <code>hilprune search</code> gives other numbers for the "
+        "chosen model and the unpruned one: <b>test</b> top-1 after fine-tuning and latencies re-measured at the "
+        "end; they are in the line under each plot.</p>")
     by_search: dict[str, list[dict]] = defaultdict(list)
     for c in cands:
         by_search[c["run_id"]].append(c)
-    if not by_search:
-        parts.append("<p>No search run with measured candidates in this store.</p>")
+    n_shown = 0
     for s in searches:
-        rows = by_search.get(s["run_id"])
-        if not rows:
+        rows = by_search.get(s["run_id"], [])
+        usable = [c for c in rows if c["top1"] is not None and c["latency_p50_ms"] is not None and not c["error_kind"]]
+        if not usable:
             continue
-        pts = [(float(c["latency_p50_ms"]), float(c["top1"])) for c in rows]
-        front = pareto_front(pts)
+        n_shown += 1
+        config, summary = _json(s["config_json"]), _json(s["summary_json"])
+        best, base = summary.get("best") or {}, summary.get("baseline") or {}
+        eval_samples, subset = config.get("eval_samples"), config.get("subset")
+        # 0, or a subset smaller than eval_samples (it caps the validation split too): the whole validation split
+        val_images = eval_samples if eval_samples and not (subset and subset < eval_samples) else None
+        front = search_pareto.pareto_front(usable)
         name = _slug("pareto", s["run_id"]) + ".png"
-        _pareto_plot(s["run_id"], pts, front, plots_dir / name)
+        search_pareto.plot_pareto(usable, front, plots_dir / name, title=f"search {s['run_id']}",
+                                  val_images=val_images, best_signature=best.get("arch_signature"),
+                                  best_test_top1=best.get("top1"), finetune_epochs=best.get("finetune_epochs"),
+                                  baseline_final_p50_ms=base.get("latency_p50_ms"))
         plots.append(str(plots_dir / name))
+        # counted as the CLI counts them ("N candidates": the search's steps), the unpruned model apart
+        has_base = any(c["episode"] == -1 for c in usable)
+        n_ok = len(usable) - has_base
+        n_failed = sum(1 for c in rows if c["episode"] >= 0) - n_ok
+        kind = "simulated" if any(c["source"] == "simulated" for c in usable) else "measured"
+        counts = (f"{n_ok} {kind} candidate{'s' if n_ok != 1 else ''}{' + the unpruned model' if has_base else ''}"
+                  f"{f' ({n_failed} more failed)' if n_failed else ''}")
         parts.append(f"<h3>{html.escape(s['run_id'])}: {html.escape(s['model'])} on {html.escape(s['device'])} "
-                     f"({html.escape(s['target'])}), {len(rows)} measured candidates, {len(front)} on the front</h3>"
-                     f"<img src='plots/{html.escape(name)}' alt='Pareto front of {html.escape(s['run_id'])}'>"
-                     "<table><tr><th>latency p50 ms</th><th>top-1</th><th>MACs</th><th>architecture</th></tr>")
-        for i in front:
-            c = rows[i]
+                     f"({html.escape(s['target'])}), {counts}, {len(front)} on the front</h3>"
+                     f"<img src='plots/{html.escape(name)}' alt='Pareto front of {html.escape(s['run_id'])}'>")
+        if best:
+            parts.append(
+                f"<p>Chosen model (starred) <code>{html.escape(str(best.get('arch_signature')))}</code>: test top-1 "
+                f"{_fmt(best.get('top1'), '.4f')} {_tuned(best.get('finetune_epochs'))} "
+                f"(validation top-1 during the search {_fmt(best.get('val_top1_search', best.get('val_top1')), '.4f')}"
+                f"), p50 {_fmt(best.get('latency_p50_ms'), '.3f')} ms re-measured at the end "
+                f"({_fmt(best.get('latency_p50_ms_search'), '.3f')} ms during the search), speedup "
+                f"{_fmt(best.get('speedup'), '.2f')}x. Unpruned: test top-1 {_fmt(base.get('top1'), '.4f')}, p50 "
+                f"{_fmt(base.get('latency_p50_ms'), '.3f')} ms re-measured at the end "
+                f"({_fmt(base.get('latency_p50_ms_search'), '.3f')} ms during the search).</p>")
+        elif s["status"] != "finished":
+            parts.append(f"<p>Run {html.escape(s['status'])}: no model chosen yet.</p>")
+        parts.append("<table><tr><th>latency p50 ms (search)</th><th>validation top-1 (search)</th><th>MACs</th>"
+                     "<th>architecture</th><th>note</th></tr>")
+        for c in front:
+            note = ", ".join(n for n, on in (("unpruned", c["episode"] == -1),
+                                             ("chosen (starred)", c["arch_signature"] == best.get("arch_signature")))
+                             if on)
             parts.append(f"<tr><td>{c['latency_p50_ms']:.4f}</td><td>{c['top1']:.4f}</td><td>{_fmt(c['macs'], ',')}"
-                         f"</td><td class='l'>{html.escape(str(c['arch_signature']))[:120]}</td></tr>")
+                         f"</td><td class='l'>{html.escape(str(c['arch_signature']))[:120]}</td>"
+                         f"<td class='l'>{note}</td></tr>")
         parts.append("</table>")
+    if not n_shown:
+        parts.append("<p>No search run with measured candidates in this store.</p>")
 
     links = " ".join(f"<a href='data/{Path(p).name}'>{Path(p).name}</a>" for p in exports["csv"] + exports["parquet"])
     note = f" ({exports['parquet_skipped']})" if "parquet_skipped" in exports else ""

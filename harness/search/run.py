@@ -59,6 +59,7 @@ from harness.paths import default_cache_dir
 from harness.pruning import ArchSpec, find_groups, full_spec, rebuild
 from harness.search.candidate import CandidateEvaluator, CandidateResult, StageTimer
 from harness.search.env import EnvConfig, PruningEnv
+from harness.search.pareto import pareto_front, write_pareto
 from harness.search.reward import RewardWeights
 from harness.store import ResultsStore
 from harness.train import evaluate, finetune, load_or_train_baseline
@@ -492,8 +493,11 @@ class _Run:
                 "met_target": bool(self.best_key[0]),
                 "reward": self.best_key[1],
             }
-        front = pareto_front(self.store.candidates(self.run_id))
-        _write_pareto(front, self.store.candidates(self.run_id), self.run_dir, base_lat)
+        front = write_pareto(  # val top-1 and search-time p50 of every candidate; the best one starred
+            self.store.candidates(self.run_id), self.run_dir,
+            val_images=min(c.eval_samples or len(self.splits.val), len(self.splits.val)),
+            best_signature=best_out and best_out["arch_signature"], best_test_top1=best_out and best_out["top1"],
+            finetune_epochs=c.finetune_epochs, baseline_final_p50_ms=base_lat)
         return {
             "run_id": self.run_id,
             "run_dir": str(self.run_dir),
@@ -526,51 +530,6 @@ class _Run:
             dest = self.run_dir / "best_artifact"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(final.artifact_path, dest)
-
-
-def pareto_front(rows: list[dict]) -> list[dict]:
-    """Non-dominated candidates: no other has top-1 ≥ and latency ≤ with one strictly better.
-
-    Args:
-        rows: candidate rows (``top1`` = validation top-1, ``latency_p50_ms``); rows
-            without both are ignored; duplicates of one architecture count once.
-
-    Returns:
-        The front sorted by latency, ascending.
-    """
-    seen: dict[str, dict] = {}
-    for r in rows:
-        if r.get("top1") is not None and r.get("latency_p50_ms") is not None and not r.get("error_kind"):
-            seen.setdefault(r["arch_signature"], r)
-    pts = list(seen.values())
-    front = [p for p in pts if not any(
-        (q["top1"] >= p["top1"] and q["latency_p50_ms"] <= p["latency_p50_ms"])
-        and (q["top1"] > p["top1"] or q["latency_p50_ms"] < p["latency_p50_ms"]) for q in pts)]
-    return sorted(front, key=lambda r: r["latency_p50_ms"])
-
-
-def _write_pareto(front: list[dict], rows: list[dict], run_dir: Path, base_lat: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    cols = ["arch_signature", "spec_json", "top1", "latency_p50_ms", "macs", "params", "episode", "step", "source"]
-    df = pd.DataFrame(front, columns=cols).rename(columns={"top1": "val_top1", "spec_json": "spec"})
-    df.to_csv(run_dir / "pareto.csv", index=False)
-    ok = [r for r in rows if r.get("top1") is not None and r.get("latency_p50_ms") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    ax.scatter([r["latency_p50_ms"] for r in ok], [r["top1"] for r in ok], s=14, c="0.6", label="candidates")
-    ax.plot(df["latency_p50_ms"], df["val_top1"], "o-", c="tab:red", label="Pareto front")
-    ax.axvline(base_lat, ls="--", c="tab:blue", lw=1, label="unpruned p50")
-    ax.set_xlabel("measured latency p50 (ms)")
-    ax.set_ylabel("validation top-1")
-    ax.set_title(run_dir.name, fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "pareto.png")
-    plt.close(fig)
 
 
 def load_best_model(run_dir: Path | str) -> tuple[torch.nn.Module, ArchSpec]:

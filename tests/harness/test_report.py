@@ -75,3 +75,57 @@ def test_report_cli(store_with_history_and_search, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "index.html")
     assert main(["report", "--db", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r2")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _stats(p50: float) -> dict:
+    return dict(p50=p50, p90=p50 * 1.05, mean=p50, std=0.01, min=p50 * 0.98, max=p50 * 1.1, cov=0.02, n=30,
+                unstable=False)
+
+
+@pytest.fixture
+def store_with_a_search_and_single_benches(tmp_path):
+    """What a new user's store holds: one search and a few `hilprune bench` measurements, no suite run."""
+    db = tmp_path / "r.db"
+    s = ResultsStore(db)
+    s.create_run("search-2", model="resnet20", dataset="fashion-mnist", device="local", target="host", seed=0,
+                 config={"eval_samples": 2000, "subset": None, "finetune_epochs": 1})
+    for ep, step, sig, lat, top1, err in [(-1, 0, "16-16", 2.41, 0.92, None), (0, 1, "16-12", 2.0, 0.91, None),
+                                          (0, 2, "12-12", 1.6, 0.80, None), (1, 1, "12-8", None, None, "wrong_output")]:
+        s.add_candidate("search-2", dict(episode=ep, step=step, arch_signature=sig, spec_json="[]", top1=top1,
+                                         latency_p50_ms=lat, macs=1000, reward=0.0, device="local", target="host",
+                                         source="measured", error_kind=err))
+    s.finish_run("search-2", "finished", {
+        "candidates": 3,
+        "baseline": {"top1": 0.9195, "latency_p50_ms": 2.394, "latency_p50_ms_search": 2.41},
+        "best": {"arch_signature": "12-12", "top1": 0.9188, "val_top1_search": 0.80, "latency_p50_ms": 1.626,
+                 "latency_p50_ms_search": 1.6, "speedup": 1.47, "finetune_epochs": 1}})
+    for model, backend in (("resnet20", "tvm"), ("onnx:best_model", "onnxruntime")):
+        s.add_measurement(model=model, arch_signature="z", device="local", target="host", backend=backend,
+                          tuning_key="ms:t8:gNone:p64", source="measured", stats=_stats(2.0),
+                          latency_raw_ms=[2.0] * 30, metadata={"command": "bench"})
+    s.add_measurement(model="resnet20", arch_signature="16-16", device="local", target="host", backend="tvm",
+                      tuning_key="ms:t8:gNone:p64", source="measured", stats=_stats(2.4), latency_raw_ms=[2.4] * 30,
+                      metadata={})  # a search's measurement: not a bench one
+    s.close()
+    return db
+
+
+def test_report_without_suite_runs_says_so_in_words_and_lists_single_benches(
+        store_with_a_search_and_single_benches, tmp_path):
+    out = write_report(store_with_a_search_and_single_benches, tmp_path / "rep")
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert out["latest_run"] is None and "None" not in html
+    assert "no nightly suite runs, 2 single-model bench measurements, 1 search." in html
+    assert "No nightly suite runs in this store" in html and "Latest" not in html
+    assert "Latency history" not in html  # nothing to draw: it follows suite runs only
+    # the two `hilprune bench` measurements, newest first, in words; the search's measurement is not one
+    assert "<h2>Single-model bench measurements</h2><p>2 measurements by" in html
+    assert html.index("onnx:best_model") < html.index("<td class='l'>resnet20</td>")
+    assert "8 trials/task" in html and "ms:t8" not in html
+    # counted as the CLI counts ("3 candidates"), the unpruned model apart; accuracy named for what it is
+    assert "search-2: resnet20 on local (host), 2 measured candidates + the unpruned model (1 more failed), " \
+           "3 on the front" in html
+    assert "<b>validation</b> top-1 during the search" in html and "validation top-1 (search)" in html
+    assert "test top-1 0.9188 after 1 fine-tuning epoch (validation top-1 during the search 0.8000)" in html
+    assert "p50 2.394 ms re-measured at the end (2.410 ms during the search)" in html
+    assert "chosen (starred)" in html and len(out["plots"]) == 1
