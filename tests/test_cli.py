@@ -78,3 +78,11 @@ def test_search_report_gives_onnxruntime_beside_a_slow_tvm_build(capsys):
     s["best"]["reference_onnxruntime"]["baseline_p50_ms"] = 0.9  # TVM within 1.5x of ORT: no note
     _print_search(s)
     assert "slower than ONNX Runtime" not in capsys.readouterr().out
+
+
+def test_bad_value_in_a_config_file_names_the_file(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[search]\nepisodes = -1\n")
+    code = main(["search", "--config", str(cfg), "--out", str(tmp_path / "runs"), "--db", str(tmp_path / "r.db")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"hilprune: error: {cfg}: ") and "episodes" in err and "\n" not in err

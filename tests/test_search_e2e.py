@@ -55,6 +55,11 @@ def test_search_end_to_end_writes_rows_and_summary(ws, first_run, capsys):
     base_r, best_r = out["baseline"]["latency_p50_ms_rounds"], out["best"]["latency_p50_ms_rounds"]
     assert len(base_r) == len(best_r) == 3
     assert out["best"]["speedup_rounds"] == pytest.approx([b / a for b, a in zip(base_r, best_r)])
+    # ONNX Runtime on the same device beside the TVM build, also interleaved
+    ref = out["best"]["reference_onnxruntime"]
+    assert len(ref["baseline_p50_ms_rounds"]) == len(ref["best_p50_ms_rounds"]) == 3
+    assert ref["speedup"] == pytest.approx(ref["baseline_p50_ms"] / ref["best_p50_ms"])
+    assert ref["baseline_p50_ms"] == pytest.approx(float(np.median(ref["baseline_p50_ms_rounds"])))
     assert len(out["best"]["spec"]) == len(out["baseline"]["spec"])
     assert all(1 <= k <= b for k, b in zip(out["best"]["spec"], out["baseline"]["spec"]))
 
@@ -152,6 +157,20 @@ def test_config_file_gives_options_and_flags_override(ws, tmp_path, capsys):
     bad.write_text("episodez = 3\n")
     assert main(["search", "--config", str(bad)]) == 2
     assert "episodez" in capsys.readouterr().err
+
+
+def test_without_a_terminal_progress_is_time_stamped_lines(ws, first_run, capsys):
+    """A run logged to a file (stderr not a terminal) says what it is doing, a line per stage and step."""
+    args = _cli_args(ws, episodes=1, max_steps=2, finetune_epochs=0)
+    args.remove("--json")
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert any("unpruned model: p50" in line and "searching 1 episodes x 2 steps" in line for line in lines)
+    steps = [line for line in lines if "episode 1/1 step" in line]
+    assert 1 <= len(steps) <= 2 and all(line.startswith("[") and "reward" in line for line in steps)
+    assert any("final measurements" in line for line in lines)
+    assert "speedup" in captured.out  # the table still goes to stdout
 
 
 def test_drifted_device_makes_the_run_ignore_older_cached_latencies(ws, first_run, monkeypatch):

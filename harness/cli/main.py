@@ -115,7 +115,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "json", "config", "resume")}
     as_json = getattr(args, "json", False)
-    progress = not as_json and sys.stderr.isatty()
+    # a bar on a terminal; time-stamped lines in a log (a bar would be invisible there); --json: quiet
+    progress = "off" if as_json else ("bar" if sys.stderr.isatty() else "lines")
     if getattr(args, "resume", None):
         extra = set(given) - {"out", "db"}
         if extra or getattr(args, "config", None):

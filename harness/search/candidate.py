@@ -17,6 +17,7 @@ Per-stage wall time is accumulated in ``StageTimer`` for the run summary.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -226,31 +227,39 @@ class CandidateEvaluator:
             pruned = self.prune(spec)
         return self._compile_and_measure(spec, pruned, top1, macs, params, key)
 
-    def remeasure(self, result: CandidateResult) -> float | None:
+    def remeasure(self, result: CandidateResult, backend: str | None = None) -> float | None:
         """Measure an evaluated candidate's artifact once more (stored like any measurement).
 
         Used to interleave the final measurements of the unpruned and the best model,
         so both see the same machine state (a speedup is a ratio measured side by side).
 
+        Args:
+            result: an evaluated candidate with an artifact.
+            backend: time this backend instead of the evaluator's (``"onnxruntime"``:
+                the artifact's ONNX file, a reference runtime beside the TVM build).
+
         Returns:
-            The new p50 in ms, or None when the candidate has no artifact or the measurement failed.
+            The new p50 in ms, or None when the candidate has no artifact or the
+            measurement failed (e.g. no ONNX Runtime on the board).
         """
         if result.artifact_path is None:
             return None
+        config = self.measure if backend is None else dataclasses.replace(self.measure, backend=backend)
         with self.timer.time("measure"):
-            outcome = self.device.measure(Path(result.artifact_path), self.measure)
+            outcome = self.device.measure(Path(result.artifact_path), config)
         if outcome.error is not None:
-            log.warning("re-measuring %s failed: %s", result.spec.signature(), outcome.error.message)
+            log.warning("re-measuring %s (%s) failed: %s", result.spec.signature(), config.backend,
+                        outcome.error.message)
             return None
         m = outcome.value
         self.stats["measured"] += 1
-        self._store_measurement(self._key(result.spec), m, result.artifact_sha256, None, None)
+        self._store_measurement(self._key(result.spec, config.backend), m, result.artifact_sha256, None, None)
         return m.stats.p50_ms
 
-    def _key(self, spec: ArchSpec) -> dict:
+    def _key(self, spec: ArchSpec, backend: str | None = None) -> dict:
         return dict(
             model=self.model_name, arch_signature=spec.signature(), device=self.device.name, target=self.target.name,
-            backend=self.measure.backend, tuning_key=tuning_key(self.tuning),
+            backend=backend or self.measure.backend, tuning_key=tuning_key(self.tuning),
         )
 
     def _store_measurement(self, key: dict, m, artifact_sha256, onnx_sha256, manifest_tuning,

@@ -37,6 +37,7 @@ import os
 import platform
 import random
 import shutil
+import sys
 import time
 import tomllib
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: How a run shows progress: a tqdm bar, plain time-stamped lines (logs), or nothing.
+PROGRESS_MODES = ("bar", "lines", "off")
 #: Interleaved rounds of the final baseline-vs-best measurement (median of each side reported).
 FINAL_ROUNDS = 3
 #: Relative change of the unpruned model's p50 beyond which cached latencies of earlier runs
@@ -200,7 +203,7 @@ class SearchConfig:
             clean[k] = value
         try:
             return cls(**clean)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # a bad value names the file it came from, too
             raise ValueError(f"{source}: {exc}") from None
 
 
@@ -264,10 +267,14 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 class _Run:
     """Everything one run holds while it goes (built fresh on start and on resume)."""
 
-    def __init__(self, config: SearchConfig, run_id: str, run_dir: Path, store: ResultsStore, *, progress: bool,
-                 interrupt_after_steps: int | None) -> None:
+    def __init__(self, config: SearchConfig, run_id: str, run_dir: Path, store: ResultsStore, *,
+                 progress: bool | str, interrupt_after_steps: int | None) -> None:
         self.config, self.run_id, self.run_dir, self.store = config, run_id, run_dir, store
-        self.progress = progress
+        mode = {True: "bar", False: "off"}.get(progress, progress) if isinstance(progress, bool) else progress
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"progress must be one of {PROGRESS_MODES} (or a bool), got {progress!r}")
+        self.progress_mode = mode
+        self.progress = mode == "bar"  # tqdm bars (baseline training, the search)
         self.interrupt_after_steps = interrupt_after_steps
         self.timer = StageTimer()
         self.drift: dict | None = None
@@ -283,9 +290,20 @@ class _Run:
     def close(self) -> None:
         self.device.close()
 
+    def say(self, message: str) -> None:
+        """One progress line on stderr: above the bar (``bar``), time-stamped (``lines``: logs, cron), or nothing."""
+        if self.progress_mode == "bar":
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+        elif self.progress_mode == "lines":
+            print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
     def setup(self, ckpt: dict | None = None) -> None:
         """Baseline (trained or cached), groups, evaluator, unpruned reference, env and agent."""
         c = self.config
+        self.say(f"run {self.run_id}: {c.model} on {c.dataset}, device {c.device}, target {self.target.name}")
+        self.say(f"baseline: loading or training {c.model} ({c.train_epochs} epochs when not cached)")
         with self.timer.time("train"):
             self.base_model, base_info = load_or_train_baseline(
                 c.model, c.dataset, seed=c.seed, epochs=c.train_epochs, cache_dir=self.cache_dir,
@@ -309,12 +327,17 @@ class _Run:
         else:
             self.evaluator.cache_min_id = self.store.latency_cache_floor(**window)
         self.cache_window = window
+        self.say(f"unpruned model: compiling for {self.target.name} ({c.tune_trials} tuning trials per new task) "
+                 f"and measuring on {c.device}")
         self.baseline = self.evaluator.evaluate(self.base_spec)
         if ckpt is None and self.baseline.ok and self.baseline.latency_cache_hit:
             self._check_drift()
         if not self.baseline.ok:
             raise SearchAborted(f"the unpruned {c.model} could not be measured: "
                                f"{self.baseline.error_kind}: {self.baseline.error_message}")
+        b = self.baseline
+        self.say(f"unpruned model: p50 {b.latency_p50_ms:.3f} ms ({b.source}), val top-1 {b.top1:.4f}, "
+                 f"{b.macs:,} MACs; searching {c.episodes} episodes x {c.max_steps} steps")
         self.env = PruningEnv(self.evaluator, self.groups, self.baseline, EnvConfig(
             step_fraction=c.step_fraction, max_steps=c.max_steps, latency_target=c.latency_target,
             target_metric=c.target_metric, round_to=c.round_to,
@@ -408,6 +431,8 @@ class _Run:
                                            f"{self.run_id}`, or rerun with --fallback sim")
                     bar.update(1)
                     self._postfix(bar, episode)
+                    if self.progress_mode == "lines":
+                        self.say(self._step_line(episode, step, action, reward, cand, failed))
                     steps_this_call += 1
                     if self.interrupt_after_steps is not None and steps_this_call >= self.interrupt_after_steps:
                         raise KeyboardInterrupt("interrupt_after_steps reached")
@@ -416,6 +441,20 @@ class _Run:
                         break
         finally:
             bar.close()
+
+    def _step_line(self, episode: int, step: int, action: int, reward: float, cand: CandidateResult,
+                   failed: bool) -> str:
+        c, base = self.config, self.baseline
+        head = f"episode {episode + 1}/{c.episodes} step {step}/{c.max_steps}: action {action}, reward {reward:+.3f}"
+        if failed or not cand.ok:
+            what = f"FAILED {cand.error_kind}: {(cand.error_message or '').splitlines()[0][:160]}"
+        else:
+            what = (f"p50 {cand.latency_p50_ms:.3f} ms ({cand.latency_p50_ms / base.latency_p50_ms:.2f}x unpruned"
+                    f"{', cached' if cand.latency_cache_hit else ''}), val top-1 {cand.top1:.4f}")
+        best = self.evaluator.evaluate(self.best_spec) if self.best_spec is not None else None
+        tail = (f"; best so far {best.latency_p50_ms / base.latency_p50_ms:.2f}x at top-1 {best.top1:.4f}"
+                if best is not None and best.ok else "")
+        return f"{head}, {what}{tail}"
 
     def _postfix(self, bar, episode: int) -> None:
         if not self.progress:
@@ -438,6 +477,36 @@ class _Run:
         }, self.run_dir / CHECKPOINT)
 
     # -- the end ----------------------------------------------------------------
+    def _reference_runtime(self, base: CandidateResult, best: CandidateResult | None) -> dict | None:
+        """ONNX Runtime on the same device for the unpruned and the best model, interleaved in FINAL_ROUNDS rounds.
+
+        A TVM build tuned with a small budget can be several times slower than
+        ONNX Runtime (DESIGN.md §4), and a pruned width can then happen to get a
+        better or worse schedule. These figures let the reader judge: a speedup
+        that both runtimes see is the model's; one that only TVM sees is the
+        build's. Stored like any measurement (backend ``onnxruntime``).
+
+        Returns:
+            ``{"baseline_p50_ms", "best_p50_ms", "speedup", "baseline_p50_ms_rounds",
+            "best_p50_ms_rounds"}`` (ms; medians of the rounds), or None when the
+            search already times ONNX Runtime, the results are simulated, or ONNX
+            Runtime cannot run on the device.
+        """
+        ev = self.evaluator
+        if ev.measure.backend != "tvm" or best is None or not (base.ok and best.ok) or base.source != "measured":
+            return None
+        base_p50s: list[float] = []
+        best_p50s: list[float] = []
+        for _ in range(FINAL_ROUNDS):
+            for result, p50s in ((base, base_p50s), (best, best_p50s)):
+                p50 = ev.remeasure(result, backend="onnxruntime")
+                if p50 is None:
+                    return None
+                p50s.append(p50)
+        b, a = float(np.median(base_p50s)), float(np.median(best_p50s))
+        return {"baseline_p50_ms": b, "best_p50_ms": a, "speedup": b / a,
+                "baseline_p50_ms_rounds": base_p50s, "best_p50_ms_rounds": best_p50s}
+
     def finish(self, t_start: float) -> dict:
         """Fine-tune and re-measure the best, write the run directory's files; returns the summary."""
         c, ev = self.config, self.evaluator
@@ -448,9 +517,12 @@ class _Run:
             model = ev.prune(self.best_spec)
             test_before = evaluate(model, self.splits.test)
             if c.finetune_epochs > 0:
+                self.say(f"best {self.best_spec.signature()}: fine-tuning {c.finetune_epochs} epoch(s)")
                 with self.timer.time("finetune"):
                     finetune(model, self.splits, epochs=c.finetune_epochs, seed=c.seed)
             test_after = evaluate(model, self.splits.test)
+        self.say(f"final measurements: unpruned and best, {FINAL_ROUNDS} interleaved rounds"
+                 + (" (then ONNX Runtime beside them)" if c.backend == "tvm" else ""))
         # Fresh measurements of the unpruned and the final model, interleaved in FINAL_ROUNDS rounds
         # (A, B, A, B, ...) so that both see the same machine state; each side's median p50 is reported.
         # A round's two p50s also give that round's speedup: their spread says how sure the speedup is.
@@ -472,6 +544,7 @@ class _Run:
                 pair.append(p50)
             if None not in pair:
                 round_speedups.append(pair[0] / pair[1])
+        reference = self._reference_runtime(base_fresh, final)
         base_lat = float(np.median(base_p50s)) if base_p50s else self.baseline.latency_p50_ms
         baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
                     "latency_p50_ms_rounds": base_p50s, "latency_p50_ms_search": self.baseline.latency_p50_ms}
@@ -487,6 +560,7 @@ class _Run:
                 "latency_p50_ms_search": best.latency_p50_ms,
                 "speedup": base_lat / lat if lat else None,
                 "speedup_rounds": round_speedups,
+                "reference_onnxruntime": reference,
                 "top1_drop": base_test - test_after,
                 "macs_ratio": best.macs / self.baseline.macs,
                 "finetune_epochs": c.finetune_epochs,
@@ -572,12 +646,14 @@ def _execute(run: _Run, ckpt: dict | None, t_start: float) -> dict:
         run.close()
 
 
-def run_search(config: SearchConfig, *, progress: bool = True, interrupt_after_steps: int | None = None) -> dict:
+def run_search(config: SearchConfig, *, progress: bool | str = True, interrupt_after_steps: int | None = None) -> dict:
     """Run one search end to end and return its summary (also written to ``summary.json``).
 
     Args:
         config: every option.
-        progress: show a tqdm bar (episode, step, best reward, best latency ratio and its top-1).
+        progress: ``True``/``"bar"``: a tqdm bar (episode, step, best reward, best latency
+            ratio and its top-1); ``"lines"``: one time-stamped line per stage and step on stderr
+            (for logs and cron, where a bar would be invisible); ``False``/``"off"``: nothing.
         interrupt_after_steps: test hook — raise KeyboardInterrupt after this many steps,
             as Ctrl-C would.
 
@@ -621,7 +697,7 @@ def run_search(config: SearchConfig, *, progress: bool = True, interrupt_after_s
     return _execute(run, None, t_start)
 
 
-def resume_search(run_id: str, *, out: str | None = None, db: str | None = None, progress: bool = True,
+def resume_search(run_id: str, *, out: str | None = None, db: str | None = None, progress: bool | str = True,
                   interrupt_after_steps: int | None = None) -> dict:
     """Continue run ``run_id`` from its last completed step (see the module doc).
 
