@@ -98,7 +98,8 @@ class CandidateResult:
     Attributes:
         spec: kept channels per group.
         top1: validation top-1 in [0, 1] (None when pruning failed).
-        macs, params: batch-1 multiply-accumulates and parameter count.
+        macs, params: batch-1 MACs (weight-layer multiply-accumulates, the definition of
+            harness/pruning.py) and parameter count.
         latency_p50_ms: measured median latency, ms (None on failure).
         latency_raw_ms: raw per-repeat latencies, ms.
         measurement_id: row id in the store's ``measurements``.
