@@ -18,6 +18,7 @@ Per-stage wall time is accumulated in ``StageTimer`` for the run summary.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -76,7 +77,6 @@ def tuning_key(tuning: TuningConfig) -> str:
 def graph_only_artifact(onnx_path: Path, report, out_dir: Path) -> Path:
     """An artifact directory without a library (``manifest.json`` + ``model.onnx``), for
     devices with ``needs_library = False`` such as the simulator; ``"library": null``."""
-    import json
     import shutil
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,8 +240,10 @@ class CandidateEvaluator:
                 the artifact's ONNX file, a reference runtime beside the TVM build).
 
         Returns:
-            The new p50 in ms, or None when the candidate has no artifact or the
-            measurement failed (e.g. no ONNX Runtime on the board).
+            The new p50 in ms, or None when the candidate has no artifact, the
+            measurement failed (e.g. no ONNX Runtime on the board), its output is
+            wrong (:mod:`harness.compile.check`) or it is of another source than
+            the candidate's (a simulated answer for a measured candidate).
         """
         if result.artifact_path is None:
             return None
@@ -253,9 +255,24 @@ class CandidateEvaluator:
                         outcome.error.message)
             return None
         m = outcome.value
+        if m.source != result.source:  # e.g. a farm that fell back to the simulator mid-finish
+            log.warning("re-measuring %s gave a %s result, the candidate was %s; not used",
+                        result.spec.signature(), m.source, result.source)
+            return None
+        check = check_measurement(Path(result.artifact_path), self._manifest(result.artifact_path), m, config.seed)
+        if check is not None and not check.ok:
+            log.warning("re-measuring %s (%s): wrong_output: %s; not used", result.spec.signature(), config.backend,
+                        check.message)
+            return None
         self.stats["measured"] += 1
-        self._store_measurement(self._key(result.spec, config.backend), m, result.artifact_sha256, None, None)
+        self._store_measurement(self._key(result.spec, config.backend), m, result.artifact_sha256, None, None,
+                                check and {"max_abs_diff": check.max_abs_diff, "bound": check.bound,
+                                           "compared": check.compared})
         return m.stats.p50_ms
+
+    @staticmethod
+    def _manifest(artifact_dir: str | Path) -> dict:
+        return json.loads((Path(artifact_dir) / "manifest.json").read_text())
 
     def _key(self, spec: ArchSpec, backend: str | None = None) -> dict:
         return dict(

@@ -36,9 +36,11 @@ def onnx_and_ref(tmp_path_factory):
 
 
 def test_device_input_is_the_daemons_rule():
+    from devices.daemon import _make_input  # the daemon's own function, not a re-implementation of it
+
     x = device_input((1, 1, 4, 4), "float32", seed=3)
     assert x.dtype == np.float32 and x.shape == (1, 1, 4, 4)
-    np.testing.assert_array_equal(x, np.random.default_rng(3).standard_normal((1, 1, 4, 4)).astype(np.float32))
+    np.testing.assert_array_equal(x, _make_input({"input": {"shape": [1, 1, 4, 4], "dtype": "float32"}}, 3))
 
 
 def test_right_output_passes_and_a_wrong_one_names_the_value(onnx_and_ref):
@@ -119,6 +121,14 @@ def test_search_candidate_with_wrong_output_fails_and_is_never_cached(evaluator_
         (row,) = store.query("SELECT metadata_json FROM measurements")
         check = json.loads(row["metadata_json"])["output_check"]
         assert check["compared"] == 10 and 0 <= check["max_abs_diff"] <= check["bound"]
+
+        # the final rounds re-measure the same artifact: checked too, on TVM and on ONNX Runtime
+        good = _evaluator(evaluator_parts, local, store, "r")
+        assert good.remeasure(right) > 0 and good.remeasure(right, backend="onnxruntime") > 0
+        bad = _evaluator(evaluator_parts, CorruptingDevice(local), store, "w")
+        assert bad.remeasure(right) is None and bad.remeasure(right, backend="onnxruntime") is None
+        rows = store.query("SELECT backend FROM measurements ORDER BY id")
+        assert [r["backend"] for r in rows] == ["tvm", "tvm", "onnxruntime"]  # nothing stored for the wrong ones
     finally:
         local.close()
         store.close()
