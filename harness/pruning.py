@@ -426,10 +426,11 @@ def _macs_by_layer(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
     the model's train/eval flags are restored and the hooks removed afterwards."""
     counts: dict[str, int] = {}
     handles = []
-    for name, m in model.named_modules():
+    for name, m in model.named_modules():  # refuse before any hook is registered: nothing to clean up
         if isinstance(m, _UNCOUNTED_LAYERS):
             raise ValueError(f"cannot count the MACs of {name or 'the model'!r} ({type(m).__name__}): "
                              "only Conv1d/2d/3d and Linear are weight layers of the MACs definition")
+    for name, m in model.named_modules():
         if isinstance(m, _MAC_LAYERS):
             counts[name] = 0
 

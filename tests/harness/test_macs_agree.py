@@ -82,6 +82,7 @@ def test_a_layer_outside_the_definition_is_refused():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3))
     with pytest.raises(ValueError, match=r"'1' \(ConvTranspose2d\)"):
         count_macs_params(net, (1, 8, 8))
+    assert not net[0]._forward_hooks  # the refused count leaves no hook on the conv before it
 
 
 @pytest.mark.parametrize("name", list(ZOO_SHAPES))
