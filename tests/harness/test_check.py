@@ -137,3 +137,10 @@ def test_search_candidate_with_wrong_output_fails_and_is_never_cached(evaluator_
 def test_simulated_measurements_are_not_checked(onnx_and_ref):
     sim = type("M", (), {"source": "simulated", "output_head": (), "output_shape": (1, 10)})()
     assert check_measurement(onnx_and_ref[0].parent, {}, sim, seed=0) is None
+
+
+def test_an_onnx_file_ort_cannot_run_is_a_clear_value_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ValueError, match=r"cannot check the device's output: ONNX Runtime cannot run .*bad\.onnx"):
+        check_device_output(bad, "input", INPUT_SHAPE, "float32", 0, [0.0] * 10, (1, 10))
