@@ -11,12 +11,13 @@ the search loop (TVM MetaSchedule's runner style). Bad configuration raises
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from devices.stats import DEFAULT_MAX_COV, LatencyStats
 
@@ -273,6 +274,28 @@ class Device(abc.ABC):
             executor.shutdown(wait=True)
         self._closed = True
         self._close()
+
+    def report_bad_result(self, measurement: Measurement, kind: str, reason: str) -> None:
+        """The caller found a successful Measurement unusable; blame where it came from.
+
+        ``measurement`` is a value this device returned; ``kind`` names the
+        problem in one word (e.g. ``"wrong_output"``: the output does not
+        match ONNX Runtime), ``reason`` explains it in one line. Devices that
+        can blame a board use it (:class:`devices.farm.FarmDevice` counts it
+        as a board fault, towards quarantine); the default does nothing.
+        Never raises for an unknown measurement.
+        """
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[str | None]:
+        """Context manager: while active, every request of this device goes to one machine.
+
+        For comparisons that must not mix machines (interleaved A/B rounds).
+        A single-machine device already does that: the default does nothing
+        and yields None; :meth:`devices.farm.FarmDevice.pinned` picks one
+        board and yields its name.
+        """
+        yield None
 
     @abc.abstractmethod
     def _close(self) -> None:

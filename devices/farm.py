@@ -6,17 +6,29 @@
 - **Queue**: :meth:`FarmDevice.submit` hands requests to a
   :class:`Dispatcher`; the default :class:`ThreadDispatcher` runs as many
   requests at once as there are boards, and each request takes an idle
-  healthy board, so boards work in parallel, one measurement at a time each.
-  A Ray actor pool or TVM's RPC tracker could take the dispatcher's place:
-  the interface is ``submit(fn, *args) -> Future``.
+  healthy board (the least used one), so boards work in parallel, one
+  measurement at a time each. A Ray actor pool or TVM's RPC tracker could
+  take the dispatcher's place: the interface is ``submit(fn, *args) -> Future``.
+- **Pinning**: inside ``with farm.pinned():`` every request goes to one board
+  (chosen at entry), so interleaved A/B rounds compare on one machine; if that
+  board is quarantined meanwhile, pinning ends and requests fail over as usual.
 - **Faults**: a request that fails with a board fault (``device_lost``,
-  ``daemon_start``, ``timeout``, ``protocol``) is retried on another board;
-  ``max_failures`` consecutive faults (or one host-key/auth refusal)
-  quarantine the board with the reason. Finished results are values already
-  handed back, so nothing measured before a failure is lost. With a lease
-  database the quarantine is shared (``quarantine_s``): the controller's other
-  processes, and farms made later, skip the board too until it expires or
-  ``hilprune devices check`` clears it.
+  ``daemon_start``, ``timeout``, ``protocol``) is retried on another board
+  (on the same board while pinned); ``max_failures`` consecutive faults (or
+  one host-key/auth refusal) quarantine the board with the reason. A
+  successful result the caller later finds unusable
+  (:meth:`FarmDevice.report_bad_result`, e.g. output unlike ONNX Runtime's)
+  counts as a fault of the board that measured it, in its place in that
+  board's sequence. Finished results are values already handed back, so
+  nothing measured before a failure is lost.
+- **Shared quarantine**: with a lease database a quarantine this farm finds is
+  written there for ``quarantine_s``, and this farm skips that board for the
+  rest of its life. Quarantines written by others (the controller's other
+  processes, ``hilprune devices check``) are read when the farm is made and
+  re-read at most every ``quarantine_refresh_s`` (30 s) when the farm picks a
+  board, and as soon as a known one's ``until`` passes: a board quarantined
+  elsewhere is skipped from then on, and one whose shared quarantine expired
+  or was cleared returns to service.
 - **Fallback** when no healthy board is left: ``"sim"`` answers from the
   simulator device ``sim:<target preset>`` (results say ``source=
   "simulated"``), ``"fail"`` returns a ``device_lost`` error whose message
@@ -26,17 +38,20 @@
 from __future__ import annotations
 
 import abc
+import collections
+import contextlib
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from devices.base import Device, DeviceUnavailable, MeasureConfig, MeasureError, MeasureErrorKind, MeasureResult
+from devices.base import (Device, DeviceUnavailable, MeasureConfig, MeasureError, MeasureErrorKind, MeasureResult,
+                          Measurement)
 from devices.client import Reply
 from devices.inventory import FALLBACKS, Board, Inventory, InventoryError, load_inventory
-from devices.lease import LeaseManager
+from devices.lease import LeaseManager, Quarantine
 from devices.ssh import BoardState, SshDevice
 
 logger = logging.getLogger(__name__)
@@ -47,6 +62,10 @@ __all__ = ["Dispatcher", "FarmDevice", "ThreadDispatcher", "make_farm_device"]
 BOARD_FAULTS = frozenset({MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.DAEMON_START,
                           MeasureErrorKind.TIMEOUT, MeasureErrorKind.PROTOCOL})
 EXHAUSTED = "farm exhausted"
+#: Seconds between re-reads of the lease database's quarantines (see the module doc).
+QUARANTINE_REFRESH_S = 30.0
+_OK = object()  # a successful outcome that is not a Measurement (tuning timings)
+_RECENT = 64  # outcomes remembered per board, so a late report_bad_result finds its place
 
 
 class Dispatcher(abc.ABC):
@@ -86,17 +105,19 @@ class FarmDevice(Device):
         dispatcher: where requests run (default :class:`ThreadDispatcher`).
         lease_wait_s: passed to each :class:`SshDevice`.
         quarantine_s: how long a quarantine found here is shared through
-            ``leases`` (s); boards already quarantined there when the farm is
-            made start quarantined.
+            ``leases`` (s).
+        quarantine_refresh_s: least time between two reads of the shared
+            quarantines in ``leases`` (s); boards quarantined there when the
+            farm is made start quarantined.
 
     Raises:
-        ValueError: no boards, or a bad fallback.
+        ValueError: no boards, or a bad fallback, max_failures or time.
     """
 
     def __init__(self, boards: tuple[Board, ...] | list[Board], *, leases: LeaseManager | None = None,
                  max_failures: int = 3, fallback: str = "fail", name: str = "farm",
                  dispatcher: Dispatcher | None = None, lease_wait_s: float = 0.0,
-                 quarantine_s: float = 1800.0) -> None:
+                 quarantine_s: float = 1800.0, quarantine_refresh_s: float = QUARANTINE_REFRESH_S) -> None:
         super().__init__(name)
         if not boards:
             raise ValueError(f"{name}: no boards to measure on")
@@ -106,24 +127,31 @@ class FarmDevice(Device):
             raise ValueError(f"{name}: max_failures must be >= 1, got {max_failures}")
         if not quarantine_s > 0:
             raise ValueError(f"{name}: quarantine_s must be > 0 seconds, got {quarantine_s!r}")
+        if not quarantine_refresh_s >= 0:
+            raise ValueError(f"{name}: quarantine_refresh_s must be >= 0 seconds, got {quarantine_refresh_s!r}")
         self.boards = {b.name: SshDevice(b, leases, lease_wait_s=lease_wait_s, name=name) for b in boards}
         self.leases = leases
         self.max_failures = max_failures
         self.fallback = fallback
+        #: consecutive board faults per board (reported bad results included)
         self.failures: dict[str, int] = {b: 0 for b in self.boards}
         self.quarantine_s = float(quarantine_s)
+        self.quarantine_refresh_s = float(quarantine_refresh_s)
+        #: board -> why it is skipped (found here, or read from the lease database)
         self.quarantined: dict[str, str] = {}
-        if leases is not None:
-            for board, q in leases.quarantines().items():
-                if board in self.boards:
-                    self.quarantined[board] = (f"quarantined by {q.holder} until "
-                                               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(q.until))}: "
-                                               f"{q.reason}")
-                    logger.warning("%s: board %s skipped: %s", name, board, self.quarantined[board])
         self.measured_on: dict[str, int] = {b: 0 for b in self.boards}
         self.exhausted = False
+        self._own: set[str] = set()  # quarantined by this farm: skipped for its life
+        self._shared_until: dict[str, float] = {}  # quarantined by others: board -> until (Unix time)
+        # per board, the latest outcomes in order: [Measurement/_OK/None, bad?]
+        self._recent: dict[str, collections.deque] = {b: collections.deque(maxlen=_RECENT) for b in self.boards}
         self._busy: set[str] = set()
+        self._pin: str | None = None
+        self._pin_depth = 0
         self._cond = threading.Condition()
+        if leases is not None:
+            self._apply_shared(leases.quarantines())
+        self._next_refresh = time.monotonic() + self.quarantine_refresh_s
         self._dispatcher = dispatcher or ThreadDispatcher(len(self.boards))
         self._sim: Device | None = None
         self._sim_lock = threading.Lock()
@@ -131,14 +159,84 @@ class FarmDevice(Device):
     # ---------------------------------------------------------------- boards
 
     def healthy(self) -> list[str]:
-        """Names of boards not quarantined."""
+        """Names of boards not quarantined (re-reads shared quarantines when due)."""
+        self._refresh_quarantines()
+        with self._cond:
+            return self._healthy_locked()
+
+    def _healthy_locked(self) -> list[str]:
         return [b for b in self.boards if b not in self.quarantined]
 
-    def _take(self, tried: set[str]) -> str | None:
-        """Block until an idle healthy untried board is free; None if none can ever be."""
+    def _apply_shared(self, live: dict[str, Quarantine] | None) -> None:
+        """Adopt the lease database's live quarantines (``None``: unknown, only expire by ``until``).
+
+        Holds the lock. Boards this farm quarantined itself are left alone.
+        """
         with self._cond:
-            while True:
-                candidates = [b for b in self.healthy() if b not in tried]
+            now = time.time()
+            changed = False
+            for board in self.boards:
+                if board in self._own:
+                    continue
+                q = None if live is None else live.get(board)
+                if q is not None and q.until > now:
+                    text = (f"quarantined by {q.holder} until "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(q.until))}: {q.reason}")
+                    if self.quarantined.get(board) != text:
+                        logger.warning("%s: board %s skipped: %s", self.name, board, text)
+                        changed = True
+                    self.quarantined[board] = text
+                    self._shared_until[board] = q.until
+                elif board in self._shared_until and (live is not None or self._shared_until[board] <= now):
+                    del self._shared_until[board]
+                    self.quarantined.pop(board, None)
+                    self.failures[board] = 0
+                    self._recent[board].clear()
+                    logger.warning("%s: board %s back in service (its shared quarantine expired or was cleared)",
+                                   self.name, board)
+                    changed = True
+            if changed:
+                self._cond.notify_all()
+
+    def _refresh_quarantines(self) -> None:
+        """Re-read the shared quarantines if ``quarantine_refresh_s`` passed or a known one expired."""
+        if self.leases is None:
+            return
+        with self._cond:
+            now = time.monotonic()
+            expired = any(u <= time.time() for u in self._shared_until.values())
+            if now < self._next_refresh and not expired:
+                return
+            self._next_refresh = now + self.quarantine_refresh_s
+        try:
+            live = self.leases.quarantines()
+        except Exception as exc:  # noqa: BLE001 - keep what is known; try again next interval
+            logger.warning("%s: could not re-read the shared quarantines in %s: %r", self.name,
+                           getattr(self.leases, "db_path", "the lease database"), exc)
+            live = None
+        self._apply_shared(live)
+
+    def _pinned_board(self) -> str | None:
+        """The pinned board, or None; ends pinning if that board was quarantined. Holds the lock."""
+        if self._pin is not None and self._pin in self.quarantined:
+            logger.warning("%s: pinned board %s is quarantined; pinning ends, requests fail over as usual",
+                           self.name, self._pin)
+            self._pin = None
+        return self._pin
+
+    def _take(self, tried: set[str]) -> str | None:
+        """Block until an idle healthy untried board is free; None if none can ever be.
+
+        While pinned, only the pinned board is taken (waiting while it is busy).
+        """
+        while True:
+            self._refresh_quarantines()
+            with self._cond:
+                pin = self._pinned_board()
+                if pin is not None and pin not in tried:
+                    candidates = [pin]
+                else:
+                    candidates = [b for b in self._healthy_locked() if b not in tried]
                 if not candidates:
                     return None
                 idle = [b for b in candidates if b not in self._busy]
@@ -153,35 +251,133 @@ class FarmDevice(Device):
             self._busy.discard(board)
             self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[str | None]:
+        """While active, send every request of this farm to one healthy board.
+
+        The board is the least used idle healthy one at entry (waiting while
+        all are busy); requests wait for it while it is busy, and a board
+        fault is retried on it (not elsewhere) until it is quarantined. If
+        it is quarantined (or leased away) meanwhile, pinning ends and
+        requests fail over as usual. Nested or concurrent ``pinned()``
+        blocks share the one board; pinning ends when the last one exits.
+
+        Yields:
+            The pinned board's name, or None when no healthy board is left.
+        """
+        with self._cond:
+            self._pin_depth += 1
+            board = self._pinned_board()
+        try:
+            if board is None:
+                board = self._take(set())
+                with self._cond:
+                    if board is not None:
+                        self._busy.discard(board)
+                        if self._pin is None:
+                            self._pin = board
+                            logger.info("%s: requests pinned to board %s", self.name, board)
+                        board = self._pin
+                        self._cond.notify_all()
+                if board is None:
+                    logger.warning("%s: no healthy board to pin; requests fall back as usual", self.name)
+            yield board
+        finally:
+            with self._cond:
+                self._pin_depth -= 1
+                if self._pin_depth == 0 and self._pin is not None:
+                    logger.info("%s: requests no longer pinned to board %s", self.name, self._pin)
+                    self._pin = None
+                self._cond.notify_all()
+
+    def _judge(self, board: str, kind: str, message: str, fatal: bool) -> str | None:
+        """Quarantine ``board`` if its fault count (or a fatal fault) says so. Holds the lock.
+
+        Returns:
+            The reason when the board was quarantined now (to share), else None.
+        """
+        if board in self._own or not (fatal or self.failures[board] >= self.max_failures):
+            return None
+        reason = (f"{self.failures[board]} consecutive failure(s), last {kind}: "
+                  f"{(message.splitlines() or [''])[0][:300]}")
+        self.quarantined[board] = reason
+        self._own.add(board)
+        self._shared_until.pop(board, None)
+        logger.warning("%s: board %s quarantined: %s", self.name, board, reason)
+        self._cond.notify_all()
+        return reason
+
+    def _share(self, board: str, reason: str | None) -> None:
+        """Write a quarantine found here to the lease database (best effort, outside the lock)."""
+        if reason is None or self.leases is None:
+            return
+        try:
+            self.leases.quarantine(board, reason, self.quarantine_s)
+        except Exception as exc:  # noqa: BLE001 - sharing is best effort; this run skips it anyway
+            logger.warning("%s: could not share the quarantine of %s: %r", self.name, board, exc)
+
     def _record(self, board: str, result: MeasureResult | Reply, dev: SshDevice) -> bool:
         """Book a result; True when it was a board fault (retry elsewhere)."""
         with self._cond:
             if result.ok:
                 self.failures[board] = 0
                 self.measured_on[board] += 1
+                self._recent[board].append([result.value if isinstance(result, MeasureResult) else _OK, False])
                 return False
             if dev.state is BoardState.BUSY:  # leased by another controller: not the board's fault
                 return True
             if result.error.kind not in BOARD_FAULTS and not dev.last_fatal:
                 return False
             self.failures[board] += 1
-            if dev.last_fatal or self.failures[board] >= self.max_failures:
-                reason = (f"{self.failures[board]} consecutive failure(s), last {result.error.kind.value}: "
-                          f"{result.error.message.splitlines()[0][:300]}")
-                self.quarantined[board] = reason
-                logger.warning("%s: board %s quarantined: %s", self.name, board, reason)
-                if self.leases is not None:
-                    try:
-                        self.leases.quarantine(board, reason, self.quarantine_s)
-                    except Exception as exc:  # noqa: BLE001 - sharing is best effort; this run skips it anyway
-                        logger.warning("%s: could not share the quarantine of %s: %r", self.name, board, exc)
-                self._cond.notify_all()
-            return True
+            self._recent[board].append([None, True])
+            share = self._judge(board, result.error.kind.value, result.error.message, dev.last_fatal)
+        self._share(board, share)
+        return True
+
+    def report_bad_result(self, measurement: Measurement, kind: str, reason: str) -> None:
+        """Count an unusable successful Measurement as a fault of the board that measured it.
+
+        The board is ``measurement.hello["board"]``. The result takes its
+        place in that board's sequence of outcomes, so it breaks the run of
+        successes it was part of: ``max_failures`` consecutive faults
+        (reported ones included) quarantine the board, shared through the
+        lease database like any other. Each measurement counts once; one not
+        measured by a board of this farm (e.g. the simulator fallback's) is
+        logged and ignored.
+        """
+        board = (getattr(measurement, "hello", None) or {}).get("board")
+        if board not in self.boards:
+            logger.warning("%s: %s result not measured on a board of this farm (board %r); nobody to blame: %s",
+                           self.name, kind, board, reason)
+            return
+        with self._cond:
+            recent = self._recent[board]
+            entry = next((e for e in recent if e[0] is measurement), None)
+            if entry is None:
+                entry = next((e for e in recent if isinstance(e[0], Measurement) and e[0] == measurement), None)
+            if entry is not None and entry[1]:
+                logger.info("%s: board %s: %s result already reported", self.name, board, kind)
+                return
+            if entry is None:  # older than what is remembered: a fault now
+                recent.append([measurement, True])
+            else:
+                entry[1] = True
+            trailing = 0
+            for e in reversed(recent):
+                if not e[1]:
+                    break
+                trailing += 1
+            self.failures[board] = trailing
+            logger.warning("%s: board %s returned an unusable result (%s, %d consecutive failure(s)): %s",
+                           self.name, board, kind, trailing, reason)
+            share = self._judge(board, kind, reason, fatal=False)
+        self._share(board, share)
 
     # --------------------------------------------------------------- measure
 
     def measure(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
-        """Measure on one free healthy board, retrying board faults on the others.
+        """Measure on one free healthy board (the pinned one inside :meth:`pinned`), retrying board faults
+        on the others.
 
         Returns:
             The first successful or non-board-fault result; after every board
@@ -195,7 +391,7 @@ class FarmDevice(Device):
         """:meth:`SshDevice.time_function` on a free healthy board (tuning runner), with failover."""
         def exhausted() -> Reply:
             self.exhausted = True
-            why = "; ".join(f"{b}: {r}" for b, r in self.quarantined.items()) or "no board"
+            why = self._why()
             return Reply(error=MeasureError(MeasureErrorKind.DEVICE_LOST,
                                             f"{EXHAUSTED}: no healthy board left in {self.name} ({why})"))
 
@@ -220,16 +416,30 @@ class FarmDevice(Device):
             retry = self._record(board, result, dev)
             if not retry:
                 return result
-            tried.add(board)
+            with self._cond:
+                on_pin = board == self._pin
+                if on_pin and dev.state is BoardState.BUSY:
+                    logger.warning("%s: pinned board %s is leased by another holder; pinning ends",
+                                   self.name, board)
+                    self._pin = None
+                    on_pin = False
+            if not on_pin:  # a pinned board is retried until it is quarantined
+                tried.add(board)
             last = result
-            logger.info("%s: %s failed on %s (%s); trying another board", self.name, what, board,
-                        result.error.kind.value)
-        if self.healthy() and last is not None:
+            logger.info("%s: %s failed on %s (%s); trying %s", self.name, what, board,
+                        result.error.kind.value, "it again (pinned)" if on_pin else "another board")
+        with self._cond:
+            any_healthy = bool(self._healthy_locked())
+        if any_healthy and last is not None:
             return last  # every healthy board was tried for this request
         return no_board()
 
+    def _why(self) -> str:
+        with self._cond:
+            return "; ".join(f"{b}: {r}" for b, r in self.quarantined.items()) or "no board"
+
     def _no_board(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
-        why = "; ".join(f"{b}: {r}" for b, r in self.quarantined.items()) or "no board"
+        why = self._why()
         if self.fallback == "sim":
             sim = self._sim_device()
             if isinstance(sim, Device):

@@ -15,11 +15,13 @@ local disk of one of them (SQLite over NFS is not safe); a board-side
 States (labgrid style): a board is ``free`` (no row or an expired row) or
 ``leased`` (a row with a future expiry and a holder).
 
-Quarantines live in the same file: a controller that takes a board out of
-service after repeated faults writes ``(board, reason, until)``, so every
-other process on the controller (tonight's nightly bench, the next search)
-skips that board too until ``until`` passes or ``hilprune devices check``
-finds it healthy again and clears it.
+Quarantines live in the same file: a process that takes a board out of
+service after repeated faults writes ``(board, reason, until)``, so the
+controller's other farms sharing this file (tonight's nightly bench, the next
+search, and running ones, which re-read the quarantines at most every 30 s:
+``devices/farm.py``) skip that board too until ``until`` passes or
+``hilprune devices check`` finds it healthy again and clears it. The farm that
+wrote a quarantine skips the board for the rest of its own life.
 """
 
 from __future__ import annotations

@@ -10,10 +10,20 @@ parallel: SSH reachability (host key, auth), the daemon's hello (Python,
 numpy, TVM runtime, ONNX Runtime, glibc, machine), the machine against the
 target's architecture, the thermal/throttling state, and a golden-model
 measurement (a tiny conv net compiled for the board's target and cached, or
-``--golden DIR``). A healthy board's quarantine is cleared; an unhealthy one
-is quarantined for ``[farm] quarantine_s`` so searches and nightly runs on
-this controller skip it (a board leased by someone else is neither). Exit
-status 1 if any board is unhealthy, 2 on a bad inventory.
+``--golden DIR``, refused when the selected boards have several targets).
+
+Each board ends ``healthy``, ``busy`` (leased by another holder: its health
+is unknown, and it is neither healthy nor unhealthy) or ``unhealthy``. A
+healthy board's quarantine is cleared. An unhealthy board is quarantined for
+``[farm] quarantine_s``, so searches and nightly runs on this controller skip
+it, only for a fault of the board itself: unreachable, host key or auth
+refused, daemon did not start, timeout, lost connection, wrong machine
+architecture, no TVM runtime, or a golden measurement failing with one of
+the farm's board-fault kinds (``devices.farm.BOARD_FAULTS``). Other problems
+(the golden artifact does not load or run there, unstable timings) are
+reported but quarantine nothing, as the farm does not for them either.
+Exit status 0 when every board is healthy or busy, 1 if any is unhealthy,
+2 on a bad inventory or a ``--golden`` that cannot fit every selected board.
 """
 
 from __future__ import annotations
@@ -145,16 +155,21 @@ def golden_artifact(target_name: str, cache_dir: Path) -> Path:
 
 
 def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) -> dict[str, Any]:
-    """Health of one board as a dict (``healthy`` bool, ``problem`` text, ``busy`` bool); never raises.
+    """Health of one board as a dict; never raises.
 
-    ``busy``: the board is leased by another holder, so its health is unknown
-    (not a fault of the board).
+    Keys: ``healthy`` (bool), ``busy`` (bool: leased by another holder, so its
+    health is unknown; not a fault of the board), ``board_fault`` (bool: the
+    problem is the board's own, see the module doc, so it deserves a
+    quarantine), ``problem`` (text or None), and what was learnt (hello facts,
+    golden timing, thermal state).
     """
     from devices.base import DeviceUnavailable, MeasureConfig
+    from devices.farm import BOARD_FAULTS
     from devices.ssh import BoardState, SshDevice
 
     row: dict[str, Any] = {"name": board.name, "endpoint": f"{board.host}:{board.port}", "target": board.target,
-                           "arch": board.arch, "healthy": False, "busy": False, "problem": None}
+                           "arch": board.arch, "healthy": False, "busy": False, "board_fault": False,
+                           "problem": None}
     dev = SshDevice(board, leases, lease_wait_s=lease_wait_s)
     t0 = time.monotonic()
     try:
@@ -163,6 +178,13 @@ def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) 
         except DeviceUnavailable as exc:
             row["problem"] = str(exc)
             row["busy"] = dev.state is BoardState.BUSY
+            if row["busy"]:
+                held = leases.holder_of(board.name) if leases is not None else None
+                if held:
+                    row["leased_by"] = held["holder"]
+                    row["problem"] = f"leased by {held['holder']} until {_clock(held['expires_at'])}"
+            else:  # unreachable, host key/auth, daemon start, timeout, lost connection, wrong machine
+                row["board_fault"] = exc.error.kind in BOARD_FAULTS or dev.last_fatal
             return row
         row["reachable"] = True
         row["connect_s"] = round(time.monotonic() - t0, 2)
@@ -171,14 +193,17 @@ def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) 
         row["arch_ok"] = hello.get("machine") == board.arch
         if not row["arch_ok"]:
             row["problem"] = f"machine {hello.get('machine')} is not the target's {board.arch}"
+            row["board_fault"] = True
             return row
         if hello.get("tvm") is None:
             row["problem"] = "no TVM runtime on the board"
+            row["board_fault"] = True
             return row
         if golden is not None:
             r = dev.measure(golden, MeasureConfig(warmup=2, number=0, repeat=10, min_repeat_ms=20, timeout_s=120))
             if not r.ok:
                 row["problem"] = f"golden measurement: {r.error.kind.value}: {r.error.message.splitlines()[0]}"
+                row["board_fault"] = r.error.kind in BOARD_FAULTS
                 return row
             m = r.value
             row["golden_p50_ms"] = round(m.stats.p50_ms, 4)
@@ -200,12 +225,25 @@ def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) 
         dev.close()
 
 
+def _state(row: dict[str, Any]) -> str:
+    return "healthy" if row["healthy"] else "busy" if row["busy"] else "unhealthy"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """Check the boards; print a table (or JSON); exit 1 if any is unhealthy."""
+    """Check the boards; print a table (or JSON); exit 1 if any is unhealthy (busy boards are not).
+
+    Raises:
+        ValueError: ``--golden`` with selected boards of several targets.
+    """
     from devices.lease import LeaseManager
 
     inv = _load(args)
     boards = [inv.board(n) for n in args.board] if args.board else list(inv.boards)
+    targets = sorted({b.target for b in boards})
+    if args.golden and len(targets) > 1:
+        raise ValueError(f"--golden {args.golden} is one artifact but the selected boards have targets "
+                         f"{', '.join(targets)}; select the boards of one target with --board, or leave "
+                         f"--golden out (a golden model is then compiled per target)")
     leases = LeaseManager(inv.farm.lease_db, ttl_s=inv.farm.lease_ttl_s)
     goldens: dict[str, Path | None] = {}
     if not args.no_measure:
@@ -220,10 +258,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(max_workers=max(1, len(boards))) as pool:
         rows = list(pool.map(lambda b: check_board(b, leases, goldens.get(b.target), args.lease_wait_s), boards))
     for r in rows:  # share what was found with the controller's other runs (devices/lease.py)
+        r["state"] = _state(r)
         r["quarantine"] = None
         if r["healthy"]:
             r["quarantine_cleared"] = leases.clear_quarantine(r["name"])
-        elif not r["busy"]:
+        elif r["board_fault"] and not r["busy"]:
             q = leases.quarantine(r["name"], f"devices check: {r['problem']}", inv.farm.quarantine_s)
             r["quarantine"] = {"reason": q.reason, "holder": q.holder, "since": q.since, "until": q.until}
     leases.close()
@@ -231,11 +270,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps({"inventory": str(inv.path), "boards": rows}, indent=2))
     else:
         print(_table(rows, ["name", "endpoint", "target", "machine", "python", "numpy", "tvm", "glibc",
-                            "temp_c", "throttled", "golden_p50_ms", "healthy"]))
+                            "temp_c", "throttled", "golden_p50_ms", "state"]))
         for r in rows:
-            if r["problem"]:
-                until = f" (quarantined until {_clock(r['quarantine']['until'])})" if r["quarantine"] else ""
-                print(f"{r['name']}: {r['problem']}{until}", file=sys.stderr)
+            if r["busy"]:
+                print(f"{r['name']}: busy: {r['problem']} (health unknown; not quarantined, not a failure)",
+                      file=sys.stderr)
+            elif r["problem"]:
+                why = (f" (quarantined until {_clock(r['quarantine']['until'])})" if r["quarantine"]
+                       else " (not quarantined: not a fault of the board)")
+                print(f"{r['name']}: {r['problem']}{why}", file=sys.stderr)
             elif r.get("quarantine_cleared"):
                 print(f"{r['name']}: healthy again, quarantine cleared", file=sys.stderr)
-    return 0 if all(r["healthy"] for r in rows) else 1
+    return 0 if all(r["healthy"] or r["busy"] for r in rows) else 1

@@ -56,3 +56,57 @@ def test_devices_bad_inventory_exit_2(tmp_path, capsys):
     assert main(["devices", "list", "--inventory", str(p)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hilprune: error: inventory") and "'x'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_devices_check_busy_board_is_not_a_failure(tmp_path, sshd_pair, client_key, capsys):
+    from devices.inventory import load_inventory
+    from devices.lease import LeaseManager
+
+    inv = write_inventory(tmp_path / "farm.toml", [board_toml(f"b{i + 1}", s, client_key)
+                                                   for i, s in enumerate(sshd_pair)])
+    other = LeaseManager(load_inventory(inv).farm.lease_db, holder="nightly:42")
+    assert other.acquire("b1") is not None
+    try:
+        args = ["devices", "check", "--inventory", str(inv), "--no-measure", "--lease-wait-s", "0"]
+        assert main(args + ["--json"]) == 0
+        rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["boards"]}
+        assert rows["b1"]["busy"] and rows["b1"]["state"] == "busy" and not rows["b1"]["healthy"]
+        assert rows["b1"]["quarantine"] is None and rows["b1"]["leased_by"] == "nightly:42"
+        assert rows["b2"]["state"] == "healthy"
+        assert main(args) == 0
+        captured = capsys.readouterr()
+        table = {line.split()[0]: line.split()[-1] for line in captured.out.splitlines()[1:]}
+        assert table == {"b1": "busy", "b2": "healthy"}
+        assert "b1: busy: leased by nightly:42 until" in captured.err and "not quarantined" in captured.err
+        assert other.quarantines() == {}
+    finally:
+        other.close()
+
+
+def test_devices_check_quarantines_only_board_faults(tmp_path, sshd_pair, client_key, tiny_artifact, capsys):
+    import shutil
+
+    from devices.inventory import load_inventory
+    from devices.lease import LeaseManager
+
+    # a golden artifact the board cannot load is the controller's problem: reported, exit 1, no quarantine
+    golden = tmp_path / "golden"
+    shutil.copytree(tiny_artifact, golden)
+    manifest = json.loads((golden / "manifest.json").read_text())
+    (golden / "manifest.json").write_text(json.dumps(dict(manifest, arch="aarch64")))
+    inv = write_inventory(tmp_path / "farm.toml", [board_toml("b1", sshd_pair[0], client_key)])
+    assert main(["devices", "check", "--inventory", str(inv), "--golden", str(golden), "--json"]) == 1
+    row = json.loads(capsys.readouterr().out)["boards"][0]
+    assert row["problem"].startswith("golden measurement: load_failed") and row["state"] == "unhealthy"
+    assert row["board_fault"] is False and row["quarantine"] is None
+    assert LeaseManager(load_inventory(inv).farm.lease_db).quarantines() == {}
+    assert main(["devices", "check", "--inventory", str(inv), "--golden", str(golden)]) == 1
+    assert "(not quarantined: not a fault of the board)" in capsys.readouterr().err
+
+    # one --golden artifact for boards of two targets: refused before contacting anything
+    mixed = write_inventory(tmp_path / "mixed.toml", [
+        board_toml("b1", sshd_pair[0], client_key),
+        board_toml("pi", sshd_pair[1], client_key).replace('target = "host"', 'target = "rpi4"')])
+    assert main(["devices", "check", "--inventory", str(mixed), "--golden", str(tiny_artifact)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hilprune: error: --golden") and "host, rpi4" in err and len(err.strip().splitlines()) == 1

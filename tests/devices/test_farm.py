@@ -120,3 +120,67 @@ def test_busy_board_is_skipped_not_blamed(tmp_path, sshd_pair, client_key, tiny_
     finally:
         farm.close()
         other.close()
+
+
+def _two_boards(tmp_path, sshd_pair, client_key, farm: str = ""):
+    return load_inventory(write_inventory(tmp_path / "farm.toml",
+                                          [board_toml(f"b{i + 1}", s, client_key) for i, s in enumerate(sshd_pair)],
+                                          farm=farm))
+
+
+def test_reported_bad_results_quarantine_the_board(tmp_path, sshd_pair, client_key, tiny_artifact):
+    """The output check runs after the farm counted a success: the report must still add up to a quarantine."""
+    farm = make_device("farm:loop", inventory=_two_boards(tmp_path, sshd_pair, client_key, "max_failures = 2"))
+    try:
+        first = farm.measure(tiny_artifact, MeasureConfig(**FAST))
+        bad = first.value.hello["board"]
+        good = ({"b1", "b2"} - {bad}).pop()
+        farm.report_bad_result(first.value, "wrong_output", "max abs error 3.1 against ONNX Runtime")
+        farm.report_bad_result(first.value, "wrong_output", "the same one again")  # counts once
+        assert farm.failures[bad] == 1 and bad not in farm.quarantined
+        for _ in range(3):  # the load is spread: the bad board gets another request soon
+            r = farm.measure(tiny_artifact, MeasureConfig(**FAST))
+            assert r.ok
+            if r.value.hello["board"] == bad:
+                break
+        assert r.value.hello["board"] == bad and farm.failures[bad] == 0  # a success, as far as the farm knows
+        farm.report_bad_result(r.value, "wrong_output", "max abs error 2.7 against ONNX Runtime")
+        assert "wrong_output" in farm.quarantined[bad] and "max abs error 2.7" in farm.quarantined[bad]
+        assert farm.quarantined[bad].startswith("2 consecutive failure(s)")
+        assert "max abs error 2.7" in farm.leases.quarantines()[bad].reason  # shared like any quarantine
+        assert [farm.measure(tiny_artifact, MeasureConfig(**FAST)).value.hello["board"]
+                for _ in range(2)] == [good, good]
+    finally:
+        farm.close()
+
+
+def test_pinned_sends_every_request_to_one_board(tmp_path, sshd_pair, client_key, tiny_artifact):
+    farm = make_device("farm:loop", inventory=_two_boards(tmp_path, sshd_pair, client_key))
+    try:
+        outside = [farm.measure(tiny_artifact, MeasureConfig(**FAST)).value.hello["board"] for _ in range(2)]
+        assert sorted(outside) == ["b1", "b2"]
+        with farm.pinned() as board:
+            assert board in ("b1", "b2")
+            inside = [farm.measure(tiny_artifact, MeasureConfig(**FAST)).value.hello["board"] for _ in range(4)]
+            futures = [farm.submit(tiny_artifact, MeasureConfig(**FAST)) for _ in range(2)]  # wait for the pin
+            inside += [f.result(timeout=120).value.hello["board"] for f in futures]
+        assert inside == [board] * 6
+        after = [farm.measure(tiny_artifact, MeasureConfig(**FAST)).value.hello["board"] for _ in range(2)]
+        assert set(after) == {({"b1", "b2"} - {board}).pop()}  # unpinned: back to spreading the load
+    finally:
+        farm.close()
+
+
+def test_pinned_board_quarantined_ends_pinning(tmp_path, sshd_pair, client_key, tiny_artifact):
+    farm = make_device("farm:loop", inventory=_two_boards(tmp_path, sshd_pair, client_key, "max_failures = 2"))
+    try:
+        with farm.pinned() as board:
+            for _ in range(2):
+                r = farm.measure(tiny_artifact, MeasureConfig(**FAST))
+                assert r.value.hello["board"] == board
+                farm.report_bad_result(r.value, "wrong_output", "output differs from ONNX Runtime")
+            assert "output differs" in farm.quarantined[board]
+            r = farm.measure(tiny_artifact, MeasureConfig(**FAST))
+            assert r.ok and r.value.hello["board"] != board and farm._pin is None
+    finally:
+        farm.close()
