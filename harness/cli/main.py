@@ -155,6 +155,9 @@ def _print_search(s: dict) -> None:
     if len(rounds) > 1 and min(rounds) <= 1.0 < max(rounds):
         print("note: some final rounds measured the best model no faster than the baseline: the speedup is "
               "within this machine's noise (measure on an idle machine or a board)")
+    if best.get("final_error"):
+        print(f"note: the fine-tuned best model could not be measured afresh ({best['final_error'].splitlines()[0]}); "
+              "its p50 is the one from the search")
     ref = best.get("reference_onnxruntime")
     if ref:
         print(f"ONNX Runtime on the same device: {ref['baseline_p50_ms']:.3f} -> {ref['best_p50_ms']:.3f} ms "

@@ -91,6 +91,12 @@ def graph_only_artifact(onnx_path: Path, report, out_dir: Path) -> Path:
     return out_dir
 
 
+def _where(m, device_name: str) -> str:
+    """``farm:TAG (board pi4-01)`` when the measurement names its board, else the device name."""
+    board = (m.hello or {}).get("board")
+    return f"{device_name} (board {board})" if board else device_name
+
+
 @dataclass(frozen=True, slots=True)
 class CandidateResult:
     """One evaluated architecture.
@@ -261,8 +267,9 @@ class CandidateEvaluator:
             return None
         check = check_measurement(Path(result.artifact_path), self._manifest(result.artifact_path), m, config.seed)
         if check is not None and not check.ok:
-            log.warning("re-measuring %s (%s): wrong_output: %s; not used", result.spec.signature(), config.backend,
-                        check.message)
+            self.device.report_bad_result(m, "wrong_output", check.message)
+            log.warning("re-measuring %s (%s) on %s: wrong_output: %s; not used", result.spec.signature(),
+                        config.backend, _where(m, self.device.name), check.message)
             return None
         self.stats["measured"] += 1
         self._store_measurement(self._key(result.spec, config.backend), m, result.artifact_sha256, None, None,
@@ -342,7 +349,8 @@ class CandidateEvaluator:
         with self.timer.time("measure"):
             check = check_measurement(artifact.path, artifact.manifest, m, self.measure.seed)
         if check is not None and not check.ok:
-            return failed("wrong_output", f"{self.device.name}: {check.message}; latency not used")
+            self.device.report_bad_result(m, "wrong_output", check.message)  # a farm blames that board
+            return failed("wrong_output", f"{_where(m, self.device.name)}: {check.message}; latency not used")
         self.stats["measured"] += 1
         st = m.stats
         mid = self._store_measurement(key, m, artifact.library_sha256, report.onnx_sha256, artifact.manifest.get("tuning"),

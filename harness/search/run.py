@@ -376,6 +376,7 @@ class _Run:
 
         c, env, agent = self.config, self.env, self.agent
         self.best_spec: ArchSpec | None = None
+        self.best_result: CandidateResult | None = None  # for progress display only (no re-evaluation)
         self.best_key: tuple | None = None
         start_episode, start_step, obs, info = 0, 0, None, None
         if ckpt is not None:
@@ -422,7 +423,7 @@ class _Run:
                         met = env.target_met(cand)
                         key = (met, reward)
                         if self.best_key is None or key > self.best_key:
-                            self.best_spec, self.best_key = cand.spec, key
+                            self.best_spec, self.best_key, self.best_result = cand.spec, key, cand
                     obs = next_obs
                     self._checkpoint(episode, step, episode_done)
                     if getattr(self.device, "exhausted", False):  # a farm with no healthy board left
@@ -447,11 +448,12 @@ class _Run:
         c, base = self.config, self.baseline
         head = f"episode {episode + 1}/{c.episodes} step {step}/{c.max_steps}: action {action}, reward {reward:+.3f}"
         if failed or not cand.ok:
-            what = f"FAILED {cand.error_kind}: {(cand.error_message or '').splitlines()[0][:160]}"
+            first = ((cand.error_message or "").strip().splitlines() or [""])[0]
+            what = f"FAILED {cand.error_kind}: {first[:160]}"
         else:
             what = (f"p50 {cand.latency_p50_ms:.3f} ms ({cand.latency_p50_ms / base.latency_p50_ms:.2f}x unpruned"
                     f"{', cached' if cand.latency_cache_hit else ''}), val top-1 {cand.top1:.4f}")
-        best = self.evaluator.evaluate(self.best_spec) if self.best_spec is not None else None
+        best = self.best_result
         tail = (f"; best so far {best.latency_p50_ms / base.latency_p50_ms:.2f}x at top-1 {best.top1:.4f}"
                 if best is not None and best.ok else "")
         return f"{head}, {what}{tail}"
@@ -459,7 +461,7 @@ class _Run:
     def _postfix(self, bar, episode: int) -> None:
         if not self.progress:
             return
-        best = self.evaluator.evaluate(self.best_spec) if self.best_spec is not None else None
+        best = self.best_result  # a resumed run shows its earlier best from the next better one on
         bar.set_postfix(ep=episode, best_r=f"{self.best_key[1]:.3f}" if self.best_key else "-",
                         best_lat=f"{best.latency_p50_ms / self.baseline.latency_p50_ms:.2f}" if best else "-",
                         best_top1=f"{best.top1:.3f}" if best else "-")
@@ -526,30 +528,25 @@ class _Run:
         # Fresh measurements of the unpruned and the final model, interleaved in FINAL_ROUNDS rounds
         # (A, B, A, B, ...) so that both see the same machine state; each side's median p50 is reported.
         # A round's two p50s also give that round's speedup: their spread says how sure the speedup is.
-        base_fresh = ev.evaluate(self.base_spec, fresh=True, model=self.base_model)
-        base_p50s = [base_fresh.latency_p50_ms] if base_fresh.ok else []
-        best_p50s: list[float] = []
-        round_speedups: list[float] = []
-        if model is not None:
-            final = ev.evaluate(self.best_spec, fresh=True, model=model)
-            best_p50s += [final.latency_p50_ms] if final.ok else []
-            if base_fresh.ok and final.ok:
-                round_speedups.append(base_fresh.latency_p50_ms / final.latency_p50_ms)
-        for _ in range(FINAL_ROUNDS - 1):
-            pair = []
-            for fresh, p50s in ((base_fresh, base_p50s), (final, best_p50s)):
-                p50 = ev.remeasure(fresh) if fresh is not None and fresh.ok else None
-                if p50 is not None:
-                    p50s.append(p50)
-                pair.append(p50)
-            if None not in pair:
-                round_speedups.append(pair[0] / pair[1])
-        reference = self._reference_runtime(base_fresh, final)
-        base_lat = float(np.median(base_p50s)) if base_p50s else self.baseline.latency_p50_ms
+        # A failed measurement is None in its round, so the two lists stay paired by position.
+        with self.device.pinned():  # a farm measures every final round on one board
+            base_fresh = ev.evaluate(self.base_spec, fresh=True, model=self.base_model)
+            if model is not None:
+                final = ev.evaluate(self.best_spec, fresh=True, model=model)
+            rounds = [(base_fresh.latency_p50_ms if base_fresh.ok else None,
+                       final.latency_p50_ms if final is not None and final.ok else None)]
+            for _ in range(FINAL_ROUNDS - 1):
+                rounds.append(tuple(ev.remeasure(r) if r is not None and r.ok else None for r in (base_fresh, final)))
+            reference = self._reference_runtime(base_fresh, final)
+        base_p50s, best_p50s = [b for b, _ in rounds], [a for _, a in rounds]
+        round_speedups = [b / a for b, a in rounds if b is not None and a is not None]
+        measured = [p for p in base_p50s if p is not None]
+        base_lat = float(np.median(measured)) if measured else self.baseline.latency_p50_ms
         baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
                     "latency_p50_ms_rounds": base_p50s, "latency_p50_ms_search": self.baseline.latency_p50_ms}
         if model is not None:
-            lat = float(np.median(best_p50s)) if best_p50s else best.latency_p50_ms
+            measured = [p for p in best_p50s if p is not None]
+            lat = float(np.median(measured)) if measured else best.latency_p50_ms
             self._save_best(model, final)
             best_out = {
                 **_public(final if final.ok else best, test_after),
@@ -561,6 +558,8 @@ class _Run:
                 "speedup": base_lat / lat if lat else None,
                 "speedup_rounds": round_speedups,
                 "reference_onnxruntime": reference,
+                # set when the fine-tuned model could not be measured: latency_p50_ms is then the search's
+                "final_error": None if final.ok else f"{final.error_kind}: {final.error_message}",
                 "top1_drop": base_test - test_after,
                 "macs_ratio": best.macs / self.baseline.macs,
                 "finetune_epochs": c.finetune_epochs,

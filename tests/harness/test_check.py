@@ -89,6 +89,10 @@ class CorruptingDevice(Device):
     def __init__(self, inner: LocalDevice) -> None:
         super().__init__(inner.name)
         self.inner = inner
+        self.blamed: list[str] = []
+
+    def report_bad_result(self, measurement, kind: str, reason: str) -> None:
+        self.blamed.append(kind)
 
     def hello(self) -> dict:
         return self.inner.hello()
@@ -111,8 +115,10 @@ def test_search_candidate_with_wrong_output_fails_and_is_never_cached(evaluator_
     spec = full_spec(evaluator_parts[2])
     local = LocalDevice()
     try:
-        wrong = _evaluator(evaluator_parts, CorruptingDevice(local), store, "w").evaluate(spec)
+        corrupting = CorruptingDevice(local)
+        wrong = _evaluator(evaluator_parts, corrupting, store, "w").evaluate(spec)
         assert wrong.error_kind == "wrong_output" and "at index 3" in wrong.error_message
+        assert corrupting.blamed == ["wrong_output"]  # the device (a farm: that board) is told
         assert wrong.latency_p50_ms is None
         assert store.query("SELECT COUNT(*) AS n FROM measurements")[0]["n"] == 0  # nothing to cache
 
