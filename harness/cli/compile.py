@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shutil
 import sys
 import tempfile
@@ -277,12 +276,11 @@ def _run_guarded(fn, args: argparse.Namespace) -> int:
 
 def _check_measurable(target, device_name: str) -> None:
     """ValueError when the local device cannot run the target's code."""
-    if device_name != "local":
-        return
-    host = "x86_64" if platform.machine() in ("x86_64", "AMD64") else "aarch64"
-    if target.device_kind != "cpu" or target.arch != host:
-        raise ValueError(f"target {target.name!r} builds {target.arch}/{target.device_kind} code but device 'local' "
-                         f"is this {host} CPU; measure it with --target host, or on a board of that target")
+    from harness.compile.targets import host_cannot_run
+
+    why = host_cannot_run(target) if device_name == "local" else None
+    if why:
+        raise ValueError(f"{why} (device 'local'); measure it with --target host, or on a board of that target")
 
 
 def _measure(device_name: str, artifact_dir: Path, config):

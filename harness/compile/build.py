@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from harness.compile.export import sha256_file
-from harness.compile.targets import TargetSpec
+from harness.compile.targets import TargetSpec, host_cannot_run
 from harness.compile.tuning import TuningConfig, TuneReport, database_dir_for, locked, open_database, tune_module
 
 logger = logging.getLogger(__name__)
@@ -130,12 +130,9 @@ def artifact_key(onnx_bytes: bytes, target: TargetSpec, tuning: TuningConfig) ->
 
 
 def _check_tuning_runnable(target: TargetSpec, tuning: TuningConfig) -> None:
-    import platform
-
     if not tuning.tuned or tuning.runner is not None:
         return
-    host = "x86_64" if platform.machine() in ("x86_64", "AMD64") else "aarch64"
-    if target.device_kind != "cpu" or target.arch != host:
+    if host_cannot_run(target):
         raise ValueError(
             f"tuning for target {target.name!r} ({target.arch}/{target.device_kind}) needs a "
             "runner on that device (TuningConfig.runner); LocalRunner measures this host only"

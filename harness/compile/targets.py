@@ -141,12 +141,25 @@ def _from_dict(target: dict[str, Any]) -> TargetSpec:
         arch = "x86_64"
     else:
         raise ValueError(f"unsupported mtriple {triple!r}: expected x86_64-* or aarch64-*")
-    cross_cc = AARCH64_CXX if arch != _host_arch() else None
+    cross_cc = AARCH64_CXX if arch != host_arch() else None
     return TargetSpec("custom", target, arch, "cuda" if kind == "cuda" else "cpu", cross_cc)
 
 
-def _host_arch() -> Arch:
+def host_arch() -> Arch:
+    """This machine's CPU architecture, ``"x86_64"`` or ``"aarch64"`` (ValueError for any other)."""
     return "x86_64" if _host_triple().startswith("x86_64") else "aarch64"
+
+
+def host_cannot_run(target: "TargetSpec") -> str | None:
+    """Why this machine's CPU cannot run ``target``'s code (another arch, or a GPU target); None if it can.
+
+    The one rule behind ``--device local`` refusals (bench, nightly suites) and
+    the host-only MetaSchedule runner.
+    """
+    host = host_arch()
+    if target.device_kind != "cpu" or target.arch != host:
+        return f"target {target.name!r} builds {target.arch}/{target.device_kind} code; this machine's CPU is {host}"
+    return None
 
 
 def resolve_target(name_or_json: str) -> TargetSpec:

@@ -183,10 +183,6 @@ def _onnx_for(bench: Benchmark, work: Path) -> tuple[Path, str, str]:
     return path, bench.model, f"zoo-default-s{bench.seed}@{'x'.join(map(str, shape))}"
 
 
-def _host_arch() -> str:
-    return "x86_64" if platform.machine() in ("x86_64", "AMD64") else "aarch64"
-
-
 class _Devices:
     """Open devices of one run, reused across benchmarks; closed at the end."""
 
@@ -204,10 +200,10 @@ class _Devices:
 
     def skip_reason(self, target, device: str) -> str | None:
         """Why ``device`` cannot run ``target``'s code (None: it can)."""
+        from harness.compile.targets import host_cannot_run
+
         if device == "local":
-            if target.device_kind != "cpu" or target.arch != _host_arch():
-                return f"target {target.name} builds {target.arch}/{target.device_kind} code; local is {_host_arch()}"
-            return None
+            return host_cannot_run(target)
         if device.startswith("ssh:"):
             inv = self.inventory()
             if inv is None:
