@@ -352,9 +352,7 @@ class FarmDevice(Device):
             return
         with self._cond:
             recent = self._recent[board]
-            entry = next((e for e in recent if e[0] is measurement), None)
-            if entry is None:
-                entry = next((e for e in recent if isinstance(e[0], Measurement) and e[0] == measurement), None)
+            entry = next((e for e in recent if e[0] == measurement), None)  # the same result, or an equal copy
             if entry is not None and entry[1]:
                 logger.info("%s: board %s: %s result already reported", self.name, board, kind)
                 return

@@ -83,7 +83,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,7 +106,6 @@ __all__ = [
     "round_spec",
 ]
 
-logger = logging.getLogger(__name__)
 
 ARCH_SPEC_VERSION = 1
 #: Importance name -> the norm degree p of Torch-Pruning's GroupMagnitudeImportance.

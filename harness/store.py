@@ -372,7 +372,7 @@ class ResultsStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
-    # -- nightly benchmarks (schema 2) ----------------------------------------
+    # -- nightly benchmarks (since schema 2) ----------------------------------
     def create_bench_run(self, run_id: str, *, suite_name: str, suite_path: str, suite_sha256: str | None,
                          metadata: dict) -> None:
         """Insert a bench run with status ``running``.

@@ -165,6 +165,7 @@ def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) 
     """
     from devices.base import DeviceUnavailable, MeasureConfig
     from devices.farm import BOARD_FAULTS
+    from devices.inventory import normalise_arch
     from devices.ssh import BoardState, SshDevice
 
     row: dict[str, Any] = {"name": board.name, "endpoint": f"{board.host}:{board.port}", "target": board.target,
@@ -190,7 +191,8 @@ def check_board(board, leases, golden: Path | None, lease_wait_s: float = 30.0) 
         row["connect_s"] = round(time.monotonic() - t0, 2)
         for k in ("python", "numpy", "tvm", "onnxruntime", "glibc", "machine", "cpu_count"):
             row[k] = hello.get(k)
-        row["arch_ok"] = hello.get("machine") == board.arch
+        # the session already refuses a wrong machine; `arm64`/`amd64` spellings are the same arch
+        row["arch_ok"] = normalise_arch(str(hello.get("machine") or "")) == board.arch
         if not row["arch_ok"]:
             row["problem"] = f"machine {hello.get('machine')} is not the target's {board.arch}"
             row["board_fault"] = True
@@ -253,7 +255,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             from harness.paths import default_cache_dir
 
             cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-            for t in sorted({b.target for b in boards}):
+            for t in targets:
                 goldens[t] = golden_artifact(t, cache)
     with ThreadPoolExecutor(max_workers=max(1, len(boards))) as pool:
         rows = list(pool.map(lambda b: check_board(b, leases, goldens.get(b.target), args.lease_wait_s), boards))

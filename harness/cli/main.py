@@ -183,7 +183,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
         data_root=root, progress=not args.json, splits=splits,
     )
-    info = info if isinstance(info, dict) else dataclasses.asdict(info)
+    info = dataclasses.asdict(info)
     print(json.dumps(info, sort_keys=True, default=str) if args.json else
           "\n".join(f"{k}: {v}" for k, v in info.items() if k != "history"))
     return 0

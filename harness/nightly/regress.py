@@ -155,12 +155,7 @@ def _judge(row: dict[str, Any], history: list[float], rule: CompareRule) -> Comp
 
 
 def _run_order(results: list[dict[str, Any]]) -> list[str]:
-    order: list[str] = []
-    for r in results:  # store.bench_results() is ordered by run creation
-        if not order or order[-1] != r["run_id"]:
-            if r["run_id"] not in order:
-                order.append(r["run_id"])
-    return order
+    return list(dict.fromkeys(r["run_id"] for r in results))  # store.bench_results() is ordered by run creation
 
 
 def compare_all(results: list[dict[str, Any]], rule: CompareRule = CompareRule()) -> dict[str, list[Comparison]]:

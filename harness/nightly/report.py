@@ -40,27 +40,10 @@ from harness.search import pareto as search_pareto
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BENCH_ROWS", "export_tables", "pareto_front", "write_report"]
+__all__ = ["BENCH_ROWS", "export_tables", "write_report"]
 
 #: Single-model ``hilprune bench`` measurements listed in the report (the latest; all are in data/measurements.csv).
 BENCH_ROWS = 20
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated points of (latency_ms, top1), sorted by latency.
-
-    A point is dominated when another is no slower and no less accurate and
-    strictly better in one of the two. (The report draws search runs with
-    :func:`harness.search.pareto.pareto_front`, which works on candidate rows and
-    counts each architecture once, as ``pareto.csv`` does.)
-    """
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best_top1 = [], float("-inf")
-    for i in order:
-        if points[i][1] > best_top1:
-            front.append(i)
-            best_top1 = points[i][1]
-    return front
 
 
 def export_tables(store, out_dir: Path) -> dict[str, list[str]]:

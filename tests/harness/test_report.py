@@ -8,15 +8,10 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.nightly.report import pareto_front, write_report
+from harness.nightly.report import write_report
 from harness.store import ResultsStore
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def test_pareto_front_keeps_only_non_dominated_points():
-    pts = [(2.0, 0.90), (1.0, 0.80), (3.0, 0.91), (2.5, 0.85), (1.0, 0.79), (4.0, 0.91)]
-    assert pareto_front(pts) == [1, 0, 2]  # by latency; (2.5, .85), (1.0, .79), (4.0, .91) are dominated
 
 
 @pytest.fixture
