@@ -132,11 +132,8 @@ def measure_variants(variants, db_path: Path, work: Path, fresh: bool, passes: i
                     print(f"  measure failed for {v.label}: {res.error.kind.value}: {res.error.message}")
                     continue
                 st = res.value.stats
-                store.add_measurement(
-                    model=v.model, arch_signature=v.signature, source="measured", onnx_sha256=sha256_file(v.path),
-                    stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms,
-                               max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
-                    latency_raw_ms=list(res.value.latency_ms), warmup_ms=list(res.value.warmup_ms),
+                store.add_device_measurement(
+                    res.value, model=v.model, arch_signature=v.signature, onnx_sha256=sha256_file(v.path),
                     metadata={"pass": p, "num_threads": 1, "benchmark": "sim_fidelity"}, **key)
                 best[v.label] = min(best.get(v.label, math.inf), st.min_ms)
             print(f"  measured pass {p + 1}/{passes}: {len(todo)} variants")

@@ -284,6 +284,30 @@ class ResultsStore:
             )
             return int(cur.lastrowid)
 
+    def add_device_measurement(self, m: Any, *, model: str, arch_signature: str, target: str, tuning_key: str,
+                               device: str | None = None, backend: str | None = None,
+                               artifact_sha256: str | None = None, onnx_sha256: str | None = None,
+                               metadata: dict | None = None) -> int:
+        """Store a device's :class:`devices.base.Measurement` ``m``; returns its id.
+
+        Statistics, raw and warm-up latencies, source, device and backend come
+        from ``m`` (``device``/``backend`` override them, e.g. a farm's name);
+        the metadata always holds the device state before/after, the daemon's
+        hello, ``m.tuning``, ``remeasured``, ``number`` and ``output_sha256``,
+        updated with ``metadata`` (which wins, e.g. the manifest's tuning).
+        """
+        st = m.stats
+        meta = {"device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
+                "hello": m.hello, "tuning": m.tuning, "remeasured": m.remeasured, "number": m.number,
+                "output_sha256": m.output_sha256, **(metadata or {})}
+        return self.add_measurement(
+            model=model, arch_signature=arch_signature, device=device or m.device, target=target,
+            backend=backend or m.backend, tuning_key=tuning_key, source=m.source,
+            stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
+                       cov=st.cov, n=st.n, unstable=st.unstable),
+            latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
+            artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256, metadata=meta)
+
     def latency_cache_floor(self, *, model: str, device: str, target: str, backend: str, tuning_key: str) -> int:
         """The smallest measurement id the latency cache of this key may serve (0 = all).
 

@@ -374,21 +374,15 @@ def _bench_impl(args: argparse.Namespace) -> int:
                        "was not stored")
     output_check = check and {"max_abs_diff": check.max_abs_diff, "bound": check.bound, "compared": check.compared}
     st = m.stats
-    stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
-                 cov=st.cov, n=st.n, unstable=st.unstable)
     manifest = artifact.manifest
     store = ResultsStore(args.db)
     try:
-        mid = store.add_measurement(
-            model=source.label, arch_signature=source.arch_signature, device=m.device, target=target.name,
-            backend=m.backend, tuning_key=tuning.identity(), source=m.source, stats=stats,
-            latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
-            artifact_sha256=artifact.library_sha256, onnx_sha256=manifest.get("onnx_sha256"),
-            metadata={"device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
-                      "hello": m.hello, "tuning": manifest.get("tuning"), "remeasured": m.remeasured,
-                      "output_sha256": m.output_sha256, "input_shape": list(source.input_shape),
-                      "number": m.number, "command": "bench", "num_threads": args.threads,
-                      "output_check": output_check},
+        mid = store.add_device_measurement(
+            m, model=source.label, arch_signature=source.arch_signature, target=target.name,
+            tuning_key=tuning.identity(), artifact_sha256=artifact.library_sha256,
+            onnx_sha256=manifest.get("onnx_sha256"),
+            metadata={"tuning": manifest.get("tuning"), "input_shape": list(source.input_shape), "command": "bench",
+                      "num_threads": args.threads, "output_check": output_check},
         )
     finally:
         store.close()

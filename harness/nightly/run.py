@@ -302,18 +302,12 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
         else:
             m, st = measurement, measurement.stats
             manifest = artifact.manifest
-            mid = store.add_measurement(
-                model=label, arch_signature=signature, device=m.device, target=target_name, backend=m.backend,
-                tuning_key=tuning_key, source=m.source,
-                stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms,
-                           max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
-                latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
+            mid = store.add_device_measurement(
+                m, model=label, arch_signature=signature, target=target_name, tuning_key=tuning_key,
                 artifact_sha256=artifact.library_sha256, onnx_sha256=manifest.get("onnx_sha256"),
-                metadata={"device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
-                          "hello": m.hello, "tuning": manifest.get("tuning"), "remeasured": m.remeasured,
-                          "output_sha256": m.output_sha256, "input_shape": list(bench.input_shape),
-                          "number": m.number, "command": "bench --suite", "bench_run_id": run_id,
-                          "benchmark": bench.name, "num_threads": options.threads},
+                metadata={"tuning": manifest.get("tuning"), "input_shape": list(bench.input_shape),
+                          "command": "bench --suite", "bench_run_id": run_id, "benchmark": bench.name,
+                          "num_threads": options.threads},
             )
             store.add_bench_result(run_id, benchmark=bench.name, device=device, target=target_name,
                                    backend=m.backend, tuning_key=tuning_key, source=m.source, status="ok",

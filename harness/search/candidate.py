@@ -289,18 +289,11 @@ class CandidateEvaluator:
 
     def _store_measurement(self, key: dict, m, artifact_sha256, onnx_sha256, manifest_tuning,
                            output_check: dict | None = None) -> int:
-        st = m.stats
-        stats = dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
-                     cov=st.cov, n=st.n, unstable=st.unstable)
-        return self.store.add_measurement(
-            **key, source=m.source, stats=stats, latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
-            artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256,
-            metadata={
-                "device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
-                "hello": m.hello, "tuning": manifest_tuning if manifest_tuning is not None else m.tuning,
-                "remeasured": m.remeasured, "output_sha256": m.output_sha256, "output_check": output_check,
-            },
-        )
+        extra = {"output_check": output_check}
+        if manifest_tuning is not None:
+            extra["tuning"] = manifest_tuning
+        return self.store.add_device_measurement(m, **key, artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256,
+                                                 metadata=extra)
 
     def _compile_and_measure(self, spec, pruned, top1, macs, params, key) -> CandidateResult:
         sig = spec.signature()
