@@ -30,7 +30,20 @@ Requests (``id`` is echoed back as given; any JSON value)::
 Replies: ``{"v":1,"id":..,"ok":true,"result":{...}}`` or
 ``{"v":1,"id":..,"ok":false,"error":{"kind":K,"message":..}}`` with K one of
 ``bad_request`` (malformed request), ``load_failed`` (artifact missing or
-unloadable), ``run_failed`` (the model raised). The daemon keeps serving.
+unloadable), ``run_failed`` (the model raised). The daemon keeps serving:
+every line gets one reply, whatever it holds -- invalid UTF-8, JSON nested
+deeper than the parser allows (``RecursionError``), a line over
+``MAX_LINE_BYTES`` (answered ``bad_request`` and skipped to its newline), an
+``id`` that cannot be echoed (echoed as null). Blank lines are the
+controller's heartbeat (see ``watchdog.py``) and get no reply.
+
+Containment: the files a manifest names (``library``, ``params``, ``onnx``)
+must resolve (symlinks followed) inside the artifact directory, else
+``load_failed``.
+
+Loaded models: at most ``HILPRUNE_MAX_LOADED_MODELS`` (environment, default
+4; interleaved A/B rounds need 2 at once) stay loaded; the least recently
+used is dropped first.
 
 Measure result: ``latency_ms`` (raw per-repeat ms = block time / number),
 ``warmup_ms`` (per call), ``number``, ``output_sha256`` (sha256 of the output's
@@ -55,6 +68,7 @@ if ``main`` returns a tuple, its first element is the output.
 
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import json
@@ -73,6 +87,8 @@ import numpy as np
 PROTOCOL_VERSION = 1
 MAX_NUMBER = 1_000_000  # cap on the calibrated number of calls per block
 MAX_SLEEP_S = 3600.0
+MAX_LINE_BYTES = 1 << 20  # longest request line (bytes); real requests are < 1 KB
+DEFAULT_MAX_LOADED = 4  # loaded models kept (LRU); HILPRUNE_MAX_LOADED_MODELS overrides
 
 
 def log(msg: str) -> None:
@@ -241,6 +257,23 @@ def read_manifest(artifact: str) -> tuple[dict, str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
+def _inside(artifact: str, name, field: str) -> str:
+    """``artifact/name`` if it resolves (symlinks followed) inside ``artifact``.
+
+    Raises:
+        RequestError(load_failed): ``name`` is not a string, or it points outside
+            the artifact directory (``..``, an absolute path, a symlink out).
+    """
+    if not isinstance(name, str) or not name:
+        raise RequestError("load_failed", f"manifest field {field!r} must be a file name, got {name!r}")
+    root = os.path.realpath(artifact)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise RequestError("load_failed", f"manifest field {field!r} = {name!r} points outside the artifact "
+                                          f"directory {artifact}; refused")
+    return path
+
+
 class Loaded:
     """A loaded artifact: ``call()`` runs the model once, ``sync()`` waits for the device."""
 
@@ -261,7 +294,7 @@ def load_tvm(artifact: str, manifest: dict, seed: int) -> Loaded:
     lib_name = manifest.get("library")
     if not isinstance(lib_name, str):
         raise RequestError("load_failed", "manifest has no 'library'")
-    lib_path = os.path.join(artifact, lib_name)
+    lib_path = _inside(artifact, lib_name, "library")
     if not os.path.isfile(lib_path):
         raise RequestError("load_failed", f"library {lib_path} does not exist")
     want = manifest.get("library_sha256")
@@ -282,7 +315,7 @@ def load_tvm(artifact: str, manifest: dict, seed: int) -> Loaded:
         params = []
         pname = manifest.get("params")
         if pname:
-            with np.load(os.path.join(artifact, pname)) as npz:
+            with np.load(_inside(artifact, pname, "params")) as npz:
                 params = [rt.tensor(npz[k], dev) for k in sorted(npz.files)]
         x = rt.tensor(_make_input(manifest, seed), dev)
         main = vm["main"]
@@ -307,7 +340,7 @@ def load_onnxruntime(artifact: str, manifest: dict, seed: int, num_threads: int 
     name = manifest.get("onnx")
     if not isinstance(name, str):
         raise RequestError("load_failed", "manifest has no 'onnx' file")
-    path = os.path.join(artifact, name)
+    path = _inside(artifact, name, "onnx")
     if not os.path.isfile(path):
         raise RequestError("load_failed", f"ONNX file {path} does not exist")
     try:
@@ -360,8 +393,22 @@ def _field(req: dict, name: str):
 class Daemon:
     """One session: dispatches requests and caches loaded artifacts."""
 
-    def __init__(self) -> None:
-        self.cache: dict[tuple, Loaded] = {}
+    def __init__(self, max_loaded: int | None = None) -> None:
+        if max_loaded is None:
+            try:
+                max_loaded = int(os.environ.get("HILPRUNE_MAX_LOADED_MODELS", DEFAULT_MAX_LOADED))
+            except ValueError:
+                max_loaded = DEFAULT_MAX_LOADED
+        self.max_loaded = max(2, max_loaded)
+        self.cache: collections.OrderedDict[tuple, Loaded] = collections.OrderedDict()
+
+    def _remember(self, key: tuple, loaded: Loaded) -> None:
+        """Keep ``loaded`` as the most recently used; drop the least recently used past ``max_loaded``."""
+        self.cache[key] = loaded
+        self.cache.move_to_end(key)
+        while len(self.cache) > self.max_loaded:
+            old, _ = self.cache.popitem(last=False)
+            log(f"unloaded {old[0]} ({old[2]}): over {self.max_loaded} loaded models")
 
     def measure(self, req: dict) -> dict:
         artifact = _field(req, "artifact")
@@ -388,13 +435,15 @@ class Daemon:
         key = (os.path.realpath(artifact), manifest_sha, backend, seed, num_threads)
         loaded = self.cache.get(key)
         load_s = 0.0
+        if loaded is not None:
+            self.cache.move_to_end(key)
         if loaded is None:
             if backend == "tvm":
                 loaded = load_tvm(artifact, manifest, seed)
             else:
                 loaded = load_onnxruntime(artifact, manifest, seed, num_threads)
-            self.cache[key] = loaded
             load_s = loaded.load_s
+            self._remember(key, loaded)
             log(f"loaded {artifact} ({backend}) in {load_s:.3f} s")
 
         state_before = device_state()
@@ -458,11 +507,14 @@ class Daemon:
             number = min(MAX_NUMBER, max(number * 2, min(number * 10, math.ceil(number * grow))))
 
     def handle(self, line: bytes) -> tuple[dict, bool]:
-        """Answer one request line; returns (reply, keep_serving)."""
+        """Answer one request line; returns (reply, keep_serving). Never raises."""
         try:
             req = json.loads(line)
-        except ValueError as exc:
-            return _err(None, "bad_request", f"not JSON: {exc}"), True
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+            what = "JSON nested too deep" if isinstance(exc, RecursionError) else f"not JSON: {exc}"
+            return _err(None, "bad_request", what), True
+        except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the daemon answers
+            return _err(None, "bad_request", f"not JSON: {type(exc).__name__}"), True
         if not isinstance(req, dict):
             return _err(None, "bad_request", "a request must be a JSON object"), True
         rid = req.get("id")
@@ -484,9 +536,9 @@ class Daemon:
             return _err(rid, "bad_request", f"unknown op {op!r}; ops: hello, measure, time_func, bye"), True
         except RequestError as exc:
             return _err(rid, exc.kind, exc.message), True
-        except Exception as exc:  # noqa: BLE001 - never crash on a request
+        except Exception as exc:  # noqa: BLE001 - never crash on a request (RecursionError included)
             log(traceback.format_exc())
-            return _err(rid, "run_failed", f"internal error: {type(exc).__name__}: {exc}"), True
+            return _err(rid, "run_failed", f"internal error: {type(exc).__name__}: {str(exc)[:500]}"), True
 
     @staticmethod
     def sleep(req: dict) -> dict:
@@ -556,6 +608,19 @@ def _err(rid, kind: str, message: str) -> dict:
     return {"v": PROTOCOL_VERSION, "id": rid, "ok": False, "error": {"kind": kind, "message": message}}
 
 
+def _encode(reply: dict) -> bytes:
+    """One reply line. NaN/inf in an output head are written as NaN/Infinity (Python's json reads them);
+    an ``id`` that cannot be written back (nested too deep) is replaced by null."""
+    try:
+        return json.dumps(reply, default=str).encode() + b"\n"
+    except (ValueError, RecursionError, TypeError):
+        safe = dict(reply, id=None)
+        try:
+            return json.dumps(safe, default=str).encode() + b"\n"
+        except (ValueError, RecursionError, TypeError):
+            return json.dumps(_err(None, "run_failed", "reply could not be encoded")).encode() + b"\n"
+
+
 def main() -> int:
     """Serve requests from stdin until ``bye`` or EOF; returns the exit status (0)."""
     proto_fd = os.dup(1)
@@ -564,12 +629,29 @@ def main() -> int:
     out = os.fdopen(proto_fd, "wb", buffering=0)
     daemon = Daemon()
     log(f"protocol v{PROTOCOL_VERSION} ready")
-    for line in sys.stdin.buffer:
-        if not line.strip():
-            continue
-        reply, keep = daemon.handle(line)
-        try:  # NaN/inf in an output head are written as NaN/Infinity (Python's json reads them)
-            out.write(json.dumps(reply, default=str).encode() + b"\n")
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            break
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while True:  # skip the rest of the over-long line, in bounded pieces
+                rest = stdin.readline(MAX_LINE_BYTES)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            reply, keep = _err(None, "bad_request", f"request line over {MAX_LINE_BYTES} bytes"), True
+        elif not line.strip():
+            continue  # the controller's heartbeat
+        else:
+            try:
+                reply, keep = daemon.handle(line)
+            except BaseException as exc:  # noqa: BLE001 - last resort: answer, keep serving
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                reply, keep = _err(None, "run_failed", f"internal error: {type(exc).__name__}"), True
+        data = _encode(reply)
+        try:
+            out.write(data)
         except BrokenPipeError:
             return 0
         if not keep:
