@@ -181,6 +181,7 @@ class DaemonSession:
         except (OSError, ValueError, EOFError) as exc:
             return self._fail(MeasureErrorKind.DEVICE_LOST, f"cannot write to daemon: {exc!r}", broken=True)
         deadline = time.monotonic() + timeout_s
+        dropped = 0
         while True:
             left = deadline - time.monotonic()
             dead = self._liveness() if self._liveness is not None else None
@@ -210,7 +211,13 @@ class DaemonSession:
                 return self._fail(MeasureErrorKind.PROTOCOL,
                                   f"reply is not protocol v{PROTOCOL_VERSION}: {str(reply)[:200]}", broken=True)
             if reply.get("id") != rid:
-                logger.warning("dropping daemon reply with id %r while waiting for %r", reply.get("id"), rid)
+                dropped += 1
+                if dropped > MAX_QUEUED_LINES:
+                    return self._fail(MeasureErrorKind.PROTOCOL,
+                                      f"the daemon wrote over {MAX_QUEUED_LINES} replies nobody asked for while "
+                                      f"{op!r} waited (a faulty board)", broken=True)
+                if dropped <= 3:
+                    logger.warning("dropping daemon reply with id %r while waiting for %r", reply.get("id"), rid)
                 continue
             if reply.get("ok") is True and isinstance(reply.get("result"), dict):
                 return Reply(result=reply["result"])

@@ -61,7 +61,7 @@ from devices.base import (
 )
 from devices.client import DaemonSession, Reply
 from devices.inventory import Board, normalise_arch
-from devices.lease import Lease, LeaseManager
+from devices.lease import Lease, LeaseManager, describe_lease
 from devices.local import DAEMON_PATH
 from devices.remeasure import measure_request, measure_until_stable
 
@@ -613,12 +613,12 @@ class SshDevice(Device):
             self._drop_session(polite=True)  # before the watchdog kills it mid-measurement
             s = None
         if self.leases is not None and (self._lease is None or self._lease.lost):
-            self._lease = self.leases.acquire(self.board.name, wait_s=self.lease_wait_s)
+            self._lease = self._acquire()
             if self._lease is None:
-                held = self.leases.holder_of(self.board.name) or {}
+                held = self.leases.holder_of(self.board.name)
                 err = self._fail(MeasureError(MeasureErrorKind.DEVICE_LOST,
-                                              f"board {self.board.name!r} is leased by {held.get('holder')} "
-                                              f"until {held.get('expires_at')}"))
+                                              describe_lease(self.board.name, held)
+                                              + (f" (waited {self.lease_wait_s:g} s)" if self.lease_wait_s else "")))
                 self.state = BoardState.BUSY
                 return err
             self.state = BoardState.LEASED
@@ -636,6 +636,20 @@ class SshDevice(Device):
             self._session, self._threads = s, num_threads
             self.state = BoardState.DAEMON_READY
         return None
+
+    def _acquire(self) -> Lease | None:
+        """Take the board's lease, waiting up to ``lease_wait_s`` with a progress line every 10 s."""
+        deadline = time.monotonic() + self.lease_wait_s
+        while True:
+            lease = self.leases.acquire(self.board.name, wait_s=0.0)
+            left = deadline - time.monotonic()
+            if lease is not None or left <= 0:
+                return lease
+            logger.warning("%s; waiting for it (up to %.0f s more)", describe_lease(
+                self.board.name, self.leases.holder_of(self.board.name)), left)
+            lease = self.leases.acquire(self.board.name, wait_s=min(10.0, left), poll_s=0.5)
+            if lease is not None:
+                return lease
 
     def _env(self, num_threads: int | None) -> dict[str, str]:
         env = self.board.env_dict
