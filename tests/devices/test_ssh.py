@@ -114,6 +114,16 @@ def test_changed_host_key_refused(tmp_path, sshd_pair, client_key, tiny_artifact
         r = dev.measure(tiny_artifact, MeasureConfig(**FAST))
         assert r.error.kind is MeasureErrorKind.DEVICE_LOST and "HOST KEY CHANGED" in r.error.message
         assert "refusing to connect" in r.error.message and dev.last_fatal
+        # both keys as OpenSSH fingerprints (the base64 prefix every ed25519 key shares said nothing)
+        import subprocess
+
+        def lf(pub: Path) -> str:
+            return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                                  check=True).stdout.split()[1]
+
+        assert lf(sshd_pair[0].root / "host_ed25519.pub") in r.error.message, r.error.message
+        assert lf(sshd_pair[1].root / "host_ed25519.pub") in r.error.message, r.error.message
+        assert "AAAAC3NzaC1lZDI1NTE5" not in r.error.message
         with pytest.raises(DeviceUnavailable, match="HOST KEY CHANGED"):
             dev.hello()
     finally:
