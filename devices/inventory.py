@@ -272,9 +272,16 @@ def _board(f: _Fields, base: Path, dead_link_s: float = 30.0) -> Board:
         import binascii
 
         try:
-            base64.b64decode(parts[1], validate=True)
+            blob = base64.b64decode(parts[1], validate=True)
         except (binascii.Error, ValueError):
             raise f.err("host_key", "has a key part that is not base64") from None
+        try:
+            import paramiko
+
+            paramiko.PKey.from_type_string(parts[0], blob)
+        except Exception as exc:  # noqa: BLE001 - paramiko raises several types for a bad key
+            raise f.err("host_key", f"is not a valid {parts[0]} public key ({exc}); copy the line from the "
+                                    f"board's /etc/ssh/ssh_host_*_key.pub") from None
     kh = _path(base, known_hosts) if known_hosts is not None else None
     if kh is not None and not kh.is_file():
         raise f.err("known_hosts", f"file {kh} does not exist")

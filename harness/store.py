@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError"]
+__all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError", "check_store_file", "open_readonly"]
 
 SCHEMA_VERSION = 4
 
@@ -185,6 +185,44 @@ def _check_file(path: Path) -> None:
     if head and head != _SQLITE_MAGIC:
         raise StoreError(f"results database {path} is not an SQLite file; nothing was written to it: "
                          f"pass another --db")
+
+
+def check_store_file(path: Path | str, *, must_exist: bool = True) -> None:
+    """Refuse a results database path before anything opens it: missing (when ``must_exist``),
+    a directory, not an SQLite file.
+
+    Raises:
+        StoreError: one line naming the file and the fix.
+    """
+    path = Path(path)
+    _check_file(path)
+    if must_exist and not path.is_file():
+        raise StoreError(f"results database {path} does not exist; pass the --db of your runs")
+
+
+def open_readonly(path: Path | str) -> sqlite3.Connection:
+    """A read-only connection to an existing store, checked (``PRAGMA quick_check``) first.
+
+    For readers that must not import the rest of the harness (``sim calibrate``).
+
+    Raises:
+        StoreError: missing, a directory, not SQLite, or corrupted (one line naming the file).
+    """
+    path = Path(path)
+    check_store_file(path)
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        bad = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise StoreError(f"results database {path} is corrupted or not a results store "
+                         f"({' '.join(str(exc).split())}); restore it from a backup or pass another --db") from None
+    if bad != ["ok"]:
+        con.close()
+        raise StoreError(f"results database {path} is corrupted (PRAGMA quick_check: "
+                         f"{' / '.join(' '.join(str(b).split()) for b in bad[:2])[:300]}); restore it from a "
+                         f"backup or pass another --db")
+    return con
 
 
 def _start_time(pid: int) -> float | None:

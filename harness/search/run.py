@@ -162,6 +162,16 @@ class SearchConfig:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a TOML value of the wrong type names its option (not a TypeError)
+            value = getattr(self, f.name)
+            if f.type in ("str", "str | None") and not (isinstance(value, str) or (value is None and "None" in f.type)):
+                raise ValueError(f"option {f.name!r} must be a string, got {type(value).__name__} {value!r}")
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"option {f.name!r} must be a number, got {type(value).__name__} {value!r}")
+        from harness.pruning import IMPORTANCES
+
+        if self.importance not in IMPORTANCES:
+            raise ValueError(f"importance={self.importance!r} must be one of {', '.join(IMPORTANCES)}")
         for name in ("episodes", "max_steps", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples",
                      "repeat", "seed"):
             value = getattr(self, name)
@@ -219,9 +229,14 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} does not exist; pass an existing TOML file to --config")
     try:
         data = tomllib.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not a text file (not UTF-8); pass a TOML file to --config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
     data = data.get("search", data)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: 'search' must be a table ([search] with options under it), "
+                         f"got {type(data).__name__}")
     SearchConfig.from_dict(data, source=str(path))  # validate names and values early
     return data
 
