@@ -197,7 +197,7 @@ def check_store_file(path: Path | str, *, must_exist: bool = True) -> None:
     path = Path(path)
     _check_file(path)
     if must_exist and not path.is_file():
-        raise StoreError(f"results database {path} does not exist; pass the --db of your runs")
+        raise StoreError(f"results database {path} not found; pass the --db of your runs")
 
 
 def open_readonly(path: Path | str) -> sqlite3.Connection:
