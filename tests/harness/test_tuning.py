@@ -93,3 +93,18 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(params[k]) for k in sorted(params.files)])
     expected = small_net()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("content, kept", [
+    (b'["a", 1]\n["b", 2]\n["c", 3', b'["a", 1]\n["b", 2]\n'),  # killed mid-line: no newline
+    (b'["a", 1]\n["b", 2]\n["c", \n', b'["a", 1]\n["b", 2]\n'),  # a newline, but not JSON
+    (b'["a", 1]\n["b", 2]\n', b'["a", 1]\n["b", 2]\n'),  # intact: untouched
+    (b'["c", 3', b''),  # only a torn line
+])
+def test_torn_last_line_of_the_tuning_database_is_cut(tmp_path, content, kept):
+    from harness.compile.tuning import repair_torn_tail
+
+    path = tmp_path / "database_tuning_record.json"
+    path.write_bytes(content)
+    assert repair_torn_tail(path) == len(content) - len(kept)
+    assert path.read_bytes() == kept
