@@ -339,6 +339,8 @@ def controller_killed(root: Path, key: Path, *, second_board: bool) -> FaultOutc
         holder.wait(30)
         gone = wait_until(lambda: not procs_naming(info["tmp"]))
         out.detect_s = None if gone is None else time.monotonic() - t_fault  # board noticed the controller
+        clean = wait_until(lambda: not procs_naming(info["tmp"]) and not Path(info["tmp"]).exists())
+        clean_s = None if clean is None else time.monotonic() - t_fault
         art = build_tiny_artifact(root / "art")
         farm = make_farm_device("farm:loop", inv)
         t0 = time.monotonic()
@@ -351,6 +353,7 @@ def controller_killed(root: Path, key: Path, *, second_board: bool) -> FaultOutc
         farm.close()
         farm = None
         _finish(out, sshd, t_fault)
+        out.board_clean_s = clean_s  # the dead controller's session, not the farm's later one
         if sshd2 is not None:
             wait_until(lambda: _board_clean(sshd2))
             out.orphans += len(procs_naming(str(sshd2.remote_tmp)))
