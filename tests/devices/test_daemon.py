@@ -142,18 +142,20 @@ def test_tampered_library_is_refused(raw, tiny_artifact, tmp_path):
     assert raw.send(v=1, id=9, op="hello")["ok"] is True
 
 
-def test_daemon_is_self_contained():
-    """The daemon is uploaded alone: stdlib + numpy at top level, tvm/onnxruntime lazily."""
+@pytest.mark.parametrize("name", ["daemon.py", "manifest.py"])
+def test_daemon_is_self_contained(name):
+    """The daemon is uploaded with manifest.py alone: stdlib + numpy at top level (+ the sibling manifest),
+    tvm/onnxruntime lazily; manifest.py is stdlib only."""
     import ast
 
-    tree = ast.parse(DAEMON.read_text())
+    tree = ast.parse(DAEMON.with_name(name).read_text())
     top = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
             top |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             top.add((node.module or "").split(".")[0])
-    allowed = set(sys.stdlib_module_names) | {"numpy", "__future__"}
+    allowed = set(sys.stdlib_module_names) | {"__future__"} | ({"numpy", "manifest"} if name == "daemon.py" else set())
     assert top <= allowed, top - allowed
     every = {(n.module or "") if isinstance(n, ast.ImportFrom) else a.name
              for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))

@@ -63,7 +63,7 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     # MetaSchedule's console log goes to the database's tuning.log, never to stdout (`--json` stays JSON)
     assert capfd.readouterr().out == ""
     assert "Initializing Task" in (db_dir / "tuning.log").read_text()
-    tuning = first.artifact.manifest["tuning"]
+    tuning = first.artifact.manifest.tuning
     assert tuning["tuned"] is True and tuning["trials_per_task"] == 2
     assert tuning["database"] == str(db_dir)
     assert tuning["tasks_total"] >= 4  # three fused convs + matmul + mean + layout ops
@@ -77,7 +77,7 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     # Same model, new artifact cache, same database: nothing is tuned again.
     second = compile_onnx(onnx_path, host, tmp_path / "cache2", config)
     assert second.error is None, second.error
-    tuning2 = second.artifact.manifest["tuning"]
+    tuning2 = second.artifact.manifest.tuning
     assert tuning2["tasks_tuned_now"] == 0
     assert tuning2["tasks_from_db"] == tuning["tasks_total"]
     assert database_info(db_dir).records == info.records
