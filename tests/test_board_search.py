@@ -129,7 +129,7 @@ def test_a_dead_farm_stops_the_run_resumably(tmp_path, shared, client_key, monke
     assert out["board"] == "b1" and out["latency_source"] == "measured"
     steps = db.execute("SELECT episode, step, source FROM candidates WHERE run_id=? AND episode >= 0 ORDER BY step",
                        (run_id,)).fetchall()
-    assert [s[:2] for s in steps][:2] == [(0, 1), (0, 2)] or [s[:2] for s in steps] == [(0, 1)]
+    assert [s[:2] for s in steps] == [(0, 1), (0, 2)]  # step 2, lost with the board, was made on resume
     assert {s[2] for s in steps} == {"measured"}
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "finished"
 
@@ -157,4 +157,5 @@ def test_fallback_sim_moves_the_whole_run_to_the_simulator(tmp_path, shared, cli
         assert source == m_source == "simulated" and p50 == m_p50  # every stored latency of the run
         if episode >= 0:  # ΔH compares simulated with simulated (reward.py: relative change of p50)
             assert delta_h == pytest.approx(p50 / base[3] - 1.0, rel=1e-9)
-    assert out["baseline"]["source"] == "simulated" and out["best"] is None or out["best"]["source"] == "simulated"
+    assert out["baseline"]["source"] == "simulated"
+    assert out["best"] is None or out["best"]["source"] == "simulated"

@@ -31,7 +31,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from devices.identity import source_of
 from devices.manifest import ManifestError
 from harness.pipeline import Pipeline, PipelineError, PipelineResult, Prepared, StoreKey
 from harness.pruning import ArchSpec, PruneGroup, apply_spec, count_macs_params
@@ -155,11 +154,6 @@ class CandidateEvaluator:
     def device(self):
         """The pipeline's device."""
         return self.pipeline.device
-
-    @property
-    def source(self) -> str:
-        """What this evaluator's latencies are: ``measured``, ``simulated`` or ``emulated`` (from the device's hello)."""
-        return source_of(self.device.hello())
 
     def key(self, spec: ArchSpec) -> StoreKey:
         """The results-store key of ``spec``'s latencies."""

@@ -645,7 +645,8 @@ class _Run:
             Runtime cannot run on the device.
         """
         ev = self.evaluator
-        if ev.measure.backend != "tvm" or best is None or not (base.ok and best.ok) or base.source != "measured":
+        if (ev.pipeline.measure_config.backend != "tvm" or best is None or not (base.ok and best.ok)
+                or base.source != "measured"):
             return None
         base_p50s: list[float] = []
         best_p50s: list[float] = []

@@ -166,6 +166,7 @@ def test_tune_reports_tasks_and_database_growth_then_reuses_it(capsys, tmp_path)
 def _inv(tmp_path: Path, target: str = "host") -> Path:
     """An inventory with one board (never contacted by these tests: every error comes first)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "k").write_text("not a key: never read, the errors come first\n")
     path = tmp_path / "farm.toml"
     path.write_text(f'[farm]\nlease_db = "{tmp_path / "l.sqlite"}"\n\n[[board]]\nname = "b1"\nhost = "127.0.0.1"\n'
                     f'port = 1\nuser = "u"\nidentity_file = "{tmp_path / "k"}"\n'
@@ -184,12 +185,19 @@ def _inv(tmp_path: Path, target: str = "host") -> Path:
     (["tune", "--model", "resnet20", "--target", "rpi5", "--device", "ssh:b1", "--inventory", "INV_RPI4"],
      ["board 'b1' is a rpi4, not a rpi5", "--target host"]),
     (["search", "--device", "farm:pi", "--fallback", "simulate"], ["--fallback", "'simulate'"]),
+    (["search", "--device", "farm:pi", "--target", "rpi5", "--inventory", "INV"], ["farm:pi", "target 'rpi5'"]),
+    (["search", "--device", "ssh:b1"], ["ssh:BOARD and farm:TAG devices need an inventory (--inventory FILE)"]),
 ])
 def test_board_devices_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, needles):
     inventories = {"INV": str(_inv(tmp_path / "h", "host")), "INV_RPI4": str(_inv(tmp_path / "r", "rpi4"))}
     argv = [inventories.get(a, a) for a in argv]
-    extra = [] if argv[0] == "search" else ["--cache-dir", str(tmp_path / "c")]
-    code, out, err = _run(capsys, [*argv, *extra])
+    extra = ["--cache-dir", str(tmp_path / "c")] + (["--db", str(tmp_path / "r.db"), "--out", str(tmp_path / "runs")]
+                                                     if argv[0] == "search" else [])
+    try:
+        code, out, err = _run(capsys, [*argv, *extra])
+    except SystemExit as exc:  # argparse's own refusal (choices): one line too (harness.cli.args.Parser)
+        code, (out, err) = exc.code, capsys.readouterr()
+        err = err.strip()
     assert code == 2 and out == "", err
     assert err.startswith("hilprune") and "\n" not in err, err
     for needle in needles:
