@@ -106,26 +106,30 @@ def _torch_worker(name: str, threads: int, repeat: int, min_repeat_ms: float) ->
     print(json.dumps(torch_eager_ms(model, x, threads, repeat, min_repeat_ms)))
 
 
-def measure(device, artifact_dir: Path, backend: str, args, repeat: int | None = None):
+def measure_config(args, repeat: int | None = None):
     from devices.base import MeasureConfig
 
-    cfg = MeasureConfig(backend=backend, warmup=2, number=0, repeat=repeat or args.repeat,
-                        min_repeat_ms=args.min_repeat_ms, timeout_s=1800.0, seed=SEED, num_threads=args.threads)
-    r = device.measure(artifact_dir, cfg)
+    return MeasureConfig(warmup=2, number=0, repeat=repeat or args.repeat, min_repeat_ms=args.min_repeat_ms,
+                         timeout_s=1800.0, seed=SEED, num_threads=args.threads)
+
+
+def measure(pipeline, prepared, backend: str):
+    """One output-checked measurement through the pipeline (not stored: a benchmark's own figures)."""
+    r = pipeline.measure(prepared, backend=backend)
     if r.error is not None:
-        raise RuntimeError(f"measure {backend} {artifact_dir.name}: {r.error.kind.value}: {r.error.message}")
-    return r.value
+        raise RuntimeError(f"measure {backend} {prepared.path.name}: {r.error.kind}: {r.error.message}")
+    return r.measurement
 
 
 def run_model(name: str, args, cache_dir: Path) -> dict:
     import numpy as np
 
     from devices.local import LocalDevice
-    from harness.compile.build import compile_onnx
     from harness.compile.export import export_onnx
     from harness.compile.targets import resolve_target
     from harness.compile.tuning import TuningConfig
     from harness.models import build_model
+    from harness.pipeline import Pipeline, PipelineError, Prepared
 
     kw, shape = MODELS[name]
     target = resolve_target("host")
@@ -150,20 +154,20 @@ def run_model(name: str, args, cache_dir: Path) -> dict:
         for budget in budgets:
             tuning = TuningConfig(trials_per_task=budget, num_threads=args.threads,
                                   database_dir=(cache_dir / f"tuning-{name}-b{budget}") if budget else None)
+            pipeline = Pipeline.for_device(device, target, tuning, measure_config(args), cache_dir)
             t0 = time.perf_counter()
-            result = compile_onnx(onnx_path, target, cache_dir, tuning)
+            art = pipeline.compile(onnx_path)
             wall = time.perf_counter() - t0
-            if result.error is not None:
-                print(f"budget {budget}: compile failed: {result.error.kind}: {result.error.message}", flush=True)
-                res["builds"].append({"trials_per_task": budget, "error": f"{result.error.kind}: {result.error.message}"})
+            if isinstance(art, PipelineError):
+                print(f"budget {budget}: compile failed: {art.kind}: {art.message}", flush=True)
+                res["builds"].append({"trials_per_task": budget, "error": f"{art.kind}: {art.message}"})
                 continue
-            art = result.artifact
-            tinfo = art.manifest["tuning"]
-            m = measure(device, art.path, "tvm", args)
+            tinfo = art.manifest.tuning
+            m = measure(pipeline, art, "tvm")
             b = {
                 "trials_per_task": budget, "artifact": str(art.path), "cache_hit": art.cache_hit,
                 "compile_wall_s": wall, "tune_s": tinfo.get("tune_s", 0.0),
-                "build_s": art.manifest["build_s"] - tinfo.get("tune_s", 0.0),
+                "build_s": (art.manifest.build_s or 0.0) - tinfo.get("tune_s", 0.0),
                 "tasks_total": tinfo.get("tasks_total"), "tasks_tuned_now": tinfo.get("tasks_tuned_now"),
                 "p50_ms": m.stats.p50_ms, "cov": m.stats.cov, "n": m.stats.n, "number": m.number,
                 "output_head": list(m.output_head)[:4],
@@ -174,7 +178,7 @@ def run_model(name: str, args, cache_dir: Path) -> dict:
                   f"({b['tasks_total']} tasks), p50 {b['p50_ms']:.3f} ms (CoV {b['cov']:.3f}, n {b['n']}, "
                   f"{b['number']} calls/block)", flush=True)
             # ORT right after each TVM measurement: the ratio compares numbers taken under the same load
-            ort = measure(device, art.path, "onnxruntime", args)
+            ort = measure(pipeline, art, "onnxruntime")
             b["ort_p50_ms"], b["ort_cov"] = ort.stats.p50_ms, ort.stats.cov
             res.setdefault("ort_p50_ms", ort.stats.p50_ms)
             diff = float(np.max(np.abs(np.asarray(ort.output_head) - np.asarray(m.output_head))))
@@ -195,7 +199,9 @@ def run_model(name: str, args, cache_dir: Path) -> dict:
         for _ in range(args.sessions):
             dev = LocalDevice()
             try:
-                m = measure(dev, Path(chosen["artifact"]), "tvm", args, repeat=args.session_repeat)
+                session = Pipeline.for_device(dev, target, TuningConfig(trials_per_task=0),
+                                              measure_config(args, repeat=args.session_repeat), cache_dir)
+                m = measure(session, Prepared.at(chosen["artifact"]), "tvm")
             finally:
                 dev.close()
             p50s.append(m.stats.p50_ms)

@@ -83,6 +83,7 @@ def main() -> int:
         ("hang", lambda d: faults.hang(d, key)),
         ("flood", lambda d: faults.flood(d, key)),
         ("sshd-9", lambda d: faults.sshd_killed(d, key)),
+        ("hello-hang", lambda d: faults.hello_hang(d, key)),
         ("controller-9-free", lambda d: faults.controller_killed(d, key, second_board=True)),
         ("controller-9-wait", lambda d: faults.controller_killed(d, key, second_board=False)),
         ("leftover-dir", lambda d: faults.stale_dir_swept(d, key)),

@@ -85,25 +85,13 @@ def board_section(graph_dir: Path) -> dict:
     return out
 
 
-def _artifact(variant, root: Path) -> Path:
-    """An ONNX-Runtime-only artifact dir (manifest + model.onnx link) for the daemon."""
-    d = root / variant.path.stem
-    d.mkdir(parents=True, exist_ok=True)
-    link = d / "model.onnx"
-    if not link.exists():
-        link.symlink_to(variant.path.resolve())
-    manifest = {"format_version": 1, "onnx": "model.onnx", "library": None, "params": None,
-                "input": {"name": "input", "shape": list(variant.input_shape), "dtype": "float32"},
-                "device_kind": "cpu"}
-    (d / "manifest.json").write_text(json.dumps(manifest))
-    return d
-
-
 def measure_variants(variants, db_path: Path, work: Path, fresh: bool, passes: int = 2) -> dict[str, float]:
     """{variant label: smallest block latency (ms) over ``passes`` shuffled passes}, cached in the store."""
     from devices.base import MeasureConfig
     from devices.local import LocalDevice
-    from harness.compile.export import sha256_file
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig
+    from harness.pipeline import Pipeline, StoreKey
     from harness.store import ResultsStore
 
     store = ResultsStore(db_path)
@@ -112,30 +100,30 @@ def measure_variants(variants, db_path: Path, work: Path, fresh: bool, passes: i
     # re-measuring on it (max_cov 10)
     config = MeasureConfig(backend="onnxruntime", warmup=5, number=0, repeat=40, min_repeat_ms=2.0,
                            num_threads=1, max_remeasure=0, max_cov=10.0, timeout_s=120.0)
-    key = dict(device="local", target="host", backend="onnxruntime", tuning_key="ort-1thread-min")
     best: dict[str, float] = {}
     todo = []
-    for v in variants:
-        hit = None if fresh else store.find_measurement(model=v.model, arch_signature=v.signature, **key)
-        if hit is not None:
-            best[v.label] = hit["latency_min_ms"]
-        else:
-            todo.append(v)
-    rng = np.random.default_rng(0)
     device = LocalDevice()
+    # the ONNX files themselves through ONNX Runtime (graph-only artifacts: no TVM build), stored and
+    # output-checked by the one pipeline; the cache serves only this machine's own earlier rows
+    pipeline = Pipeline.for_device(device, resolve_target("host"), TuningConfig(trials_per_task=0), config,
+                                   work / "cache", store)
     try:
+        for v in variants:
+            hit = None if fresh else pipeline.cached(StoreKey(v.model, v.signature))
+            if hit is not None:
+                best[v.label] = hit["latency_min_ms"]
+            else:
+                todo.append(v)
+        rng = np.random.default_rng(0)
         for p in range(passes):
             for i in rng.permutation(len(todo)):
                 v = todo[int(i)]
-                res = device.measure(_artifact(v, work / "artifacts"), config)
+                prepared, res = pipeline.run(v.path, StoreKey(v.model, v.signature, {
+                    "pass": p, "benchmark": "sim_fidelity"}))
                 if not res.ok:
-                    print(f"  measure failed for {v.label}: {res.error.kind.value}: {res.error.message}")
+                    print(f"  measure failed for {v.label}: {res.error.kind}: {res.error.message}")
                     continue
-                st = res.value.stats
-                store.add_device_measurement(
-                    res.value, model=v.model, arch_signature=v.signature, onnx_sha256=sha256_file(v.path),
-                    metadata={"pass": p, "num_threads": 1, "benchmark": "sim_fidelity"}, **key)
-                best[v.label] = min(best.get(v.label, math.inf), st.min_ms)
+                best[v.label] = min(best.get(v.label, math.inf), res.measurement.stats.min_ms)
             print(f"  measured pass {p + 1}/{passes}: {len(todo)} variants")
     finally:
         device.close()

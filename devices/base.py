@@ -226,10 +226,13 @@ class Device(abc.ABC):
 
     ``needs_library``: False for devices that read only the artifact's
     ``manifest.json`` and ``model.onnx`` (the simulator), so callers may skip
-    the TVM build for them.
+    the TVM build for them. ``is_board``: True for SSH boards and farms.
     """
 
     needs_library: bool = True
+    #: True for SSH boards and farms: the target ``host`` means the board's CPU, and tuning
+    #: trials are timed there (``time_function``), not on the controller.
+    is_board: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name

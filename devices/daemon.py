@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """hilprune device daemon: times compiled artifacts, speaking JSON lines.
 
-ONE self-contained program. It imports only the Python standard library,
-numpy and, lazily, ``tvm.runtime`` / ``onnxruntime``; never anything from the
-hilprune repo, because it is uploaded alone to boards (DESIGN.md §5).
+A self-contained program of two files: this one and ``manifest.py`` beside
+it (the artifact manifest's one reader, stdlib only). It imports only the
+Python standard library, numpy, that sibling and, lazily, ``tvm.runtime`` /
+``onnxruntime``; never the hilprune packages, because it is uploaded to
+boards with its sibling alone (DESIGN.md §5).
 
 Run: ``python daemon.py``. Protocol version 1: one JSON object per line on
 stdin, one JSON reply per line on stdout (flushed). Nothing else ever goes to
@@ -83,6 +85,10 @@ import time
 import traceback
 
 import numpy as np
+
+# The manifest reader is the one file uploaded beside this one (devices/manifest.py: stdlib only).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from manifest import ManifestError, read_manifest as _read_manifest  # noqa: E402
 
 PROTOCOL_VERSION = 1
 MAX_NUMBER = 1_000_000  # cap on the calibrated number of calls per block
@@ -186,6 +192,35 @@ def _dist_version(*names: str) -> str | None:
     return None
 
 
+#: x86 /proc/cpuinfo flags that decide the ISA level of generated code (x86-64 psABI levels v2-v4).
+_X86_FLAGS = ("sse4_2", "popcnt", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq")
+
+
+def cpu_facts() -> dict:
+    """What a compiler needs to know of this CPU, from ``/proc/cpuinfo`` (Linux; empty elsewhere).
+
+    Returns:
+        ``{"cpu_model": str|None, "cpu_part": "0xd08"|None (ARM "CPU part"), "cpu_implementer": str|None,
+        "cpu_flags": [x86 flags among _X86_FLAGS]}``; the controller derives the ``host``
+        target of a board from them (``harness.compile.targets.board_target``).
+    """
+    facts = {"cpu_model": None, "cpu_part": None, "cpu_implementer": None, "cpu_flags": []}
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if key == "model name" and facts["cpu_model"] is None:
+            facts["cpu_model"] = value
+        elif key == "cpu part" and facts["cpu_part"] is None:
+            facts["cpu_part"] = value.lower()
+        elif key == "cpu implementer" and facts["cpu_implementer"] is None:
+            facts["cpu_implementer"] = value.lower()
+        elif key == "flags" and not facts["cpu_flags"]:
+            have = set(value.split())
+            facts["cpu_flags"] = [f for f in _X86_FLAGS if f in have]
+    return facts
+
+
 def hello() -> dict:
     """Versions and machine facts of this daemon's host.
 
@@ -211,6 +246,7 @@ def hello() -> dict:
         "machine": platform.machine(),
         "glibc": libc_ver if libc == "glibc" else None,
         "cpu_count": os.cpu_count(),
+        **cpu_facts(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
     }
@@ -226,35 +262,19 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def read_manifest(artifact: str) -> tuple[dict, str]:
-    """Load and check ``manifest.json``; returns (manifest, sha256 of its bytes).
+def read_manifest(artifact: str):
+    """Load and check ``manifest.json`` through the shared reader (``manifest.py``, uploaded beside this file).
+
+    Returns:
+        The ``Manifest`` (its ``sha256`` is that of the file's bytes).
 
     Raises:
         RequestError(load_failed): missing dir/manifest, bad JSON, bad fields.
     """
-    if not os.path.isdir(artifact):
-        raise RequestError("load_failed", f"artifact dir {artifact!r} does not exist")
-    path = os.path.join(artifact, "manifest.json")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        manifest = json.loads(raw)
-    except OSError as exc:
-        raise RequestError("load_failed", f"cannot read {path}: {exc}") from None
-    except ValueError as exc:
-        raise RequestError("load_failed", f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
-        raise RequestError("load_failed", f"{path}: format_version must be 1")
-    inp = manifest.get("input")
-    if (not isinstance(inp, dict) or not isinstance(inp.get("shape"), list)
-            or not all(isinstance(d, int) and d > 0 for d in inp["shape"])
-            or not isinstance(inp.get("dtype"), str)):
-        raise RequestError("load_failed", f"{path}: input must be {{'name','shape':[ints>0],'dtype'}}")
-    try:
-        np.dtype(inp["dtype"])
-    except TypeError:
-        raise RequestError("load_failed", f"{path}: unknown input dtype {inp['dtype']!r}") from None
-    return manifest, hashlib.sha256(raw).hexdigest()
+        return _read_manifest(artifact)
+    except ManifestError as exc:
+        raise RequestError("load_failed", str(exc)) from None
 
 
 def _inside(artifact: str, name, field: str) -> str:
@@ -283,21 +303,22 @@ class Loaded:
         self.load_s = load_s
 
 
-def _make_input(manifest: dict, seed: int) -> np.ndarray:
-    inp = manifest["input"]
-    return np.random.default_rng(seed).standard_normal(inp["shape"]).astype(inp["dtype"])
+def _make_input(manifest, seed: int) -> np.ndarray:
+    inp = manifest.input
+    return np.random.default_rng(seed).standard_normal(inp.shape).astype(inp.dtype)
 
 
-def load_tvm(artifact: str, manifest: dict, seed: int) -> Loaded:
+def load_tvm(artifact: str, manifest, seed: int) -> Loaded:
     """Load the Relax VM executable (runtime-only API) and bind the fixed input."""
     t0 = time.perf_counter()
-    lib_name = manifest.get("library")
-    if not isinstance(lib_name, str):
-        raise RequestError("load_failed", "manifest has no 'library'")
+    lib_name = manifest.library
+    if lib_name is None:
+        raise RequestError("load_failed", "the artifact has no TVM library (a graph-only artifact); "
+                                          "measure it with backend 'onnxruntime'")
     lib_path = _inside(artifact, lib_name, "library")
     if not os.path.isfile(lib_path):
         raise RequestError("load_failed", f"library {lib_path} does not exist")
-    want = manifest.get("library_sha256")
+    want = manifest.library_sha256
     if isinstance(want, str) and _sha256_file(lib_path) != want:
         raise RequestError("load_failed", f"library {lib_path} does not match library_sha256 of the manifest")
     try:
@@ -305,15 +326,13 @@ def load_tvm(artifact: str, manifest: dict, seed: int) -> Loaded:
         from tvm.runtime.vm import VirtualMachine  # noqa: PLC0415
     except Exception as exc:  # noqa: BLE001
         raise RequestError("load_failed", f"tvm runtime not importable: {exc!r}") from None
-    kind = manifest.get("device_kind", "cpu")
-    if kind not in ("cpu", "cuda"):
-        raise RequestError("load_failed", f"unknown device_kind {kind!r} (cpu or cuda)")
+    kind = manifest.device_kind
     try:
         dev = rt.cpu(0) if kind == "cpu" else rt.cuda(0)
         lib = rt.load_module(lib_path)
         vm = VirtualMachine(lib, dev)
         params = []
-        pname = manifest.get("params")
+        pname = manifest.params
         if pname:
             with np.load(_inside(artifact, pname, "params")) as npz:
                 params = [rt.tensor(npz[k], dev) for k in sorted(npz.files)]
@@ -334,11 +353,11 @@ def load_tvm(artifact: str, manifest: dict, seed: int) -> Loaded:
     return Loaded(call, sync, time.perf_counter() - t0)
 
 
-def load_onnxruntime(artifact: str, manifest: dict, seed: int, num_threads: int | None) -> Loaded:
+def load_onnxruntime(artifact: str, manifest, seed: int, num_threads: int | None) -> Loaded:
     """Create an ONNX Runtime CPU session on the artifact's ONNX file."""
     t0 = time.perf_counter()
-    name = manifest.get("onnx")
-    if not isinstance(name, str):
+    name = manifest.onnx
+    if name is None:
         raise RequestError("load_failed", "manifest has no 'onnx' file")
     path = _inside(artifact, name, "onnx")
     if not os.path.isfile(path):
@@ -353,7 +372,7 @@ def load_onnxruntime(artifact: str, manifest: dict, seed: int, num_threads: int 
             opts.intra_op_num_threads = int(num_threads)
             opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-        in_name = manifest["input"].get("name") or sess.get_inputs()[0].name
+        in_name = manifest.input.name or sess.get_inputs()[0].name
         feeds = {in_name: _make_input(manifest, seed)}
     except Exception as exc:  # noqa: BLE001
         raise RequestError("load_failed", f"cannot load {path}: {type(exc).__name__}: {exc}") from None
@@ -431,8 +450,8 @@ class Daemon:
                                                   f"TVM_NUM_THREADS={num_threads} in its environment")
             os.environ["TVM_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(num_threads)
 
-        manifest, manifest_sha = read_manifest(artifact)
-        key = (os.path.realpath(artifact), manifest_sha, backend, seed, num_threads)
+        manifest = read_manifest(artifact)
+        key = (os.path.realpath(artifact), manifest.sha256, backend, seed, num_threads)
         loaded = self.cache.get(key)
         load_s = 0.0
         if loaded is not None:

@@ -12,6 +12,11 @@
 - **Pinning**: inside ``with farm.pinned():`` every request goes to one board
   (chosen at entry), so interleaved A/B rounds compare on one machine; if that
   board is quarantined meanwhile, pinning ends and requests fail over as usual.
+  A **run pin** (:meth:`FarmDevice.pin_run`: a search, whose latencies must all
+  come from one board) lasts until :meth:`FarmDevice.unpin_run`; when its
+  board is quarantined the farm moves the pin to another healthy board and
+  records the move in :attr:`FarmDevice.board_changes`, so the run can
+  re-measure its reference there and say so.
 - **Faults**: a request that fails with a board fault (``device_lost``,
   ``daemon_start``, ``timeout``, ``protocol``) is retried on another board
   (on the same board while pinned); ``max_failures`` consecutive faults (or
@@ -32,7 +37,10 @@
 - **Fallback** when no healthy board is left: ``"sim"`` answers from the
   simulator device ``sim:<target preset>`` (results say ``source=
   "simulated"``), ``"fail"`` returns a ``device_lost`` error whose message
-  starts with ``farm exhausted`` and sets :attr:`FarmDevice.exhausted`.
+  starts with ``farm exhausted`` and sets :attr:`FarmDevice.exhausted`. A
+  search never uses ``"sim"`` here (one simulated answer among measured ones
+  would mix sources): it makes its farm with ``"fail"`` and, when told to
+  fall back, switches the whole run to the simulator itself.
 """
 
 from __future__ import annotations
@@ -154,6 +162,9 @@ class FarmDevice(Device):
         self._busy: set[str] = set()
         self._pin: str | None = None
         self._pin_depth = 0
+        self._run_pin = False  # pin_run(): the pin outlives pinned() blocks and moves on quarantine
+        #: moves of a run pin: {"from", "to", "reason", "at"} (Unix time)
+        self.board_changes: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         if leases is not None:
             self._apply_shared(leases.quarantines())
@@ -222,13 +233,73 @@ class FarmDevice(Device):
             live = None
         self._apply_shared(live)
 
+    is_board = True
+
     def _pinned_board(self) -> str | None:
-        """The pinned board, or None; ends pinning if that board was quarantined. Holds the lock."""
+        """The pinned board, or None. Holds the lock.
+
+        If the pinned board was quarantined: a run pin moves to the least used
+        healthy board (recorded in :attr:`board_changes`); a plain pin ends.
+        """
         if self._pin is not None and self._pin in self.quarantined:
-            logger.warning("%s: pinned board %s is quarantined; pinning ends, requests fail over as usual",
-                           self.name, self._pin)
-            self._pin = None
+            old = self._pin
+            healthy = self._healthy_locked()
+            if self._run_pin and healthy:
+                self._pin = min(healthy, key=lambda b: self.measured_on[b])
+                self.board_changes.append({"from": old, "to": self._pin, "reason": self.quarantined[old],
+                                           "at": time.time()})
+                logger.warning("%s: run's board %s is quarantined (%s); the run moves to board %s",
+                               self.name, old, self.quarantined[old], self._pin)
+            else:
+                logger.warning("%s: pinned board %s is quarantined; pinning ends, requests fail over as usual",
+                               self.name, old)
+                self._pin = None
+                self._run_pin = False
         return self._pin
+
+    def pin_run(self, prefer: str | None = None) -> str | None:
+        """Pin every request of this farm to one board until :meth:`unpin_run` (a whole search).
+
+        Args:
+            prefer: the board to pin (a resumed run's board) if it is healthy;
+                else the least used healthy board.
+
+        Returns:
+            The pinned board, or None when no healthy board is left.
+
+        Raises:
+            ValueError: ``prefer`` is not a board of this farm.
+        """
+        if prefer is not None and prefer not in self.boards:
+            raise ValueError(f"{self.name}: board {prefer!r} is not one of {sorted(self.boards)}")
+        self._refresh_quarantines()
+        with self._cond:
+            healthy = self._healthy_locked()
+            if not healthy:
+                return None
+            board = prefer if prefer in healthy else min(healthy, key=lambda b: self.measured_on[b])
+            if prefer is not None and board != prefer:
+                self.board_changes.append({"from": prefer, "to": board, "reason": self.quarantined.get(prefer, ""),
+                                           "at": time.time()})
+                logger.warning("%s: the run's board %s is quarantined (%s); the run moves to board %s",
+                               self.name, prefer, self.quarantined.get(prefer), board)
+            self._pin, self._run_pin = board, True
+            logger.info("%s: run pinned to board %s", self.name, board)
+            return board
+
+    def unpin_run(self) -> None:
+        """End :meth:`pin_run` (pinned() blocks still open keep their board until they exit)."""
+        with self._cond:
+            self._run_pin = False
+            if self._pin_depth == 0:
+                self._pin = None
+            self._cond.notify_all()
+
+    @property
+    def pinned_board(self) -> str | None:
+        """The board requests go to now (a run pin or a pinned() block), or None."""
+        with self._cond:
+            return self._pinned_board()
 
     def _take(self, tried: set[str]) -> str | None:
         """Block until an idle healthy untried board is free; None if none can ever be.
@@ -291,7 +362,7 @@ class FarmDevice(Device):
         finally:
             with self._cond:
                 self._pin_depth -= 1
-                if self._pin_depth == 0 and self._pin is not None:
+                if self._pin_depth == 0 and self._pin is not None and not self._run_pin:
                     logger.info("%s: requests no longer pinned to board %s", self.name, self._pin)
                     self._pin = None
                 self._cond.notify_all()
@@ -437,6 +508,8 @@ class FarmDevice(Device):
             with self._cond:
                 on_pin = board == self._pin
                 if on_pin and dev.state is BoardState.BUSY:
+                    if self._run_pin:  # the run's board is leased away: an error, not a reason to move
+                        return result
                     logger.warning("%s: pinned board %s is leased by another holder; pinning ends",
                                    self.name, board)
                     self._pin = None
@@ -497,13 +570,14 @@ class FarmDevice(Device):
         return self._dispatcher.submit(self.measure, Path(artifact_dir), config)
 
     def hello(self) -> dict:
-        """Hello of the first healthy board that answers, plus ``board``.
+        """Hello of the pinned board (while pinned), else of the first healthy board that answers; with ``board``.
 
         Raises:
             DeviceUnavailable: no board answers (the message lists why).
         """
         errors = []
-        for name in self.healthy():
+        pin = self.pinned_board
+        for name in ([pin] if pin is not None else self.healthy()):
             try:
                 return self.boards[name].hello()
             except DeviceUnavailable as exc:

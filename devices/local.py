@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +28,7 @@ from devices.base import (
     MeasureResult,
 )
 from devices.client import DaemonSession, Reply
+from devices.manifest import ManifestError, read_manifest
 from devices.remeasure import measure_request, measure_until_stable
 
 logger = logging.getLogger(__name__)
@@ -198,12 +198,9 @@ class LocalDevice(Device):
         """
         artifact_dir = Path(artifact_dir).resolve()
         try:
-            manifest = json.loads((artifact_dir / "manifest.json").read_text())
-            if not isinstance(manifest, dict):
-                raise ValueError("manifest is not a JSON object")
-        except (OSError, ValueError) as exc:
-            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
-                                      f"cannot read {artifact_dir / 'manifest.json'}: {exc}")
+            manifest = read_manifest(artifact_dir)
+        except ManifestError as exc:
+            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED, str(exc))
         request = measure_request(str(artifact_dir), config)
         return measure_until_stable(
             lambda: self.call("measure", timeout_s=config.timeout_s, daemon_threads=config.num_threads, **request),

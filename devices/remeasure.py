@@ -14,6 +14,7 @@ from typing import Callable
 
 from devices.base import MeasureConfig, MeasureErrorKind, MeasureResult, Measurement
 from devices.client import Reply
+from devices.manifest import Manifest
 from devices.stats import LatencyStats
 
 __all__ = ["THROTTLED_NOW_MASK", "throttled", "measure_request", "measure_until_stable"]
@@ -44,7 +45,7 @@ def measure_until_stable(
     config: MeasureConfig,
     *,
     device: str,
-    manifest: dict,
+    manifest: Manifest,
     hello: Callable[[], dict],
     source: str = "measured",
     cooldown_s: float = 0.0,
@@ -61,7 +62,7 @@ def measure_until_stable(
         call: sends one measure request, returns the daemon's Reply.
         config: the measurement settings.
         device: device name recorded in the Measurement.
-        manifest: the artifact's manifest (``library_sha256``, ``tuning``).
+        manifest: the artifact's :class:`devices.manifest.Manifest` (``library_sha256``, ``tuning``).
         hello: returns the daemon's hello (read after the calls).
         source: ``measured`` (or ``emulated`` for an emulated board).
         cooldown_s: pause after a throttled attempt, s.
@@ -100,7 +101,7 @@ def measure_until_stable(
                                   f"{cooldown_s:g} s cooldown between them")
     try:
         value = Measurement(
-            device=device, backend=config.backend, artifact_sha256=manifest.get("library_sha256"),
+            device=device, backend=config.backend, artifact_sha256=manifest.library_sha256,
             latency_ms=tuple(float(v) for v in result["latency_ms"]),
             warmup_ms=tuple(float(v) for v in result["warmup_ms"]),
             number=int(result["number"]), stats=stats,
@@ -110,7 +111,7 @@ def measure_until_stable(
             device_state_before=dict(result["device_state_before"]),
             device_state_after=dict(result["device_state_after"]),
             hello=dict(hello() or {}), source=source, remeasured=attempts - 1,
-            tuning=manifest.get("tuning"), created_at=time.time(),
+            tuning=dict(manifest.tuning) or None, created_at=time.time(),
         )
     except (KeyError, TypeError, ValueError) as exc:
         return MeasureResult.fail(MeasureErrorKind.PROTOCOL, f"bad measure result: {exc!r}")

@@ -57,12 +57,12 @@ from devices.base import (
     MeasureError,
     MeasureErrorKind,
     MeasureResult,
-    Measurement,
 )
 from devices.client import DaemonSession, Reply
 from devices.inventory import Board, normalise_arch
 from devices.lease import Lease, LeaseManager, describe_lease
 from devices.local import DAEMON_PATH
+from devices.manifest import Manifest, ManifestError, read_manifest
 from devices.remeasure import measure_request, measure_until_stable
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["BoardState", "SshDevice", "SshError", "SshSession"]
 
 WATCHDOG_PATH = Path(__file__).with_name("watchdog.py")
+#: The manifest reader, uploaded beside the daemon (which imports it as ``manifest``).
+MANIFEST_PATH = Path(__file__).with_name("manifest.py")
 HELLO_TIMEOUT_S = 120.0  # importing numpy/TVM on a Pi takes a while; capped by the request's timeout_s
 MAX_COMMAND_OUTPUT_BYTES = 16 << 20  # stdout + stderr drained from one short command
 MAX_UPLOADED_ARTIFACTS = 8  # artifact dirs kept in a session's temp dir (LRU; the oldest is removed)
@@ -424,7 +426,8 @@ class SshSession:
             self.tmp = self.run(["mktemp", "-d", f"{b.remote_tmp}/hilprune-run.XXXXXX"])[1].strip()
             if not self.tmp.startswith(b.remote_tmp + "/hilprune-run."):
                 raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: odd mktemp output {self.tmp!r}")
-            self.upload([(DAEMON_PATH, f"{self.tmp}/daemon.py"), (WATCHDOG_PATH, f"{self.tmp}/watchdog.py")])
+            self.upload([(DAEMON_PATH, f"{self.tmp}/daemon.py"), (MANIFEST_PATH, f"{self.tmp}/manifest.py"),
+                         (WATCHDOG_PATH, f"{self.tmp}/watchdog.py")])
             self.start_daemon()
             return dict(self.hello)
         except BaseException:
@@ -523,22 +526,23 @@ class SshSession:
 
     # -------------------------------------------------------------- artifacts
 
-    def put_artifact(self, artifact_dir: Path, manifest: dict, manifest_bytes: bytes, backend: str) -> str:
+    def put_artifact(self, artifact_dir: Path, manifest: Manifest, backend: str) -> str:
         """Upload what ``backend`` needs of an artifact (once per session); returns the remote dir.
 
         Raises:
             SshError: load_failed (wrong arch, missing file, checksum), timeout, device_lost.
         """
         b = self.board
-        arch = manifest.get("arch")
-        if normalise_arch(str(arch)) != (self.machine or b.arch):
+        arch = manifest.arch
+        if arch is not None and normalise_arch(str(arch)) != (self.machine or b.arch):
             raise SshError(MeasureErrorKind.LOAD_FAILED,
                            f"artifact {artifact_dir.name} is built for {arch} but board {b.name!r} is "
                            f"{self.machine or b.arch} (target {b.target!r}); compile for that target", fatal=False)
-        names = ["manifest.json"]
-        keys = ("library", "params") if backend == "tvm" else ("onnx",)
-        names += [manifest[k] for k in keys if isinstance(manifest.get(k), str)]
-        key = hashlib.sha256(manifest_bytes + backend.encode()).hexdigest()[:20]
+        try:
+            names = manifest.files(backend)
+        except ManifestError as exc:
+            raise SshError(MeasureErrorKind.LOAD_FAILED, f"artifact {artifact_dir}: {exc}") from None
+        key = hashlib.sha256((manifest.sha256 + backend).encode()).hexdigest()[:20]
         if key in self.uploaded:
             self.uploaded.move_to_end(key)
             return self.uploaded[key]
@@ -571,6 +575,8 @@ class SshDevice(Device):
     The session (lease, connection, temp dir, daemon) opens on first use and
     is reused; after a transport failure the next call opens a fresh one.
     """
+
+    is_board = True
 
     def __init__(self, board: Board, leases: LeaseManager | None = None, lease_wait_s: float = 60.0,
                  name: str | None = None) -> None:
@@ -755,17 +761,13 @@ class SshDevice(Device):
 
     def _measure(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
         try:
-            raw = (artifact_dir / "manifest.json").read_bytes()
-            manifest = json.loads(raw)
-            if not isinstance(manifest, dict):
-                raise ValueError("manifest is not a JSON object")
-        except (OSError, ValueError) as exc:
+            manifest = read_manifest(artifact_dir)
+        except ManifestError as exc:
+            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED, str(exc))
+        arch = None if manifest.arch is None else normalise_arch(manifest.arch)
+        if arch is not None and arch != self.board.arch:  # before connecting or uploading anything
             return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
-                                      f"cannot read {artifact_dir / 'manifest.json'}: {exc}")
-        arch = normalise_arch(str(manifest.get("arch")))
-        if arch != self.board.arch:  # before connecting or uploading anything
-            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
-                                      f"artifact {artifact_dir.name} is built for {manifest.get('arch')} but "
+                                      f"artifact {artifact_dir.name} is built for {manifest.arch} but "
                                       f"board {self.board.name!r} is {self.board.arch} (target "
                                       f"{self.board.target!r}); it is never sent there")
         self._hello_timeout_s = min(HELLO_TIMEOUT_S, config.timeout_s)
@@ -773,7 +775,7 @@ class SshDevice(Device):
         if err is not None:
             return MeasureResult(error=err)
         try:
-            remote = self._session.put_artifact(artifact_dir, manifest, raw, config.backend)
+            remote = self._session.put_artifact(artifact_dir, manifest, config.backend)
         except SshError as exc:
             e = self._fail(exc)
             if e.kind in (MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.TIMEOUT):

@@ -19,7 +19,11 @@ Tables:
 
 Schema history: 1 = runs, measurements, candidates; 2 = + bench_runs,
 bench_results (a version-1 file is migrated in place when opened: the new
-tables are created, nothing else changes); 3 = + cache_windows; 4 = runs and
+tables are created, nothing else changes); 3 = + cache_windows; 4 =
+``measurements.device_identity`` (who measured: source, board, machine facts
+or simulator profile and version; :mod:`devices.identity`) and source
+``emulated`` allowed (qemu timings: stored, never a latency). Rows of older
+files keep a NULL identity, so the latency cache never serves them; 5 = runs and
 bench_runs record their owner (``owner_host``, ``owner_pid``,
 ``owner_start``: the process's start time, so a reused pid is not taken for
 the owner). On open, a ``running`` row of this host whose owner is gone is
@@ -45,7 +49,7 @@ from typing import Any, Iterator
 
 __all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError", "check_store_file", "open_readonly"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_windows (  -- schema 3: where the latency cache of a key starts
@@ -82,7 +86,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     target TEXT NOT NULL,
     backend TEXT NOT NULL,
     tuning_key TEXT NOT NULL,          -- e.g. "trials=8" or "untuned": latencies of different tuning never mix
-    source TEXT NOT NULL CHECK (source IN ('measured', 'simulated')),
+    source TEXT NOT NULL CHECK (source IN ('measured', 'simulated', 'emulated', 'predicted')),
     artifact_sha256 TEXT,
     onnx_sha256 TEXT,
     latency_p50_ms REAL NOT NULL,
@@ -96,7 +100,8 @@ CREATE TABLE IF NOT EXISTS measurements (
     unstable INTEGER,
     latency_raw_ms TEXT NOT NULL,      -- JSON list, per-repeat ms
     warmup_ms TEXT,                    -- JSON list, discarded warm-ups
-    metadata_json TEXT                 -- device state before/after, daemon hello, tuning
+    metadata_json TEXT,                -- device state before/after, daemon hello, tuning
+    device_identity TEXT               -- schema 4: devices.identity.identity_of(hello), NULL before
 );
 CREATE INDEX IF NOT EXISTS measurements_key
     ON measurements (model, arch_signature, device, target, backend, tuning_key);
@@ -157,6 +162,29 @@ CREATE TABLE IF NOT EXISTS bench_results (
 CREATE INDEX IF NOT EXISTS bench_results_key
     ON bench_results (benchmark, device, target, backend, tuning_key, source);
 """
+
+
+def _migrate_measurements_to_4(c: sqlite3.Connection) -> None:
+    """Schema 3 -> 4: rebuild ``measurements`` with ``device_identity`` and the wider source CHECK.
+
+    SQLite cannot alter a CHECK constraint: the table is rebuilt in the open
+    transaction, the documented way (sqlite.org/lang_altertable.html, "making
+    other kinds of table schema changes"): new table, copy, drop, rename. The
+    connection turns foreign keys on only after this (``ResultsStore.__init__``), so
+    the drop leaves ``candidates``' references as they are; the ids do not change.
+    """
+    cols = [r[1] for r in c.execute("PRAGMA table_info(measurements)").fetchall()]
+    if "device_identity" in cols:
+        return
+    create = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements"):]
+    create = create[:create.index(");") + 2].replace("IF NOT EXISTS measurements", "measurements_v4")
+    c.execute(create)
+    names = ", ".join(cols)
+    c.execute(f"INSERT INTO measurements_v4 ({names}) SELECT {names} FROM measurements")
+    c.execute("DROP TABLE measurements")
+    c.execute("ALTER TABLE measurements_v4 RENAME TO measurements")
+    c.execute("CREATE INDEX IF NOT EXISTS measurements_key "
+              "ON measurements (model, arch_signature, device, target, backend, tuning_key)")
 
 
 class StoreError(RuntimeError):
@@ -280,7 +308,6 @@ class ResultsStore:
                 raise StoreError(f"{self.path} is an SQLite database but not a hilprune results store (tables: "
                                  f"{', '.join(sorted(tables)[:4])}); pass another --db")
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
             with self._tx() as c:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
@@ -293,13 +320,16 @@ class ResultsStore:
                         f"{self.path}: schema version {row[0]} is newer than this hilprune's {SCHEMA_VERSION}; "
                         "upgrade hilprune or pass another --db"
                     )
-                elif int(row[0]) < SCHEMA_VERSION:  # migrations are additive: the CREATE IF NOT EXISTS above
+                elif int(row[0]) < SCHEMA_VERSION:  # the CREATE IF NOT EXISTS above adds new tables
+                    if int(row[0]) < 4:
+                        _migrate_measurements_to_4(c)
                     c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
-                for table in ("runs", "bench_runs"):  # schema 4: who runs it (host, pid, process start)
+                for table in ("runs", "bench_runs"):  # schema 5: who runs it (host, pid, process start)
                     have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
                     for col, typ in (("owner_host", "TEXT"), ("owner_pid", "INTEGER"), ("owner_start", "REAL")):
                         if col not in have:
                             c.execute(f"ALTER TABLE {table} ADD COLUMN {col} {typ}")
+            self._conn.execute("PRAGMA foreign_keys=ON")  # after a migration's table rebuild
             self.reap_interrupted()
         except StoreError:
             if self._conn is not None:
@@ -408,26 +438,30 @@ class ResultsStore:
         artifact_sha256: str | None = None,
         onnx_sha256: str | None = None,
         metadata: dict | None = None,
+        device_identity: str | None = None,
     ) -> int:
         """Store one measurement; returns its id.
 
         Args:
             stats: keys p50, p90, mean, std, min, max, cov, n, unstable (ms where a latency).
             latency_raw_ms: raw per-repeat latencies, ms.
-            source: ``measured`` or ``simulated`` (never mixed in history).
+            source: ``measured``, ``simulated``, ``predicted`` or ``emulated`` (never mixed in history;
+                ``emulated`` is never a latency).
+            device_identity: who measured (:func:`devices.identity.identity_of`); the latency
+                cache serves a row only to the same identity (None: never served).
         """
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO measurements (created_at, model, arch_signature, device, target, backend, tuning_key, source, "
                 "artifact_sha256, onnx_sha256, latency_p50_ms, latency_p90_ms, latency_mean_ms, latency_std_ms, "
-                "latency_min_ms, latency_max_ms, latency_cov, n, unstable, latency_raw_ms, warmup_ms, metadata_json) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "latency_min_ms, latency_max_ms, latency_cov, n, unstable, latency_raw_ms, warmup_ms, metadata_json, "
+                "device_identity) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     time.time(), model, arch_signature, device, target, backend, tuning_key, source,
                     artifact_sha256, onnx_sha256, stats["p50"], stats.get("p90"), stats.get("mean"), stats.get("std"),
                     stats.get("min"), stats.get("max"), stats.get("cov"), stats.get("n"), int(bool(stats.get("unstable"))),
                     json.dumps(list(latency_raw_ms)), json.dumps(list(warmup_ms or [])),
-                    json.dumps(metadata or {}, sort_keys=True, default=str),
+                    json.dumps(metadata or {}, sort_keys=True, default=str), device_identity,
                 ),
             )
             return int(cur.lastrowid)
@@ -442,8 +476,12 @@ class ResultsStore:
         from ``m`` (``device``/``backend`` override them, e.g. a farm's name);
         the metadata always holds the device state before/after, the daemon's
         hello, ``m.tuning``, ``remeasured``, ``number`` and ``output_sha256``,
-        updated with ``metadata`` (which wins, e.g. the manifest's tuning).
+        updated with ``metadata`` (which wins, e.g. the manifest's tuning). The
+        row's ``device_identity`` is read from ``m.hello``
+        (:func:`devices.identity.identity_of`).
         """
+        from devices.identity import identity_of
+
         st = m.stats
         meta = {"device_state_before": m.device_state_before, "device_state_after": m.device_state_after,
                 "hello": m.hello, "tuning": m.tuning, "remeasured": m.remeasured, "number": m.number,
@@ -454,7 +492,8 @@ class ResultsStore:
             stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms, max=st.max_ms,
                        cov=st.cov, n=st.n, unstable=st.unstable),
             latency_raw_ms=list(m.latency_ms), warmup_ms=list(m.warmup_ms),
-            artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256, metadata=meta)
+            artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256, metadata=meta,
+            device_identity=identity_of(m.hello or {}, default_name=m.device))
 
     def latency_cache_floor(self, *, model: str, device: str, target: str, backend: str, tuning_key: str) -> int:
         """The smallest measurement id the latency cache of this key may serve (0 = all).
@@ -478,7 +517,7 @@ class ResultsStore:
 
     def find_measurement(
         self, *, model: str, arch_signature: str, device: str, target: str, backend: str, tuning_key: str,
-        min_id: int = 0,
+        identity: str, min_id: int = 0,
     ) -> dict | None:
         """The first measurement of this (architecture, device, target, backend, tuning), or None.
 
@@ -490,14 +529,20 @@ class ResultsStore:
         result flagged unstable (after the device's own re-measurements) is
         still the value the search used; its flag stays in the row.
 
+        ``identity``: only rows measured by this identity
+        (:func:`devices.identity.identity_of`: source, board and machine facts,
+        or simulator profile and version) are served; a simulated row never
+        answers a measured run, nor one board's row another board, and rows
+        stored before identities were recorded (NULL) are never served.
+
         ``min_id``: ignore measurements with a smaller id (a run that found the
         device drifted since they were taken caches only from its own on).
         """
         with self._lock:
             row = self._conn.execute(
                 "SELECT * FROM measurements WHERE model=? AND arch_signature=? AND device=? AND target=? "
-                "AND backend=? AND tuning_key=? AND id >= ? ORDER BY id ASC LIMIT 1",
-                (model, arch_signature, device, target, backend, tuning_key, min_id),
+                "AND backend=? AND tuning_key=? AND device_identity=? AND id >= ? ORDER BY id ASC LIMIT 1",
+                (model, arch_signature, device, target, backend, tuning_key, identity, min_id),
             ).fetchone()
         if row is None:
             return None
@@ -530,6 +575,27 @@ class ResultsStore:
                 (run_id, episode, episode, step),
             )
             return cur.rowcount
+
+    def update_candidate_latency(self, run_id: str, episode: int, step: int, result: Any, terms: Any = None) -> None:
+        """Rewrite one candidate row's latency, source, measurement and (with ``terms``) ΔH and reward.
+
+        For a search that switched to the simulator as a whole: its earlier rows are re-predicted so the
+        run never holds measured and simulated latencies together (DESIGN.md §5).
+
+        Args:
+            result: a ``CandidateResult`` (``latency_p50_ms``, ``latency_raw_ms``, ``measurement_id``, ``source``,
+                ``latency_cache_hit``; a failed one sets its error).
+            terms: its ``RewardTerms`` against the new reference (None: reward terms unchanged).
+        """
+        values = {"latency_p50_ms": result.latency_p50_ms, "latency_raw_ms": json.dumps(list(result.latency_raw_ms)),
+                  "measurement_id": result.measurement_id, "source": result.source,
+                  "latency_cache_hit": int(bool(result.latency_cache_hit)), "error_kind": result.error_kind,
+                  "error_message": result.error_message}
+        if terms is not None:
+            values.update(reward=terms.reward, delta_p=terms.delta_p, delta_c=terms.delta_c, delta_h=terms.delta_h)
+        with self._tx() as c:
+            c.execute(f"UPDATE candidates SET {', '.join(f'{k}=?' for k in values)} "
+                      "WHERE run_id=? AND episode=? AND step=?", (*values.values(), run_id, episode, step))
 
     def set_run_status(self, run_id: str, status: str) -> None:
         """Set a run's status without touching its summary (e.g. back to ``running`` on resume,

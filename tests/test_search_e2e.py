@@ -182,7 +182,7 @@ def test_drifted_device_makes_the_run_ignore_older_cached_latencies(ws, first_ru
     def slower(self, spec, *, fresh=False, model=None):  # the device got 3x slower since the cache was filled
         # 3x the cached p50 where there is one (the unpruned model's drift check), not 3x a real measurement,
         # whose own load noise would move the drift: the reported drift is then exactly 2.0
-        cached = self.store.find_measurement(**self._key(spec), min_id=self.cache_min_id)
+        cached = self.pipeline.cached(self.key(spec), min_id=self.cache_min_id)
         r = real(self, spec, fresh=fresh, model=model)
         if r.ok and not r.latency_cache_hit:
             p50 = cached["latency_p50_ms"] if cached is not None else r.latency_p50_ms

@@ -11,13 +11,13 @@ equal (std 0, CoV 0), so a search with a simulator is reproducible.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from pathlib import Path
 
 from devices.base import Device, MeasureConfig, MeasureErrorKind, MeasureResult, Measurement
+from devices.manifest import ManifestError, read_manifest
 from devices.sim.graph import SimGraphError, load_features
 from devices.sim.profile import SimProfile, load_profile, predict_latency_ms
 from devices.stats import LatencyStats
@@ -77,13 +77,13 @@ class SimDevice(Device):
         """
         artifact_dir = Path(artifact_dir)
         try:
-            manifest = json.loads((artifact_dir / "manifest.json").read_text())
-            if not isinstance(manifest, dict):
-                raise ValueError("manifest is not a JSON object")
-        except (OSError, ValueError) as exc:
+            manifest = read_manifest(artifact_dir)
+        except ManifestError as exc:
+            return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED, str(exc))
+        if manifest.onnx is None:
             return MeasureResult.fail(MeasureErrorKind.LOAD_FAILED,
-                                      f"cannot read {artifact_dir / 'manifest.json'}: {exc}")
-        onnx_path = artifact_dir / str(manifest.get("onnx") or "model.onnx")
+                                      f"simulator {self.name}: artifact {artifact_dir} has no ONNX graph to cost")
+        onnx_path = artifact_dir / manifest.onnx
         with self._lock:
             try:
                 latency_ms = self.predict(onnx_path, config.num_threads)
@@ -93,14 +93,13 @@ class SimDevice(Device):
         state = {"simulator": True, "profile": self.profile.name, "profile_version": self.profile.version,
                  "threads": threads}
         raw = (latency_ms,) * config.repeat
-        out = manifest.get("output") if isinstance(manifest.get("output"), dict) else {}
         value = Measurement(
-            device=self.name, backend=config.backend, artifact_sha256=manifest.get("library_sha256"),
+            device=self.name, backend=config.backend, artifact_sha256=manifest.library_sha256,
             latency_ms=raw, warmup_ms=(latency_ms,) * config.warmup, number=1,
             stats=LatencyStats.from_raw(raw, max_cov=config.max_cov), output_sha256="", output_head=(),
-            output_shape=tuple(int(d) for d in out.get("shape", ())), device_state_before=state,
+            output_shape=tuple(manifest.output.shape), device_state_before=state,
             device_state_after=state, hello=self.hello(), source="simulated", remeasured=0,
-            tuning=manifest.get("tuning"), created_at=time.time(),
+            tuning=dict(manifest.tuning) or None, created_at=time.time(),
         )
         logger.debug("%s predicted %.4f ms for %s", self.name, latency_ms, onnx_path)
         return MeasureResult(value=value)

@@ -10,8 +10,17 @@ The command-line contract of issue 3 (other tools rely on these names)::
         -> a table, or ONE JSON object (see :data:`BENCH_JSON_KEYS`); the measurement goes to the
            results store (default results/hilprune.db)
     hilprune tune    (--model NAME | --onnx PATH) [--input-shape ...] --target PRESET [--trials N]
+                     [--device local|ssh:BOARD|farm:TAG --inventory FILE] [--tasks-per-call N]
         -> tasks total / from the database / tuned now, database records before -> after, and the
-           tuned latency on this machine when the target is this machine
+           tuned latency on the device that tuned (this machine when the target is this machine)
+
+Every one of them goes through :class:`harness.pipeline.Pipeline` (export →
+compile, tuning on the device that will measure → measure → output check →
+store). ``compile`` has no device: for a target this host cannot run it
+applies what the tuning database holds and says in one line how many tasks
+have no record (they get TVM's default schedule). ``bench`` and ``tune`` with
+``ssh:BOARD``/``farm:TAG`` (and ``--inventory``) tune on the board itself;
+``--target host`` on a board means that board's CPU.
 
 A model comes from the zoo (``--model``, random seeded weights, exported to
 ONNX opset 17 and checked against ONNX Runtime by :func:`harness.compile.export.export_onnx`)
@@ -124,8 +133,7 @@ def register(subparsers) -> None:
                    help="where to measure (default local: this machine); with --suite, repeat it for several "
                         "devices (they replace the suite's)")
     b.add_argument("--backend", choices=("tvm", "onnxruntime"), default="tvm",
-                   help="time the TVM library (default) or the artifact's ONNX file with ONNX Runtime "
-                        "(the artifact is still built as for tvm; --tune-trials 0 skips tuning)")
+                   help="time the TVM library (default) or the ONNX file with ONNX Runtime (no TVM build)")
     b.add_argument("--repeat", type=pos_int, default=30, help="timed blocks (raw latencies) (default 30)")
     b.add_argument("--warmup", type=nonneg_int, default=5, help="untimed warm-up calls (default 5)")
     b.add_argument("--min-repeat-ms", type=float, default=50.0,
@@ -145,7 +153,14 @@ def register(subparsers) -> None:
     _add_source_args(t)
     t.add_argument("--trials", type=pos_int, default=DEFAULT_TUNE_TRIALS,
                    help=f"trials per new task (default {DEFAULT_TUNE_TRIALS})")
-    t.add_argument("--device", default="local", help="where the tuned latency is measured (default local)")
+    t.add_argument("--device", default=None,
+                   help="where tuning trials are timed and the tuned latency measured: local (default for a target "
+                        "this machine runs), ssh:BOARD or farm:TAG (needs --inventory; a farm's boards tune in "
+                        "parallel)")
+    t.add_argument("--inventory", metavar="FILE", default=None, help="farm inventory TOML for ssh:BOARD / farm:TAG")
+    t.add_argument("--tasks-per-call", type=pos_int, default=None,
+                   help="tasks tuned per MetaSchedule call: records of finished calls survive a kill, so a long "
+                        "tuning resumes where it stopped (default: all at once locally, 4 on boards)")
     t.add_argument("--repeat", type=pos_int, default=20, help="timed blocks of the latency check (default 20)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_tune)
@@ -240,21 +255,63 @@ def _target(args: argparse.Namespace):
     return resolve_target(args.target)
 
 
-def _tuning(trials: int, threads: int | None):
+def _tuning(trials: int, threads: int | None, tasks_per_call: int | None = None):
     from harness.compile.tuning import TuningConfig
 
-    return TuningConfig(trials_per_task=trials, num_threads=threads)
+    return TuningConfig(trials_per_task=trials, num_threads=threads, tasks_per_call=tasks_per_call)
 
 
-def _compile(source: _Source, target, cache_dir: Path, tuning):
-    """compile_onnx (stdout diverted to stderr) or a ``_Failure``."""
-    from harness.compile.build import compile_onnx, stdout_to_stderr
+def _compile(pipeline, source: _Source):
+    """``pipeline.compile`` of the source's ONNX file, or a ``_Failure``."""
+    from harness.pipeline import PipelineError
 
-    with stdout_to_stderr():
-        result = compile_onnx(source.onnx_path, target, cache_dir, tuning)
-    if result.error is not None:
-        raise _Failure(f"{result.error.kind}: {result.error.message}")
-    return result.artifact
+    prepared = pipeline.compile(source.onnx_path)
+    if isinstance(prepared, PipelineError):
+        raise _Failure(f"{prepared.kind}: {prepared.message}")
+    return prepared
+
+
+def _untuned_note(prepared, target, db_hint: str) -> str | None:
+    """One line when the build applied a database that lacked some of its tasks (None otherwise)."""
+    info = prepared.manifest.tuning
+    n = int(info.get("tasks_untuned") or 0)
+    if not n:
+        return None
+    return (f"hilprune: note: {n} of {info.get('tasks_total')} tasks have no tuning record for {target.name} in "
+            f"{info.get('database')}: compiled untuned (default schedules); {db_hint}")
+
+
+def _open_device(name: str, inventory: str | None, target):
+    """The device ``name`` (``ssh:``/``farm:`` need ``inventory``), only boards of ``target``'s preset in a farm.
+
+    Raises:
+        ValueError: unknown device, no inventory for a board device, no board of the target in the tag,
+            a board of another target; one line naming the fix.
+    """
+    from devices.registry import make_device
+
+    if name.startswith(("ssh:", "farm:")) and not inventory:
+        raise ValueError(f"--device {name} needs --inventory FILE (the farm's boards, e.g. "
+                         "devices/examples/farm.toml)")
+    preset = None if target.name in ("host", "custom") else target.name
+    device = make_device(name, inventory=inventory, target=preset if name.startswith("farm:") else None)
+    board = getattr(device, "board", None)
+    if board is not None and preset is not None and board.target != preset:
+        device.close()
+        raise ValueError(f"board {board.name!r} is a {board.target}, not a {preset}: pass --target {board.target} "
+                         f"or --target host (the board's own CPU), or another board")
+    return device
+
+
+def _pipeline(device, target, tuning, config, cache_dir: Path, store=None):
+    """:meth:`harness.pipeline.Pipeline.for_device`; an unreachable board is a ``_Failure`` (exit 1)."""
+    from devices.base import DeviceUnavailable
+    from harness.pipeline import Pipeline
+
+    try:
+        return Pipeline.for_device(device, target, tuning, config, cache_dir, store)
+    except DeviceUnavailable as exc:
+        raise _Failure(f"device_unavailable: {device.name}: {exc}") from None
 
 
 class _Failure(Exception):
@@ -283,19 +340,6 @@ def _check_measurable(target, device_name: str) -> None:
         raise ValueError(f"{why} (device 'local'); measure it with --target host, or on a board of that target")
 
 
-def _measure(device_name: str, artifact_dir: Path, config):
-    from devices.registry import make_device
-
-    device = make_device(device_name)  # unknown -> ValueError listing the valid names
-    try:
-        result = device.measure(artifact_dir, config)
-    finally:
-        device.close()
-    if result.error is not None:
-        raise _Failure(f"measure {result.error.kind.value}: {result.error.message}")
-    return result.value
-
-
 # --------------------------------------------------------------------------------------------- compile
 
 
@@ -309,14 +353,23 @@ def _compile_impl(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise ValueError(f"--out {str(out)!r} exists and is not an artifact directory; pass a new or empty DIR")
+    from devices.base import MeasureConfig
+    from harness.pipeline import Pipeline
+
+    pipeline = Pipeline(None, target, tuning, MeasureConfig(), _cache_dir(args))  # no device: compile only
     with tempfile.TemporaryDirectory(prefix="hilprune-compile-") as work:
         source = _resolve_source(args, Path(work))
-        artifact = _compile(source, target, _cache_dir(args), tuning)
+        artifact = _compile(pipeline, source)
+    note = _untuned_note(artifact, target, f"tune them on a board: hilprune tune --target {args.target} "
+                                           "--device ssh:BOARD|farm:TAG --inventory FILE")
+    if note:
+        print(note, file=sys.stderr)
     path = artifact.path
     if out is not None:
         path = _copy_artifact(artifact.path, out)
     if args.json:
-        print(json.dumps({"path": str(path), "cache_hit": artifact.cache_hit, **artifact.manifest}, sort_keys=True))
+        print(json.dumps({"path": str(path), "cache_hit": artifact.cache_hit, **artifact.manifest.to_dict()},
+                         sort_keys=True))
     else:
         print(path)
     return 0
@@ -352,51 +405,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_impl(args: argparse.Namespace) -> int:
     from devices.base import MeasureConfig
-    from harness.compile.check import check_measurement
+    from harness.pipeline import StoreKey
     from harness.store import ResultsStore
 
     target = _target(args)
     _check_measurable(target, args.device)
-    if args.device != "local":
-        from devices.registry import make_device
-
-        make_device(args.device).close()  # unknown device: ValueError before any work
     config = MeasureConfig(backend=args.backend, warmup=args.warmup, number=0, repeat=args.repeat,
                            min_repeat_ms=args.min_repeat_ms, timeout_s=args.timeout_s, num_threads=args.threads)
     tuning = _tuning(args.tune_trials, args.threads)
-    with tempfile.TemporaryDirectory(prefix="hilprune-bench-") as work:
-        source = _resolve_source(args, Path(work))
-        artifact = _compile(source, target, _cache_dir(args), tuning)
-    m = _measure(args.device, artifact.path, config)
-    check = check_measurement(artifact.path, artifact.manifest, m, config.seed)
-    if check is not None and not check.ok:  # a fast wrong program: not stored, so no search ever caches it
-        raise _Failure(f"wrong_output on {m.device}: {check.message}; the latency (p50 {m.stats.p50_ms:.4g} ms) "
-                       "was not stored")
-    output_check = check and {"max_abs_diff": check.max_abs_diff, "bound": check.bound, "compared": check.compared}
-    st = m.stats
-    manifest = artifact.manifest
-    store = ResultsStore(args.db)
+    device = _open_device(args.device, args.inventory, target)  # bad device: ValueError before any work
+    store = None
     try:
-        mid = store.add_device_measurement(
-            m, model=source.label, arch_signature=source.arch_signature, target=target.name,
-            tuning_key=tuning.identity(), artifact_sha256=artifact.library_sha256,
-            onnx_sha256=manifest.get("onnx_sha256"),
-            metadata={"tuning": manifest.get("tuning"), "input_shape": list(source.input_shape), "command": "bench",
-                      "num_threads": args.threads, "output_check": output_check},
-        )
+        store = ResultsStore(args.db)
+        pipeline = _pipeline(device, target, tuning, config, _cache_dir(args), store)
+        with tempfile.TemporaryDirectory(prefix="hilprune-bench-") as work:
+            source = _resolve_source(args, Path(work))
+            artifact = _compile(pipeline, source)
+            result = pipeline.measure(artifact, StoreKey(source.label, source.arch_signature, {
+                "input_shape": list(source.input_shape), "command": "bench"}))
     finally:
-        store.close()
-    tuning_info = manifest.get("tuning") or {}
+        device.close()
+        if store is not None:
+            store.close()
+    if result.error is not None:  # a wrong output is neither stored nor cached by any search
+        m = result.measurement
+        tail = f"; the latency (p50 {m.stats.p50_ms:.4g} ms) was not stored" if m is not None else ""
+        raise _Failure(f"{result.error.kind} on {device.name}: {result.error.message}{tail}")
+    m, st, manifest = result.measurement, result.measurement.stats, artifact.manifest
+    tuning_info = dict(manifest.tuning)
     row: dict[str, Any] = {
         "latency_p50_ms": st.p50_ms, "latency_p90_ms": st.p90_ms, "latency_mean_ms": st.mean_ms,
         "latency_std_ms": st.std_ms, "latency_min_ms": st.min_ms, "latency_max_ms": st.max_ms,
         "latency_cov": st.cov, "unstable": st.unstable, "n": st.n, "number": m.number, "source": m.source,
-        "device": m.device, "target": target.name, "backend": m.backend, "tuned": bool(tuning_info.get("tuned")),
-        "tuning": tuning_info, "artifact_sha256": artifact.library_sha256,
-        "onnx_sha256": manifest.get("onnx_sha256"), "artifact_dir": str(artifact.path), "model": source.label,
-        "input_shape": list(source.input_shape), "measurement_id": mid, "db": str(args.db),
+        "device": m.device, "board": m.hello.get("board"), "target": pipeline.target.name,
+        "backend": m.backend, "tuned": bool(tuning_info.get("tuned")),
+        "tuning": tuning_info, "artifact_sha256": manifest.library_sha256,
+        "onnx_sha256": manifest.onnx_sha256, "artifact_dir": str(artifact.path), "model": source.label,
+        "input_shape": list(source.input_shape), "measurement_id": result.measurement_id, "db": str(args.db),
         "compile_cache_hit": artifact.cache_hit, "output_sha256": m.output_sha256, "remeasured": m.remeasured,
-        "output_check": output_check,
+        "output_check": result.output_check,
     }
     if args.json:
         print(json.dumps(row, sort_keys=True))
@@ -406,11 +453,15 @@ def _bench_impl(args: argparse.Namespace) -> int:
 
 
 def _print_bench(r: dict[str, Any]) -> None:
-    if r["backend"] == "onnxruntime":  # the TVM library is built but not what was timed
-        how = "backend onnxruntime: the ONNX file, not the TVM build"
+    if r["backend"] == "onnxruntime":  # no TVM build: the ONNX file itself
+        how = "backend onnxruntime: the ONNX file, no TVM build"
     else:
         how = f"backend tvm, {'tuned, %s trials/task' % r['tuning'].get('trials_per_task') if r['tuned'] else 'UNTUNED'}"
-    print(f"{r['model']} {'x'.join(map(str, r['input_shape']))} on {r['device']} (target {r['target']}, {how})")
+        if r["tuning"].get("tasks_untuned"):
+            how += f", {r['tuning']['tasks_untuned']} tasks untuned"
+    where = f"{r['device']} (board {r['board']})" if r.get("board") else r["device"]
+    label = "" if r["source"] == "measured" else f" [{r['source'].upper()}: not a measured latency]"
+    print(f"{r['model']} {'x'.join(map(str, r['input_shape']))} on {where} (target {r['target']}, {how}){label}")
     print(f"{'p50 ms':>10} {'p90 ms':>10} {'mean ms':>10} {'min ms':>10} {'CoV':>7} {'n':>4}")
     print(f"{r['latency_p50_ms']:10.3f} {r['latency_p90_ms']:10.3f} {r['latency_mean_ms']:10.3f} "
           f"{r['latency_min_ms']:10.3f} {r['latency_cov']:7.3f} {r['n']:4d}"
@@ -428,45 +479,66 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _tune_impl(args: argparse.Namespace) -> int:
     from devices.base import MeasureConfig
+    from harness.compile.targets import host_cannot_run
     from harness.compile.tuning import database_dir_for, database_info
+    from harness.pipeline import Pipeline
 
     target = _target(args)
-    tuning = _tuning(args.trials, args.threads)
+    name = args.device or ("local" if host_cannot_run(target) is None else None)
+    if name == "local":
+        _check_measurable(target, "local")
+    elif name is None:
+        raise ValueError(f"{host_cannot_run(target)}: tuning needs the device that runs it; pass "
+                         f"--device ssh:BOARD or farm:TAG with --inventory FILE")
+    elif name.startswith("sim:"):
+        raise ValueError(f"--device {name} is a simulator: it cannot time tuning trials; pass local, ssh:BOARD "
+                         "or farm:TAG")
+    device = _open_device(name, args.inventory, target)
+    is_board = device.is_board
+    tasks_per_call = args.tasks_per_call or (4 if is_board else None)
+    tuning = _tuning(args.trials, args.threads, tasks_per_call)
+    config = MeasureConfig(number=0, repeat=args.repeat, timeout_s=600.0, num_threads=args.threads)
     cache_dir = _cache_dir(args)
-    db_dir = database_dir_for(cache_dir, target.canonical_json(), tuning)
-    before = database_info(db_dir)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="hilprune-tune-") as work:
-        source = _resolve_source(args, Path(work))
-        artifact = _compile(source, target, cache_dir, tuning)
-    wall_s = time.perf_counter() - t0
-    after = database_info(db_dir)
-    info = dict(artifact.manifest.get("tuning") or {})
-    if artifact.cache_hit:  # nothing tuned by this call; the manifest's numbers are from its build
-        info.update(tasks_from_db=info.get("tasks_total", 0), tasks_tuned_now=0, tune_s=0.0)
-    row: dict[str, Any] = {
-        "model": source.label, "input_shape": list(source.input_shape), "target": target.name,
-        "trials_per_task": args.trials, "database": str(db_dir),
-        "tasks_total": info.get("tasks_total"), "tasks_from_db": info.get("tasks_from_db"),
-        "tasks_tuned_now": info.get("tasks_tuned_now"), "tune_s": info.get("tune_s"),
-        "wall_s": round(wall_s, 3), "db_workloads_before": before.workloads, "db_workloads_after": after.workloads,
-        "db_records_before": before.records, "db_records_after": after.records,
-        "artifact_dir": str(artifact.path), "artifact_sha256": artifact.library_sha256,
-        "compile_cache_hit": artifact.cache_hit, "latency_p50_ms": None, "device": None,
-    }
     try:
-        _check_measurable(target, args.device)
-    except ValueError as exc:
-        row["latency_note"] = str(exc)
+        pipeline: Pipeline = _pipeline(device, target, tuning, config, cache_dir)
+        db_dir = database_dir_for(cache_dir, pipeline.target.canonical_json(), tuning)
+        before = database_info(db_dir)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="hilprune-tune-") as work:
+            source = _resolve_source(args, Path(work))
+            artifact = _compile(pipeline, source)
+        wall_s = time.perf_counter() - t0
+        after = database_info(db_dir)
+        info = dict(artifact.manifest.tuning)
+        if artifact.cache_hit:  # nothing tuned by this call; the manifest's numbers are from its build
+            info.update(tasks_from_db=info.get("tasks_total", 0), tasks_tuned_now=0, tune_s=0.0)
+        row: dict[str, Any] = {
+            "model": source.label, "input_shape": list(source.input_shape), "target": pipeline.target.name,
+            "target_dict": pipeline.target.target, "trials_per_task": args.trials, "database": str(db_dir),
+            "tuned_on": device.name, "tasks_per_call": tasks_per_call,
+            "tasks_total": info.get("tasks_total"), "tasks_from_db": info.get("tasks_from_db"),
+            "tasks_tuned_now": info.get("tasks_tuned_now"), "tune_s": info.get("tune_s"),
+            "wall_s": round(wall_s, 3), "db_workloads_before": before.workloads,
+            "db_workloads_after": after.workloads, "db_records_before": before.records,
+            "db_records_after": after.records, "artifact_dir": str(artifact.path),
+            "artifact_sha256": artifact.manifest.library_sha256, "compile_cache_hit": artifact.cache_hit,
+            "latency_p50_ms": None, "device": None,
+        }
+        result = pipeline.measure(artifact)
+    finally:
+        device.close()
+    if result.error is not None:
+        row["latency_note"] = f"{result.error.kind}: {result.error.message}"
+    elif not result.is_latency:
+        row["latency_note"] = f"{result.measurement.source} timing, not a latency (output checked)"
     else:
-        config = MeasureConfig(number=0, repeat=args.repeat, timeout_s=600.0, num_threads=args.threads)
-        m = _measure(args.device, artifact.path, config)
-        row.update(latency_p50_ms=m.stats.p50_ms, latency_cov=m.stats.cov, device=m.device)
+        row.update(latency_p50_ms=result.p50_ms, latency_cov=result.measurement.stats.cov, device=device.name,
+                   board=result.measurement.hello.get("board"))
     if args.json:
         print(json.dumps(row, sort_keys=True))
         return 0
     print(f"{row['model']} {'x'.join(map(str, row['input_shape']))} for {row['target']}: "
-          f"{row['trials_per_task']} trials per new task, database {row['database']}")
+          f"{row['trials_per_task']} trials per new task timed on {row['tuned_on']}, database {row['database']}")
     print(f"tasks: {row['tasks_total']} total, {row['tasks_from_db']} from the database, "
           f"{row['tasks_tuned_now']} tuned now ({row['tune_s']:.1f} s tuning, {wall_s:.1f} s in all)"
           + ("; artifact cache hit" if artifact.cache_hit else ""))

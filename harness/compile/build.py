@@ -28,7 +28,6 @@ compiler for aarch64).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -42,17 +41,17 @@ from typing import Any
 
 import numpy as np
 
+from devices.manifest import MANIFEST_FILE, Manifest, TensorSig, read_manifest, write_manifest
 from harness.compile.export import sha256_file
 from harness.compile.targets import TargetSpec, host_cannot_run
-from harness.compile.tuning import TuningConfig, TuneReport, database_dir_for, locked, open_database, tune_module
+from harness.compile.tuning import (TuningConfig, TuneReport, database_dir_for, database_info, locked, open_database,
+                                    tune_module, untuned_tasks)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 LIBRARY_FILE = "lib.so"
 PARAMS_FILE = "params.npz"
 ONNX_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 
 #: ONNX TensorProto elem_type -> numpy dtype name (onnx.TensorProto enum).
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8"}
@@ -64,14 +63,14 @@ class Artifact:
 
     Attributes:
         path: the artifact directory.
-        manifest: the parsed ``manifest.json``.
-        library_sha256: hex sha256 of ``lib.so``.
+        manifest: its :class:`devices.manifest.Manifest`.
+        library_sha256: hex sha256 of ``lib.so`` (None for a graph-only artifact).
         cache_hit: True when this call found the artifact already built.
     """
 
     path: Path
-    manifest: dict[str, Any]
-    library_sha256: str
+    manifest: Manifest
+    library_sha256: str | None
     cache_hit: bool
 
 
@@ -129,14 +128,10 @@ def artifact_key(onnx_bytes: bytes, target: TargetSpec, tuning: TuningConfig) ->
     return digest.hexdigest()
 
 
-def _check_tuning_runnable(target: TargetSpec, tuning: TuningConfig) -> None:
-    if not tuning.tuned or tuning.runner is not None:
-        return
-    if host_cannot_run(target):
-        raise ValueError(
-            f"tuning for target {target.name!r} ({target.arch}/{target.device_kind}) needs a "
-            "runner on that device (TuningConfig.runner); LocalRunner measures this host only"
-        )
+def apply_only(target: TargetSpec, tuning: TuningConfig) -> bool:
+    """True when a tuned build must apply the database without tuning: nothing can time the
+    target's code here (a board target and no board runner in ``tuning.runner``)."""
+    return tuning.tuned and tuning.runner is None and host_cannot_run(target) is not None
 
 
 #: A ``.tmp-*`` build dir untouched this long was left by a killed process (s).
@@ -154,8 +149,8 @@ def _remove_stale_tmp(root: Path) -> None:
 
 
 def _load_manifest(path: Path) -> Artifact:
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
-    return Artifact(path, manifest, manifest["library_sha256"], cache_hit=True)
+    manifest = read_manifest(path)
+    return Artifact(path, manifest, manifest.library_sha256, cache_hit=True)
 
 
 def compile_onnx(
@@ -169,22 +164,28 @@ def compile_onnx(
         target: from ``harness.compile.targets.resolve_target``.
         cache_dir: root of the artifact cache and (by default) the tuning
             databases (``cache_dir/tuning/<target key>/``).
-        tuning: ``TuningConfig(trials_per_task=0)`` for an untuned build.
+        tuning: ``TuningConfig(trials_per_task=0)`` for an untuned build. A
+            tuned config for a target this host cannot run and no
+            ``tuning.runner`` (no board at hand) applies what the database
+            holds without tuning: the manifest's ``tuning.tasks_untuned``
+            says how many tasks got TVM's default schedule (see
+            :func:`apply_only`); such an artifact is keyed by the database's
+            size too, so a later, fuller database builds anew.
 
     Returns:
         ``CompileResult`` with the artifact, or with a ``CompileError`` value
         for an expected failure (see ``CompileError.kind``).
 
     Raises:
-        ValueError: bad configuration (tuning a target this host cannot run
-            without a ``TuningConfig.runner``).
         FileNotFoundError: ``onnx_path`` does not exist.
     """
     onnx_path = Path(onnx_path)
     cache_dir = Path(cache_dir)
-    _check_tuning_runnable(target, tuning)
     onnx_bytes = onnx_path.read_bytes()
     key = artifact_key(onnx_bytes, target, tuning)
+    if apply_only(target, tuning):
+        db = database_info(database_dir_for(cache_dir, target.canonical_json(), tuning))
+        key = artifact_key(onnx_bytes + f"|apply-only:{db.workloads}:{db.records}".encode(), target, tuning)
     root = cache_dir / "artifacts"
     final = root / key
     if (final / MANIFEST_FILE).exists():
@@ -212,7 +213,7 @@ def compile_onnx(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return CompileResult(Artifact(final, manifest, manifest["library_sha256"], False), None)
+    return CompileResult(Artifact(final, manifest, manifest.library_sha256, False), None)
 
 
 def _io_signature(onnx_model) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -235,7 +236,7 @@ def _io_signature(onnx_model) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Path,
-           tuning: TuningConfig, out_dir: Path) -> dict[str, Any]:
+           tuning: TuningConfig, out_dir: Path) -> Manifest:
     import onnx
     import tvm
     from tvm import relax
@@ -270,12 +271,25 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
     except Exception as exc:
         raise _Failed("build_failed", exc) from exc
 
-    if tuning.tuned:
+    untuned: list[str] = []
+    tasks_total = 0
+    if tuning.tuned and apply_only(target, tuning):
+        try:
+            tasks_total, untuned = untuned_tasks(mod, tvm_target, db_dir)
+        except Exception as exc:
+            raise _Failed("build_failed", exc) from exc
+        if untuned:
+            logger.warning("%s: %d of %d tasks have no tuning record in %s and get the default schedule "
+                           "(untuned): nothing here can time %s code; tune on a board with "
+                           "`hilprune tune --device ssh:BOARD|farm:TAG`", target.name, len(untuned), tasks_total,
+                           db_dir, target.arch)
+    elif tuning.tuned:
         try:
             tune_report = tune_module(mod, tvm_target, db_dir, tuning)
         except Exception as exc:
             logger.debug("tuning raised", exc_info=True)
             raise _Failed("tune_failed", exc) from exc
+        tasks_total = tune_report.tasks_total
 
     try:
         with tvm_target:
@@ -300,34 +314,37 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
     if weights:
         np.savez(out_dir / PARAMS_FILE, **{f"p{i:04d}": w for i, w in enumerate(weights)})
     shutil.copyfile(onnx_path, out_dir / ONNX_FILE)
-    library_sha256 = sha256_file(lib_path)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "library": LIBRARY_FILE,
-        "params": PARAMS_FILE if weights else None,
-        "onnx": ONNX_FILE,
-        "onnx_sha256": sha256_file(out_dir / ONNX_FILE),
-        "library_sha256": library_sha256,
-        "target": target.target,
-        "target_preset": target.name,
-        "arch": target.arch,
-        "device_kind": target.device_kind,
-        "input": input_sig,
-        "output": output_sig,
-        "tvm_version": tvm.__version__,
-        "build_s": round(time.monotonic() - start, 3),
-        "tuning": {
+    runner = None
+    if tune_report is not None and tune_report.tasks_tuned_now:
+        runner = tuning.runner_label or ("local" if tuning.runner is None else "custom")
+    manifest = Manifest(
+        input=TensorSig(input_sig["name"], tuple(input_sig["shape"]), input_sig["dtype"]),
+        output=TensorSig(None, tuple(output_sig["shape"]), output_sig["dtype"]),
+        library=LIBRARY_FILE,
+        library_sha256=sha256_file(lib_path),
+        params=PARAMS_FILE if weights else None,
+        onnx=ONNX_FILE,
+        onnx_sha256=sha256_file(out_dir / ONNX_FILE),
+        arch=target.arch,
+        device_kind=target.device_kind,
+        target=target.target,
+        target_preset=target.name,
+        tvm_version=tvm.__version__,
+        build_s=round(time.monotonic() - start, 3),
+        tuning={
             "tuned": tuning.tuned,
             "trials_per_task": tuning.trials_per_task,
             "database": str(db_dir) if db_dir is not None else None,
-            "tasks_total": tune_report.tasks_total if tune_report else 0,
-            "tasks_from_db": tune_report.tasks_from_db if tune_report else 0,
+            "tasks_total": tasks_total,
+            "tasks_from_db": tune_report.tasks_from_db if tune_report else tasks_total - len(untuned),
             "tasks_tuned_now": tune_report.tasks_tuned_now if tune_report else 0,
+            "tasks_untuned": len(untuned),
             "tune_s": round(tune_report.seconds, 3) if tune_report else 0.0,
+            "runner": runner,
         },
-    }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    logger.info("built artifact in %.1f s (%s)", manifest["build_s"], target.name)
+    )
+    write_manifest(out_dir, manifest)
+    logger.info("built artifact in %.1f s (%s)", manifest.build_s, target.name)
     return manifest
 
 

@@ -114,28 +114,30 @@ def check_device_output(onnx_path: Path, input_name: str, input_shape: Sequence[
     return OutputCheck(ok, float(diff[worst]), bound, n, msg)
 
 
-def check_artifact_output(artifact_dir: Path, manifest: dict, seed: int, output_head: Sequence[float],
+def check_artifact_output(artifact_dir: Path, manifest, seed: int, output_head: Sequence[float],
                           output_shape: Sequence[int]) -> OutputCheck:
     """:func:`check_device_output` for a compiled artifact directory: its own ``model.onnx`` and input.
 
     Args:
         artifact_dir: the artifact (``manifest.json``, the library, ``model.onnx``).
-        manifest: its parsed ``manifest.json`` (``onnx`` and ``input`` keys).
+        manifest: its :class:`devices.manifest.Manifest`.
         seed, output_head, output_shape: from the measurement.
 
     Raises:
-        KeyError: a manifest without ``onnx`` or ``input``.
+        ValueError: a manifest without an ONNX file.
     """
-    inp = manifest["input"]
-    return check_device_output(Path(artifact_dir) / manifest["onnx"], inp["name"], inp["shape"], inp["dtype"],
+    if manifest.onnx is None:
+        raise ValueError(f"{artifact_dir}: the manifest names no ONNX file to check the output against")
+    inp = manifest.input
+    return check_device_output(Path(artifact_dir) / manifest.onnx, inp.name, list(inp.shape), inp.dtype,
                                seed, output_head, output_shape)
 
 
-def check_measurement(artifact_dir: Path, manifest: dict, measurement, seed: int) -> OutputCheck | None:
+def check_measurement(artifact_dir: Path, manifest, measurement, seed: int) -> OutputCheck | None:
     """Check a :class:`devices.base.Measurement` of an artifact; None when nothing ran (``simulated``).
 
     Args:
-        artifact_dir, manifest: the measured artifact and its manifest.
+        artifact_dir, manifest: the measured artifact and its :class:`devices.manifest.Manifest`.
         measurement: the device's Measurement (``output_head``, ``output_shape``, ``source``).
         seed: the input seed it was measured with (``MeasureConfig.seed``).
     """

@@ -187,6 +187,61 @@ def host_cannot_run(target: "TargetSpec") -> str | None:
     return None
 
 
+#: ARM "CPU part" (implementer 0x41) -> LLVM mcpu (Arm's Technical Reference Manuals, MIDR_EL1.PartNum).
+ARM_CPU_PARTS = {
+    "0xd03": "cortex-a53", "0xd04": "cortex-a35", "0xd05": "cortex-a55", "0xd07": "cortex-a57",
+    "0xd08": "cortex-a72", "0xd09": "cortex-a73", "0xd0a": "cortex-a75", "0xd0b": "cortex-a76",
+    "0xd0c": "neoverse-n1", "0xd0d": "cortex-a77", "0xd40": "neoverse-v1", "0xd41": "cortex-a78",
+    "0xd42": "cortex-a78ae", "0xd44": "cortex-x1", "0xd46": "cortex-a510", "0xd47": "cortex-a710",
+    "0xd49": "neoverse-n2",
+}
+#: x86-64 psABI micro-architecture levels, highest first: (LLVM cpu name, /proc/cpuinfo flags it needs).
+X86_LEVELS = (
+    ("x86-64-v4", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "bmi2")),
+    ("x86-64-v3", ("avx2", "fma", "bmi2", "avx")),
+    ("x86-64-v2", ("sse4_2", "popcnt")),
+)
+
+
+def board_target(hello: dict[str, Any], board: str = "board") -> TargetSpec:
+    """The ``host`` target of a board: its own CPU, from its daemon's hello, never the controller's.
+
+    A board must not run code tuned for the controller's ``mcpu`` (illegal
+    instructions, then a quarantine that blames the board). From the hello's
+    ``machine`` and ``/proc/cpuinfo`` facts (``devices/daemon.py`` ``cpu_facts``):
+
+    - aarch64: ``mcpu`` from the ARM "CPU part" (:data:`ARM_CPU_PARTS`),
+      ``generic`` + NEON when unknown (an emulated board reports the host's
+      cpuinfo, hence generic);
+    - x86_64: the highest x86-64 psABI level whose flags the board has
+      (:data:`X86_LEVELS`: ``x86-64-v4``/``v3``/``v2``, else ``x86-64``) —
+      an ISA level, not a model name, so every board with those flags runs it.
+
+    Args:
+        hello: a daemon hello (``machine``, ``cpu_count``, ``cpu_part``, ``cpu_flags``).
+        board: the board's name, for messages and the preset name ``host@BOARD``.
+
+    Raises:
+        ValueError: a machine hilprune does not build for.
+    """
+    machine = str(hello.get("machine") or "")
+    cores = int(hello.get("cpu_count") or 1)
+    if machine in ("aarch64", "arm64"):
+        mcpu = ARM_CPU_PARTS.get(str(hello.get("cpu_part") or "").lower(), "generic")
+        target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": ["+neon"],
+                  "num-cores": cores}
+        arch: Arch = "aarch64"
+    elif machine in ("x86_64", "AMD64"):
+        flags = set(hello.get("cpu_flags") or ())
+        mcpu = next((name for name, need in X86_LEVELS if flags.issuperset(need)), "x86-64")
+        target = {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu", "mcpu": mcpu, "num-cores": cores}
+        arch = "x86_64"
+    else:
+        raise ValueError(f"board {board!r} reports machine {machine!r}; hilprune builds for x86_64 or aarch64")
+    cross_cc = AARCH64_CXX if arch != host_arch() else None
+    return TargetSpec(f"host@{board}", target, arch, "cpu", cross_cc)
+
+
 def resolve_target(name_or_json: str) -> TargetSpec:
     """Resolve a preset name or a JSON target dict string to a ``TargetSpec``.
 

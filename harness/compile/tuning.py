@@ -97,8 +97,17 @@ class TuningConfig:
             on 2 cores, ~20 s for ResNet-20), else ``"xgb"``.
         seed: search seed.
         runner: a ``tvm.s_tir.meta_schedule.runner.Runner`` for non-host
-            targets (a board-backed runner); None = ``LocalRunner`` (host only).
-            Not part of the tuning identity.
+            targets (a board-backed runner,
+            :func:`harness.compile.board_runner.make_board_runner`); None =
+            ``LocalRunner`` (host only). Not part of the tuning identity.
+        runner_label: who timed the trials, recorded in the manifest
+            (``local``, ``ssh:BOARD``, ``farm:TAG``); "" = ``local`` when
+            ``runner`` is None.
+        tasks_per_call: new tasks tuned per MetaSchedule call (None = all in
+            one). MetaSchedule writes records only after every task of a call
+            had its first round, so a killed call loses its records: smaller
+            calls make a long tuning (a board overnight) resumable task group
+            by task group, at the price of one call set-up (~1-2 s) each.
     """
 
     trials_per_task: int = 8
@@ -118,6 +127,8 @@ class TuningConfig:
     cost_model: str = "auto"
     seed: int = 0
     runner: Any = field(default=None, compare=False, repr=False)
+    runner_label: str = field(default="", compare=False)
+    tasks_per_call: int | None = None
 
     def __post_init__(self) -> None:
         if self.trials_per_task < 0:
@@ -131,6 +142,8 @@ class TuningConfig:
             raise ValueError("genetic_num_iters must be >= 0 and init_min_unmeasured >= 1")
         if self.builder not in ("in_process", "local"):
             raise ValueError(f"builder must be 'in_process' or 'local', got {self.builder!r}")
+        if self.tasks_per_call is not None and self.tasks_per_call < 1:
+            raise ValueError(f"tasks_per_call must be >= 1 or None, got {self.tasks_per_call}")
         if self.cost_model not in ("auto", "xgb", "random"):
             raise ValueError(f"cost_model must be 'auto', 'xgb' or 'random', got {self.cost_model!r}")
 
@@ -413,8 +426,10 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
             for handler in kept:
                 ms_logger.removeHandler(handler)
             try:
-                with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
-                    _tune(new_tasks, db, config)
+                step = config.tasks_per_call or len(new_tasks)
+                for first in range(0, len(new_tasks), step):  # each call's records reach disk at its end
+                    with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
+                        _tune(new_tasks[first:first + step], db, config)
             finally:
                 _drop_meta_schedule_handlers()
                 for handler in kept:
@@ -428,6 +443,30 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
     )
     logger.info("tuning done in %.1f s: %s", report.seconds, report)
     return report
+
+
+def untuned_tasks(mod, target, db_dir: Path) -> tuple[int, list[str]]:
+    """Tasks of a fused Relax module that the database at ``db_dir`` has no valid record for.
+
+    For builds that apply a database without tuning (a board target with no
+    board at hand): those tasks get TVM's default schedule.
+
+    Args:
+        mod, target: as for :func:`tune_module`.
+        db_dir: the database directory (may be empty or absent).
+
+    Returns:
+        (number of tasks, names of the tasks without a record).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if target.kind.name == "llvm":
+        _import_cpu_tensor_intrin()
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    with locked(db_dir):
+        db = open_database(db_dir)
+        missing = [t.task_name for t in tasks if not _has_valid_record(db, t)]
+    return len(tasks), missing
 
 
 def _drop_meta_schedule_handlers() -> None:

@@ -5,13 +5,15 @@ benchmark of the suite (:mod:`harness.nightly.suite`), in file order:
 
 1. the ONNX file is produced once (a zoo model exported with its seeded
    random weights, or the suite's file checked against ``input_shape``);
-2. for every target it is compiled once (:func:`harness.compile.build.compile_onnx`,
-   content-addressed: an unchanged model is a cache hit the next night);
-3. for every device that can run that target's code it is measured
+2. for every target and every device that can run that target's code
    (``local``: this machine's arch; ``ssh:BOARD``: the board's target preset;
    ``farm:TAG``: boards of that target; ``sim:PROFILE``: any, labelled
-   ``simulated``). Pairs that cannot run are listed as ``skipped`` in the
-   summary, not stored.
+   ``simulated``) it goes through :class:`harness.pipeline.Pipeline`:
+   compiled (content-addressed, so an unchanged model is a cache hit the next
+   night and a second device of the same target reuses the build; tuning
+   trials are timed on the board itself for board devices), measured, its
+   output checked and stored. Pairs that cannot run are listed as ``skipped``
+   in the summary, not stored.
 
 Every outcome is a row of ``bench_results``: ``ok`` with its measurement
 (raw latencies, statistics, device state) or ``failed`` with a kind and the
@@ -262,10 +264,9 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
     """
     from devices.base import DeviceUnavailable, MeasureConfig
     from devices.registry import make_device
-    from harness.compile.build import compile_onnx, stdout_to_stderr
-    from harness.compile.check import check_measurement
     from harness.compile.targets import resolve_target
     from harness.compile.tuning import TuningConfig
+    from harness.pipeline import Pipeline, PipelineError, StoreKey
     from harness.store import ResultsStore
 
     t_start = time.perf_counter()
@@ -287,8 +288,7 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
     skipped: list[dict[str, str]] = []
 
     def record(bench: Benchmark, target_name: str, device: str, backend: str, tuning_key: str, *,
-               measurement=None, fail: _Fail | None = None, cache_hit: bool | None = None,
-               label: str = "", signature: str = "", artifact=None) -> None:
+               result=None, fail: _Fail | None = None, cache_hit: bool | None = None) -> None:
         row: dict[str, Any] = dict(benchmark=bench.name, target=target_name, device=device, backend=backend,
                                    status="failed" if fail else "ok", latency_p50_ms=None, latency_p90_ms=None,
                                    latency_cov=None, n=None, unstable=None, error_kind=None, error_message=None,
@@ -300,20 +300,12 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
                                    status="failed", error_kind=fail.kind, error_message=fail.message)
             logger.warning("%s on %s (%s): FAILED %s: %s", bench.name, device, target_name, fail.kind, fail.message)
         else:
-            m, st = measurement, measurement.stats
-            manifest = artifact.manifest
-            mid = store.add_device_measurement(
-                m, model=label, arch_signature=signature, target=target_name, tuning_key=tuning_key,
-                artifact_sha256=artifact.library_sha256, onnx_sha256=manifest.get("onnx_sha256"),
-                metadata={"tuning": manifest.get("tuning"), "input_shape": list(bench.input_shape),
-                          "command": "bench --suite", "bench_run_id": run_id, "benchmark": bench.name,
-                          "num_threads": options.threads},
-            )
+            m, st, mid = result.measurement, result.measurement.stats, result.measurement_id
             store.add_bench_result(run_id, benchmark=bench.name, device=device, target=target_name,
                                    backend=m.backend, tuning_key=tuning_key, source=m.source, status="ok",
                                    measurement_id=mid)
             row.update(latency_p50_ms=st.p50_ms, latency_p90_ms=st.p90_ms, latency_cov=st.cov, n=st.n,
-                       unstable=st.unstable, measurement_id=mid, source=m.source)
+                       unstable=st.unstable, measurement_id=mid, source=m.source, output_check=result.output_check)
             info = metadata["devices"].setdefault(device, {"hello": m.hello, "state_first": m.device_state_before})
             info["state_last"] = m.device_state_after
             logger.info("%s on %s (%s): p50 %.4f ms, CoV %.3f", bench.name, device, target_name, st.p50_ms, st.cov)
@@ -336,56 +328,42 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
                     for d in devices:
                         record(bench, resolve_target(t).name, d, backend, tuning_key, fail=fail)
                 return
+            key = StoreKey(label, signature, {"input_shape": list(bench.input_shape), "command": "bench --suite",
+                                              "bench_run_id": run_id, "benchmark": bench.name})
             for target_name in bench.targets:
                 target = resolve_target(target_name)  # validated with the suite
-                pairs = []
                 for d in devices:
                     why = devs.skip_reason(target, d)
                     if why:
                         skipped.append({"benchmark": bench.name, "target": target.name, "device": d,
                                         "reason": why})
-                    else:
-                        pairs.append(d)
-                if not pairs:
-                    continue
-                try:
-                    with stdout_to_stderr():
-                        compiled = compile_onnx(onnx_path, target, options.cache_dir, tuning)
-                    if compiled.error is not None:
-                        raise _Fail(f"compile_failed:{compiled.error.kind}", compiled.error.message)
-                except _Fail as fail:
-                    for d in pairs:
-                        record(bench, target.name, d, backend, tuning_key, fail=fail)
-                    continue
-                except (ValueError, OSError) as exc:
-                    for d in pairs:
-                        record(bench, target.name, d, backend, tuning_key,
-                               fail=_Fail("compile_failed:config", str(exc)))
-                    continue
-                artifact = compiled.artifact
-                for d in pairs:
+                        continue
                     try:
-                        device = devs.get(d, target)
-                        result = device.measure(artifact.path, config)
-                    except DeviceUnavailable as exc:
-                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
+                        pipeline = Pipeline.for_device(devs.get(d, target), target, tuning, config,
+                                                       options.cache_dir, store)
+                    except (DeviceUnavailable, ValueError) as exc:  # unreachable, no board of this target, ...
+                        record(bench, target.name, d, backend, tuning_key,
                                fail=_Fail("device_unavailable", str(exc)))
                         continue
-                    except ValueError as exc:  # farm:TAG has no board of this target, ...
-                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
-                               fail=_Fail("device_unavailable", str(exc)))
+                    prepared = pipeline.compile(onnx_path)
+                    if isinstance(prepared, PipelineError):
+                        record(bench, target.name, d, backend, pipeline.tuning_key,
+                               fail=_Fail(f"compile_failed:{prepared.kind}", prepared.message))
                         continue
+                    result = pipeline.measure(prepared, key)
                     if result.error is not None:
-                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
-                               fail=_Fail(f"measure_failed:{result.error.kind.value}", result.error.message))
+                        kind = result.error.kind
+                        kind = f"measure_failed:{kind[len('measure_'):]}" if kind.startswith("measure_") else kind
+                        record(bench, target.name, d, backend, pipeline.tuning_key, cache_hit=prepared.cache_hit,
+                               fail=_Fail(kind, result.error.message))
                         continue
-                    check = check_measurement(artifact.path, artifact.manifest, result.value, config.seed)
-                    if check is not None and not check.ok:  # e.g. a TVM upgrade that miscompiles: not a latency
-                        record(bench, target.name, d, backend, tuning_key, cache_hit=artifact.cache_hit,
-                               fail=_Fail("wrong_output", check.message))
+                    if not result.is_latency:  # an emulated board: stored, labelled, never in the history
+                        record(bench, target.name, d, backend, pipeline.tuning_key, cache_hit=prepared.cache_hit,
+                               fail=_Fail("not_a_latency", f"{d} gives {result.measurement.source} timings "
+                                                           f"(measurement {result.measurement_id}), not latencies"))
                         continue
-                    record(bench, target.name, d, backend, tuning_key, measurement=result.value,
-                           cache_hit=artifact.cache_hit, label=label, signature=signature, artifact=artifact)
+                    record(bench, target.name, d, backend, pipeline.tuning_key, result=result,
+                           cache_hit=prepared.cache_hit)
 
     status = "interrupted"
     try:

@@ -1,45 +1,42 @@
-"""The way of one candidate through the harness: prune → evaluate → export → compile → measure.
+"""The way of one candidate through the harness: prune → evaluate → (the pipeline: export → compile → measure).
 
 DESIGN.md §2 and §6. ``CandidateEvaluator.evaluate(spec)`` takes an
 architecture spec (kept channels per prunable group) and returns a
-``CandidateResult`` value: accuracy, MACs, params and measured latency, or an
-error kind and message (expected failures are values, never exceptions
-through the search loop). Latencies are cached by (model, architecture,
-device, target, backend, tuning) in the results store, so a revisited
-architecture is never exported, compiled or measured again; accuracy and MACs
-are cached per evaluator (they are deterministic for a given base model).
-A compiled library whose output on the device differs from ONNX Runtime's
-(``harness/compile/check.py``) is a failed candidate (``wrong_output``): its
-latency is neither stored nor cached, so a fast wrong program earns nothing.
+``CandidateResult`` value: accuracy, MACs, params and latency, or an error
+kind and message (expected failures are values, never exceptions through the
+search loop). Pruning and accuracy are the search's own; everything from the
+pruned model to a stored, output-checked latency is
+:class:`harness.pipeline.Pipeline` (the one path every command shares).
+Latencies are cached in the results store by (model, architecture, device,
+target, backend, tuning) *and* the identity of what measured them (source,
+board and machine facts, simulator profile and version), so a revisited
+architecture is never exported, compiled or measured again on the same
+board, and a simulated or another board's number is never served to a run.
+Accuracy and MACs are cached per evaluator (deterministic for a base model).
+A wrong output (``wrong_output``) is a failed candidate: its latency is
+neither stored nor cached, so a fast wrong program earns nothing.
 
 Per-stage wall time is accumulated in ``StageTimer`` for the run summary.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from devices.base import Device, MeasureConfig
-from harness.compile.build import compile_onnx
-from harness.compile.check import check_measurement
-from harness.compile.export import ExportError, export_onnx
-from harness.compile.targets import TargetSpec
-from harness.compile.tuning import TuningConfig
+from devices.manifest import ManifestError
+from harness.pipeline import Pipeline, PipelineError, PipelineResult, Prepared, StoreKey
 from harness.pruning import ArchSpec, PruneGroup, apply_spec, count_macs_params
-from harness.store import ResultsStore
 from harness.train import evaluate
 
-__all__ = ["CandidateResult", "CandidateEvaluator", "StageTimer", "tuning_key"]
+__all__ = ["CandidateResult", "CandidateEvaluator", "StageTimer"]
 
 log = logging.getLogger(__name__)
 
@@ -66,35 +63,6 @@ class StageTimer:
             yield
         finally:
             self.add(stage, time.perf_counter() - t0)
-
-
-def tuning_key(tuning: TuningConfig) -> str:
-    """Key separating latencies of differently tuned builds in the cache: ``TuningConfig.identity()``
-    (``"untuned"``, or the budget, search settings and database of a tuned build)."""
-    return tuning.identity()
-
-
-def graph_only_artifact(onnx_path: Path, report, out_dir: Path) -> Path:
-    """An artifact directory without a library (``manifest.json`` + ``model.onnx``), for
-    devices with ``needs_library = False`` such as the simulator; ``"library": null``."""
-    import shutil
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, out_dir / "model.onnx")
-    manifest = {
-        "format_version": 1, "library": None, "library_sha256": None, "params": None, "onnx": "model.onnx",
-        "onnx_sha256": report.onnx_sha256,
-        "output": {"shape": list(report.output_shape), "dtype": "float32"},
-        "tuning": {"tuned": False, "trials_per_task": 0, "database": None},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return out_dir
-
-
-def _where(m, device_name: str) -> str:
-    """``farm:TAG (board pi4-01)`` when the measurement names its board, else the device name."""
-    board = (m.hello or {}).get("board")
-    return f"{device_name} (board {board})" if board else device_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +106,7 @@ class CandidateResult:
 
 @dataclass
 class CandidateEvaluator:
-    """Evaluates architecture specs of one trained base model on one device and target.
+    """Evaluates architecture specs of one trained base model through one :class:`Pipeline`.
 
     Attributes:
         model_name: zoo name of the base model (part of the latency cache key).
@@ -146,17 +114,19 @@ class CandidateEvaluator:
         groups: its prunable groups.
         input_shape: batch-1 input shape, e.g. (1, 1, 28, 28).
         val_data: validation dataset (tensors) for top-1.
-        device: where latency is measured.
-        target: compile target.
-        tuning: MetaSchedule budget and database.
-        measure: measurement settings.
-        cache_dir: artifact and tuning cache root.
+        pipeline: export → compile → measure → check → store for the run's device and target.
         work_dir: where ONNX files of this run go.
-        store: results store (latency cache and measurement rows).
         eval_samples: validation images used per candidate (None = all).
         importance: ``"l1"`` or ``"l2"`` group magnitude.
         cache_min_id: the latency cache serves only measurements with an id >= this
             (0 = the whole store; set by the search when the device drifted).
+        on_exhausted: called with the error message when an evaluation failed because the
+            device (a farm) has no healthy board left; returns True when it replaced the
+            pipeline (the search switched the whole run to the simulator) so the
+            evaluation is retried there, or raises to stop the run.
+        on_board_change: called with the farm's move record (``{"from", "to", "reason"}``)
+            when the run's board was replaced during an evaluation (the search re-measures
+            its reference on the new board).
     """
 
     model_name: str
@@ -164,17 +134,14 @@ class CandidateEvaluator:
     groups: list[PruneGroup]
     input_shape: tuple[int, ...]
     val_data: object
-    device: Device
-    target: TargetSpec
-    tuning: TuningConfig
-    measure: MeasureConfig
-    cache_dir: Path
+    pipeline: Pipeline
     work_dir: Path
-    store: ResultsStore
     eval_samples: int | None = 2000
     importance: str = "l1"
     timer: StageTimer = field(default_factory=StageTimer)
     cache_min_id: int = 0
+    on_exhausted: Callable[[str], bool] | None = None
+    on_board_change: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
         self._acc_cache: dict[str, tuple[float, int, int]] = {}
@@ -182,6 +149,15 @@ class CandidateEvaluator:
         self.work_dir = Path(self.work_dir)
         (self.work_dir / "onnx").mkdir(parents=True, exist_ok=True)
         self.stats = {"evaluated": 0, "latency_cache_hits": 0, "compiled": 0, "measured": 0, "failed": 0}
+
+    @property
+    def device(self):
+        """The pipeline's device."""
+        return self.pipeline.device
+
+    def key(self, spec: ArchSpec) -> StoreKey:
+        """The results-store key of ``spec``'s latencies."""
+        return StoreKey(self.model_name, spec.signature(), {"command": "search"})
 
     def prune(self, spec: ArchSpec) -> torch.nn.Module:
         """A pruned deep copy of the base model with exactly ``spec``'s widths.
@@ -193,7 +169,7 @@ class CandidateEvaluator:
             return apply_spec(self.base_model, spec, self.example_input, importance=self.importance)
 
     def evaluate(self, spec: ArchSpec, *, fresh: bool = False, model: torch.nn.Module | None = None) -> CandidateResult:
-        """Evaluate ``spec``: accuracy, MACs, params and measured latency.
+        """Evaluate ``spec``: accuracy, MACs, params and latency.
 
         Args:
             spec: kept channels per group.
@@ -204,6 +180,19 @@ class CandidateEvaluator:
         Returns:
             A CandidateResult; failures are values with ``error_kind`` set.
         """
+        seen = len(getattr(self.device, "board_changes", ()))
+        result = self._evaluate(spec, fresh=fresh, model=model)
+        changes = getattr(self.device, "board_changes", ())
+        if len(changes) > seen:  # a farm moved the run to another board during this evaluation
+            self.pipeline.forget_identity()
+            if self.on_board_change is not None:
+                self.on_board_change(changes[-1])
+        if (result.error_kind == "measure_device_lost" and getattr(self.device, "exhausted", False)
+                and self.on_exhausted is not None and self.on_exhausted(result.error_message or "")):
+            return self.evaluate(spec, fresh=fresh, model=model)
+        return result
+
+    def _evaluate(self, spec: ArchSpec, *, fresh: bool, model: torch.nn.Module | None) -> CandidateResult:
         self.stats["evaluated"] += 1
         sig = spec.signature()
         try:
@@ -221,9 +210,8 @@ class CandidateEvaluator:
             self.stats["failed"] += 1
             return CandidateResult(spec, None, 0, 0, None, error_kind="prune_failed", error_message=str(exc))
 
-        key = self._key(spec)
         if not fresh and model is None:
-            hit = self.store.find_measurement(**key, min_id=self.cache_min_id)
+            hit = self.pipeline.cached(self.key(spec), min_id=self.cache_min_id)
             if hit is not None:
                 self.stats["latency_cache_hits"] += 1
                 return CandidateResult(
@@ -232,7 +220,7 @@ class CandidateEvaluator:
                 )
         if pruned is None:
             pruned = self.prune(spec)
-        return self._compile_and_measure(spec, pruned, top1, macs, params, key)
+        return self._compile_and_measure(spec, pruned, top1, macs, params)
 
     def remeasure(self, result: CandidateResult, backend: str | None = None) -> float | None:
         """Measure an evaluated candidate's artifact once more (stored like any measurement).
@@ -253,103 +241,53 @@ class CandidateEvaluator:
         """
         if result.artifact_path is None:
             return None
-        config = self.measure if backend is None else dataclasses.replace(self.measure, backend=backend)
+        try:
+            prepared = Prepared.at(result.artifact_path)
+        except ManifestError as exc:
+            log.warning("re-measuring %s: %s", result.spec.signature(), exc)
+            return None
         with self.timer.time("measure"):
-            outcome = self.device.measure(Path(result.artifact_path), config)
-        if outcome.error is not None:
-            log.warning("re-measuring %s (%s) failed: %s", result.spec.signature(), config.backend,
-                        outcome.error.message)
-            return None
-        m = outcome.value
-        if m.source != result.source:  # e.g. a farm that fell back to the simulator mid-finish
-            log.warning("re-measuring %s gave a %s result, the candidate was %s; not used",
-                        result.spec.signature(), m.source, result.source)
-            return None
-        check = check_measurement(Path(result.artifact_path), self._manifest(result.artifact_path), m, config.seed)
-        if check is not None and not check.ok:
-            self.device.report_bad_result(m, "wrong_output", check.message)
-            log.warning("re-measuring %s (%s) on %s: wrong_output: %s; not used", result.spec.signature(),
-                        config.backend, _where(m, self.device.name), check.message)
+            out = self.pipeline.measure(prepared, self.key(result.spec), backend=backend,
+                                        expect_source=result.source)
+        if not out.ok:
+            log.warning("re-measuring %s (%s) on %s: %s: %s; not used", result.spec.signature(),
+                        backend or self.pipeline.measure_config.backend, self.device.name, out.error.kind,
+                        out.error.message)
             return None
         self.stats["measured"] += 1
-        self._store_measurement(self._key(result.spec, config.backend), m, result.artifact_sha256, None, None,
-                                check and {"max_abs_diff": check.max_abs_diff, "bound": check.bound,
-                                           "compared": check.compared})
-        return m.stats.p50_ms
+        return out.p50_ms
 
-    @staticmethod
-    def _manifest(artifact_dir: str | Path) -> dict:
-        return json.loads((Path(artifact_dir) / "manifest.json").read_text())
-
-    def _key(self, spec: ArchSpec, backend: str | None = None) -> dict:
-        return dict(
-            model=self.model_name, arch_signature=spec.signature(), device=self.device.name, target=self.target.name,
-            backend=backend or self.measure.backend, tuning_key=tuning_key(self.tuning),
-        )
-
-    def _store_measurement(self, key: dict, m, artifact_sha256, onnx_sha256, manifest_tuning,
-                           output_check: dict | None = None) -> int:
-        extra = {"output_check": output_check}
-        if manifest_tuning is not None:
-            extra["tuning"] = manifest_tuning
-        return self.store.add_device_measurement(m, **key, artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256,
-                                                 metadata=extra)
-
-    def _compile_and_measure(self, spec, pruned, top1, macs, params, key) -> CandidateResult:
+    def _compile_and_measure(self, spec, pruned, top1, macs, params) -> CandidateResult:
         sig = spec.signature()
-        onnx_path = self.work_dir / "onnx" / f"{sig}.onnx"
 
-        def failed(kind: str, message: str) -> CandidateResult:
+        def failed(error: PipelineError) -> CandidateResult:
             self.stats["failed"] += 1
-            log.warning("candidate %s failed: %s: %s", sig, kind, message)
-            return CandidateResult(spec, top1, macs, params, None, error_kind=kind, error_message=message)
+            log.warning("candidate %s failed: %s: %s", sig, error.kind, error.message)
+            return CandidateResult(spec, top1, macs, params, None, error_kind=error.kind, error_message=error.message)
 
         with self.timer.time("export"):
-            try:
-                report = export_onnx(pruned, self.input_shape, onnx_path)
-            except ExportError as exc:
-                return failed(exc.kind, exc.message)
-        if not self.device.needs_library:  # the simulator costs the ONNX graph: no TVM build
-            artifact_dir = graph_only_artifact(onnx_path, report, self.work_dir / "graph_artifacts" / sig)
-            with self.timer.time("measure"):
-                outcome = self.device.measure(artifact_dir, self.measure)
-            if outcome.error is not None:
-                return failed(f"measure_{outcome.error.kind}", outcome.error.message)
-            m = outcome.value
-            self.stats["measured"] += 1
-            mid = self._store_measurement(key, m, None, report.onnx_sha256, None)
-            return CandidateResult(spec, top1, macs, params, m.stats.p50_ms, tuple(m.latency_ms), measurement_id=mid,
-                                   source=m.source, artifact_path=str(artifact_dir))
+            onnx_path = self.pipeline.export(pruned, self.input_shape, self.work_dir / "onnx" / f"{sig}.onnx")
+        if isinstance(onnx_path, PipelineError):
+            return failed(onnx_path)
         t0 = time.perf_counter()
-        compiled = compile_onnx(onnx_path, self.target, self.cache_dir, self.tuning)
-        compile_s = time.perf_counter() - t0
-        if compiled.error is not None:
-            self.timer.add("build", compile_s)
-            return failed(compiled.error.kind, compiled.error.message)
-        artifact = compiled.artifact
-        tune_s = float((artifact.manifest.get("tuning") or {}).get("tune_s") or 0.0) if not artifact.cache_hit else 0.0
-        self.timer.add("tune", min(tune_s, compile_s))
-        self.timer.add("build", compile_s - min(tune_s, compile_s))
-        self.stats["compiled"] += 1
+        prepared = self.pipeline.compile(onnx_path)
+        if isinstance(prepared, PipelineError):
+            self.timer.add("build", time.perf_counter() - t0)
+            return failed(prepared)
+        self.timer.add("tune", prepared.tune_s)
+        self.timer.add("build", prepared.compile_s - prepared.tune_s)
+        self.stats["compiled"] += 0 if prepared.manifest.graph_only else 1
         with self.timer.time("measure"):
-            outcome = self.device.measure(artifact.path, self.measure)
-        if outcome.error is not None:
-            return failed(f"measure_{outcome.error.kind}", outcome.error.message)
-        m = outcome.value
-        if m.source not in ("measured", "simulated"):  # e.g. an emulated board: a functional check only
-            return failed("not_a_latency", f"{self.device.name} gives {m.source} timings, which are not latencies; "
-                                           "use a real board, local, or sim:PROFILE for the search")
-        with self.timer.time("measure"):
-            check = check_measurement(artifact.path, artifact.manifest, m, self.measure.seed)
-        if check is not None and not check.ok:
-            self.device.report_bad_result(m, "wrong_output", check.message)  # a farm blames that board
-            return failed("wrong_output", f"{_where(m, self.device.name)}: {check.message}; latency not used")
+            out: PipelineResult = self.pipeline.measure(prepared, self.key(spec))
+        if out.error is not None:
+            return failed(out.error)
+        m = out.measurement
+        if not out.is_latency:  # e.g. an emulated board: a functional check only (stored, labelled)
+            return failed(PipelineError("not_a_latency", f"{self.device.name} gives {m.source} timings, which are "
+                                                         "not latencies; use a real board, local, or sim:PROFILE "
+                                                         "for the search"))
         self.stats["measured"] += 1
-        st = m.stats
-        mid = self._store_measurement(key, m, artifact.library_sha256, report.onnx_sha256, artifact.manifest.get("tuning"),
-                                      check and {"max_abs_diff": check.max_abs_diff, "bound": check.bound,
-                                                 "compared": check.compared})
         return CandidateResult(
-            spec, top1, macs, params, st.p50_ms, tuple(m.latency_ms), measurement_id=mid, source=m.source,
-            artifact_sha256=artifact.library_sha256, artifact_path=str(artifact.path),
+            spec, top1, macs, params, m.stats.p50_ms, tuple(m.latency_ms), measurement_id=out.measurement_id,
+            source=m.source, artifact_sha256=prepared.manifest.library_sha256, artifact_path=str(prepared.path),
         )

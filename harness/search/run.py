@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from agent.reinforce import ReinforceAgent, ReinforceConfig
-from devices.base import MeasureConfig
+from devices.base import DeviceUnavailable, MeasureConfig
 from devices.registry import make_device
 from harness.compile.export import export_onnx
 from harness.compile.targets import resolve_target
@@ -57,6 +57,7 @@ from harness.compile.tuning import TuningConfig
 from harness.data import load_dataset
 from harness.models import build_model
 from harness.paths import default_cache_dir
+from harness.pipeline import Pipeline
 from harness.pruning import ArchSpec, find_groups, full_spec, rebuild
 from harness.search.candidate import CandidateEvaluator, CandidateResult, StageTimer
 from harness.search.env import EnvConfig, PruningEnv
@@ -351,10 +352,23 @@ class _Run:
         self.splits = load_dataset(config.dataset, root=data_root, seed=config.seed, subset=config.subset)
         self.device = make_device(config.device, inventory=config.inventory, fallback=config.fallback,
                                   target=config.target)
+        # A farm with fallback 'sim' would answer single requests from the simulator among measured ones;
+        # the search takes the fallback itself (the whole run switches, _switch_to_simulator) and lets the
+        # farm fail instead.
+        self.fallback = getattr(self.device, "fallback", None) or "fail"
+        if hasattr(self.device, "fallback"):
+            self.device.fallback = "fail"
+        self.closing: list = [self.device]
         self.data_root = data_root
+        self.board: str | None = None  # the farm board the whole run measures on
+        self.board_changes: list[dict] = []
+        self.source_switch: dict | None = None  # set when the run moved to the simulator as a whole
+        self.env = None
+        self.position: tuple[int, int] = (-1, 0)  # (episode, step) being evaluated, for messages
 
     def close(self) -> None:
-        self.device.close()
+        for device in self.closing:
+            device.close()
 
     def say(self, message: str) -> None:
         """One progress line on stderr: above the bar (``bar``), time-stamped (``lines``: logs, cron), or nothing."""
@@ -378,21 +392,26 @@ class _Run:
         self.base_info = dataclasses.asdict(base_info)
         self.input_shape = (1, *self.splits.input_shape)
         self.groups = find_groups(self.base_model, torch.zeros(self.input_shape))
+        self.tuning = TuningConfig(trials_per_task=c.tune_trials)
+        self.measure = MeasureConfig(backend=c.backend, number=0, repeat=c.repeat, min_repeat_ms=20.0)
+        switched = (ckpt or {}).get("source_switch")
+        if switched:  # a resumed run that had moved to the simulator stays there
+            self.source_switch = switched
+            pipeline = self._sim_pipeline()
+        else:
+            pipeline = self._device_pipeline((ckpt or {}).get("board"))
+        self.board_changes = list((ckpt or {}).get("board_changes") or [])
         self.evaluator = CandidateEvaluator(
             model_name=c.model, base_model=self.base_model, groups=self.groups, input_shape=self.input_shape,
-            val_data=self.splits.val, device=self.device, target=self.target,
-            tuning=TuningConfig(trials_per_task=c.tune_trials),
-            measure=MeasureConfig(backend=c.backend, number=0, repeat=c.repeat, min_repeat_ms=20.0),
-            cache_dir=self.cache_dir, work_dir=self.run_dir, store=self.store,
+            val_data=self.splits.val, pipeline=pipeline, work_dir=self.run_dir,
             eval_samples=c.eval_samples or None, importance=c.importance, timer=self.timer,
+            on_exhausted=self._on_exhausted, on_board_change=self._on_board_change,
         )
         self.base_spec = full_spec(self.groups)
-        window = {k: v for k, v in self.evaluator._key(self.base_spec).items() if k != "arch_signature"}
         if ckpt is not None:  # a resumed run keeps the cache window it started with: same numbers
             self.evaluator.cache_min_id = ckpt.get("cache_min_id", 0)
         else:
-            self.evaluator.cache_min_id = self.store.latency_cache_floor(**window)
-        self.cache_window = window
+            self.evaluator.cache_min_id = self.store.latency_cache_floor(**self.cache_window)
         self.say(f"unpruned model: compiling for {self.target.name} ({c.tune_trials} tuning trials per new task) "
                  f"and measuring on {c.device}")
         self.baseline = self.evaluator.evaluate(self.base_spec)
@@ -402,7 +421,8 @@ class _Run:
             raise SearchAborted(f"the unpruned {c.model} could not be measured: "
                                f"{self.baseline.error_kind}: {self.baseline.error_message}")
         b = self.baseline
-        self.say(f"unpruned model: p50 {b.latency_p50_ms:.3f} ms ({b.source}), val top-1 {b.top1:.4f}, "
+        where = f"board {self.board} of {c.device}" if self.board else self.evaluator.device.name
+        self.say(f"unpruned model: p50 {b.latency_p50_ms:.3f} ms ({b.source} on {where}), val top-1 {b.top1:.4f}, "
                  f"{b.macs:,} MACs; searching {c.episodes} episodes x {c.max_steps} steps")
         self.env = PruningEnv(self.evaluator, self.groups, self.baseline, EnvConfig(
             step_fraction=c.step_fraction, max_steps=c.max_steps, latency_target=c.latency_target,
@@ -410,6 +430,137 @@ class _Run:
             weights=RewardWeights(c.alpha, c.beta, c.gamma)))
         self.agent = ReinforceAgent(self.env.observation_space, self.env.action_space, ReinforceConfig(
             seed=c.seed, mode=c.reinforce, discount=c.discount, baseline=c.baseline))
+
+    @property
+    def cache_window(self) -> dict:
+        """The latency cache key without the architecture: model, device, target, backend, tuning."""
+        p = self.evaluator.pipeline if hasattr(self, "evaluator") else self._pipeline
+        return dict(model=self.config.model, device=p.device.name, target=p.target.name,
+                    backend=p.measure_config.backend, tuning_key=p.tuning_key)
+
+    def _device_pipeline(self, prefer_board: str | None) -> Pipeline:
+        """The run's pipeline on its device; a farm is pinned to one board for the whole run.
+
+        Raises:
+            SearchAborted: no healthy board (and no simulator fallback), or the board is unreachable.
+        """
+        c = self.config
+        if hasattr(self.device, "pin_run"):
+            self.board = self.device.pin_run(prefer=prefer_board)
+            if self.board is None:
+                if self.fallback == "sim":
+                    self.source_switch = self._switch_record(f"no healthy board in {c.device} at the start")
+                    return self._sim_pipeline()
+                raise SearchAborted(self._exhausted_message("no healthy board at the start"))
+            if prefer_board is not None and self.board != prefer_board:
+                self.say(f"board {prefer_board} of {c.device} is quarantined; this run continues on board "
+                         f"{self.board} and re-measures its unpruned model there")
+            else:
+                self.say(f"{c.device}: the whole run measures on board {self.board}")
+        try:
+            self._pipeline = Pipeline.for_device(self.device, self.target, self.tuning, self.measure,
+                                                 self.cache_dir, self.store)
+        except DeviceUnavailable as exc:
+            raise SearchAborted(f"{c.device} does not answer: {exc}; everything measured is in {c.db}; "
+                                f"`hilprune search --resume {self.run_id}` once it is back") from None
+        self.target = self._pipeline.target
+        return self._pipeline
+
+    def _sim_pipeline(self) -> Pipeline:
+        """The simulator of the run's target preset, for a run that switched to ``simulated`` as a whole."""
+        from devices.sim.device import SimDevice
+
+        boards = getattr(self.device, "boards", {})
+        presets = sorted({d.board.target for d in boards.values()}) if boards else []
+        preset = presets[0] if presets else (self.config.target if not self.config.target.startswith("{")
+                                             else "host")
+        sim = SimDevice(preset, name=f"sim:{preset}")
+        self.closing.append(sim)
+        self._pipeline = Pipeline.for_device(sim, self.target, self.tuning, self.measure, self.cache_dir, self.store)
+        return self._pipeline
+
+    def _switch_record(self, why: str) -> dict:
+        episode, step = self.position
+        return {"from": self.config.device, "to": None, "reason": why, "episode": episode, "step": step,
+                "at": time.time()}
+
+    def _exhausted_message(self, why: str) -> str:
+        c = self.config
+        return (f"{c.device}: {why}; everything measured is in {c.db}; fix the farm and `hilprune search "
+                f"--resume {self.run_id}`, or rerun with --fallback sim (the whole run then switches to the "
+                f"simulator)")
+
+    def _on_exhausted(self, message: str) -> bool:
+        """The farm has no healthy board left: stop (resumably), or switch the whole run to the simulator."""
+        if self.fallback != "sim" or self.source_switch is not None:
+            raise SearchAborted(self._exhausted_message(f"no healthy board left ({message})"))
+        self._switch_to_simulator(message)
+        return True
+
+    def _switch_to_simulator(self, why: str) -> None:
+        """Move the whole run to the simulator: the unpruned model is re-predicted, and every candidate row
+        this run stored so far is re-predicted and rewritten (latency, source, ΔH, reward), so ΔH always
+        compares simulated with simulated and no stored row of the run is measured."""
+        from harness.search.reward import compute_reward
+
+        record = self._switch_record(why)
+        ev = self.evaluator
+        ev.pipeline = self._sim_pipeline()
+        ev.cache_min_id = 0
+        record["to"] = ev.device.name
+        self.source_switch = record
+        self.say(f"{self.config.device}: no healthy board left ({why.splitlines()[0][:200]}); --fallback sim: the "
+                 f"whole run switches to {ev.device.name} (simulated), the unpruned model is re-predicted")
+        log.warning("run %s switches to %s (simulated) as a whole: %s", self.run_id, ev.device.name, why)
+        self.baseline = ev.evaluate(self.base_spec)
+        if not self.baseline.ok:
+            raise SearchAborted(f"the simulator cannot predict the unpruned {self.config.model}: "
+                                f"{self.baseline.error_kind}: {self.baseline.error_message}")
+        b = self.baseline
+        weights = RewardWeights(self.config.alpha, self.config.beta, self.config.gamma)
+        for row in self.store.candidates(self.run_id):
+            if row["episode"] < 0:
+                self.store.update_candidate_latency(self.run_id, row["episode"], row["step"], b)
+                continue
+            if row["error_kind"] is not None or row["latency_p50_ms"] is None:
+                continue
+            cand = ev.evaluate(ArchSpec(tuple(json.loads(row["spec_json"]))))
+            terms = None if not cand.ok else compute_reward(
+                top1=cand.top1, macs=cand.macs, latency_p50_ms=cand.latency_p50_ms, base_top1=b.top1,
+                base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms, weights=weights)
+            self.store.update_candidate_latency(self.run_id, row["episode"], row["step"], cand, terms)
+        if self.env is not None:
+            self.env.baseline = b
+            current = self.env.current
+            fresh = b if current.spec == b.spec else ev.evaluate(current.spec)
+            self.env.restore(tuple(int(k) for k in self.env.kept), self.env.steps, fresh)
+        if getattr(self, "best_spec", None) is not None:
+            best = ev.evaluate(self.best_spec)
+            if best.ok:
+                terms = compute_reward(top1=best.top1, macs=best.macs, latency_p50_ms=best.latency_p50_ms,
+                                       base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
+                                       weights=weights)
+                self.best_key = (self.env.target_met(best) if self.env else self.best_key[0], terms.reward)
+                self.best_result = best
+
+    def _on_board_change(self, change: dict) -> None:
+        """The farm moved the run to another board: re-measure the unpruned model there and say so."""
+        self.board_changes.append({k: change[k] for k in ("from", "to", "reason", "at") if k in change})
+        self.board = change.get("to")
+        self.say(f"{self.config.device}: board {change.get('from')} is quarantined ({change.get('reason')}); the run "
+                 f"continues on board {self.board} and re-measures its unpruned model there")
+        if getattr(self, "base_spec", None) is None or getattr(self, "baseline", None) is None:
+            return  # the reference is being measured right now, on the new board
+        fresh = self.evaluator.evaluate(self.base_spec)
+        if not fresh.ok:
+            raise SearchAborted(f"the unpruned {self.config.model} could not be measured on board {self.board}: "
+                                f"{fresh.error_kind}: {fresh.error_message}")
+        self.baseline = fresh
+        if self.env is not None:
+            current = self.env.current
+            self.env.baseline = fresh
+            self.env.restore(tuple(int(k) for k in self.env.kept), self.env.steps,
+                             fresh if current.spec == fresh.spec else current)
 
     def _check_drift(self) -> None:
         """Latencies cached by earlier runs are only comparable if the device has not changed since.
@@ -473,6 +624,7 @@ class _Run:
                     mask = info["action_mask"]
                     action, _ = agent.act(obs, mask)
                     self.timer.add("agent", time.perf_counter() - t0)
+                    self.position = (episode, step)
                     next_obs, reward, terminated, truncated, info = env.step(action)
                     t0 = time.perf_counter()
                     agent.observe(obs, action, reward, mask)
@@ -484,7 +636,8 @@ class _Run:
                     failed = info["event"] == "failed"
                     self.store.add_candidate(self.run_id, _row(
                         cand, episode=episode, step=step, action=action, reward=reward,
-                        terms=None if failed else info["reward_terms"], device=c.device, target=self.target.name))
+                        terms=None if failed else info["reward_terms"], device=self.evaluator.device.name,
+                        target=self.target.name))
                     if cand.ok and not failed and cand is not self.baseline:
                         met = env.target_met(cand)
                         key = (met, reward)
@@ -492,10 +645,6 @@ class _Run:
                             self.best_spec, self.best_key, self.best_result = cand.spec, key, cand
                     obs = next_obs
                     self._checkpoint(episode, step, episode_done)
-                    if getattr(self.device, "exhausted", False):  # a farm with no healthy board left
-                        raise SearchAborted(f"{c.device}: no healthy board left ({cand.error_message}); everything "
-                                           f"measured is in {c.db}; fix the farm and `hilprune search --resume "
-                                           f"{self.run_id}`, or rerun with --fallback sim")
                     bar.update(1)
                     self._postfix(bar, episode)
                     if self.progress_mode == "lines":
@@ -540,6 +689,7 @@ class _Run:
             "current_spec": None if env.current is self.baseline else list(env.current.spec.channels),
             "agent": self.agent.state_dict(), "timer": dict(self.timer.seconds),
             "cache_min_id": self.evaluator.cache_min_id,
+            "board": self.board, "board_changes": self.board_changes, "source_switch": self.source_switch,
             "best_spec": list(self.best_spec.channels) if self.best_spec is not None else None,
             "best_key": list(self.best_key) if self.best_key is not None else None,
         }, self.run_dir / CHECKPOINT)
@@ -561,7 +711,8 @@ class _Run:
             Runtime cannot run on the device.
         """
         ev = self.evaluator
-        if ev.measure.backend != "tvm" or best is None or not (base.ok and best.ok) or base.source != "measured":
+        if (ev.pipeline.measure_config.backend != "tvm" or best is None or not (base.ok and best.ok)
+                or base.source != "measured"):
             return None
         base_p50s: list[float] = []
         best_p50s: list[float] = []
@@ -648,6 +799,12 @@ class _Run:
             "pareto_size": len(front),
             "latency_cache_drift": self.drift,
             "device": c.device,
+            "latency_source": self.baseline.source,
+            "measured_on": self.evaluator.device.name if self.board is None or self.source_switch
+            else f"{c.device} (board {self.board})",
+            "board": self.board,
+            "board_changes": self.board_changes,
+            "source_switch": self.source_switch,
             "target": self.target.name,
             "target_dict": self.target.target,
             "backend": c.backend,
@@ -696,7 +853,8 @@ def _execute(run: _Run, ckpt: dict | None, t_start: float) -> dict:
         run.setup(ckpt)
         if ckpt is None:
             run.store.add_candidate(run.run_id, _row(run.baseline, episode=-1, step=0, action=None, reward=0.0,
-                                                     terms=None, device=run.config.device, target=run.target.name))
+                                                     terms=None, device=run.evaluator.device.name,
+                                                     target=run.target.name))
         run.loop(ckpt)
         summary = run.finish(t_start)
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -408,3 +408,32 @@ def iso_in(text: str) -> bool:
     import re
 
     return re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", text) is not None
+
+
+def hello_hang(root: Path, key: Path, timeout_s: float = 3.0) -> FaultOutcome:
+    """The board's daemon never says hello (a Python that hangs at start): the wait is the
+    measurement's ``timeout_s``, not a fixed 120 s."""
+    from devices.base import MeasureConfig
+    from devices.inventory import load_inventory
+    from devices.ssh import SshDevice
+    from tests.devices.conftest import build_tiny_artifact
+
+    sshd = new_board(root / "sshd", key)
+    script = root / "slowpython.sh"  # the watchdog runs; the daemon "python" hangs before its hello
+    script.write_text(f'#!/bin/sh\ncase "$2" in */daemon.py) exec sleep 600;; esac\nexec {sys.executable} "$@"\n')
+    script.chmod(0o755)
+    inv = _inventory(root, sshd, key)
+    inv.write_text(inv.read_text().replace(f'python = "{sys.executable}"', f'python = "{script}"'))
+    art = build_tiny_artifact(root / "art")
+    out = FaultOutcome(f"daemon never says hello (timeout_s {timeout_s:g})")
+    dev = SshDevice(load_inventory(inv).board("b1"))
+    try:
+        t_fault = time.monotonic()
+        r = dev.measure(art, MeasureConfig(warmup=1, number=2, repeat=3, min_repeat_ms=0, timeout_s=timeout_s))
+        out.detect_s = time.monotonic() - t_fault
+        out.error = "no error" if r.ok else r.error.message.splitlines()[0]
+        out.notes["kind"] = None if r.ok else r.error.kind.value
+        return _finish(out, sshd, t_fault)
+    finally:
+        dev.close()
+        sshd.stop()

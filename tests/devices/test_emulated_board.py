@@ -86,3 +86,41 @@ def test_rpi4_artifact_on_emulated_board(tmp_path, sshd_pair, client_key, tiny_a
               f"{np.max(np.abs(np.array(r.value.output_head) - tiny_expected.reshape(-1))):.2e}")
     finally:
         dev.close()
+
+
+def test_rpi4_build_tuned_through_the_board_runner_on_the_emulated_board(tmp_path, sshd_pair, client_key,
+                                                                         tiny_artifact, tiny_expected):
+    """Functional: trials of an rpi4 build are timed by the (emulated) board's daemon, records land in the
+    database, and the tuned artifact's output on the board matches ONNX Runtime. The timings are labelled
+    ``emulated``: stored, never a latency."""
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig, database_dir_for, database_info
+    from harness.pipeline import Pipeline, PipelineError, StoreKey
+    from harness.store import ResultsStore
+
+    text = board_toml("emu", sshd_pair[0], client_key, python=str(EMU / "python"), tags=("emu",),
+                      extra="emulated = true").replace('target = "host"', 'target = "rpi4"')
+    board = load_inventory(write_inventory(tmp_path / "emu.toml", [text])).board("emu")
+    dev = SshDevice(board)
+    store = ResultsStore(tmp_path / "r.db")
+    target, tuning = resolve_target("rpi4"), TuningConfig(trials_per_task=2, num_trials_per_iter=2, num_threads=1)
+    try:
+        pipeline = Pipeline.for_device(dev, target, tuning, MeasureConfig(warmup=0, number=1, repeat=2,
+                                                                          min_repeat_ms=0, timeout_s=300,
+                                                                          max_remeasure=0),
+                                       tmp_path / "cache", store, runner_timeout_s=300)
+        prepared = pipeline.compile(tiny_artifact / "model.onnx")
+        assert not isinstance(prepared, PipelineError), prepared
+        info = prepared.manifest.tuning
+        assert info["tasks_total"] >= 1 and info["tasks_tuned_now"] == info["tasks_total"]
+        assert info["runner"] == "ssh:emu" and info["tasks_untuned"] == 0
+        assert database_info(database_dir_for(tmp_path / "cache", target.canonical_json(), tuning)).records >= 1
+        result = pipeline.measure(prepared, StoreKey("tiny", "tiny-rpi4"))
+        assert result.ok, result.error
+        assert result.measurement.source == "emulated" and not result.is_latency
+        np.testing.assert_allclose(result.measurement.output_head, tiny_expected.reshape(-1), rtol=RTOL, atol=ATOL)
+        (row,) = store.query("SELECT source, device_identity FROM measurements")
+        assert row["source"] == "emulated" and row["device_identity"].startswith("emulated|board=emu|")
+    finally:
+        dev.close()
+        store.close()

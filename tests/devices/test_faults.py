@@ -45,6 +45,13 @@ def test_output_flood_is_a_faulty_board(tmp_path, client_key):
     _clean(out)
 
 
+def test_hello_wait_follows_the_request_timeout(tmp_path, client_key):
+    out = faults.hello_hang(tmp_path, client_key, timeout_s=3.0)
+    assert out.notes["kind"] == "daemon_start" and "did not say hello" in out.error, out
+    assert out.detect_s < 60, out  # 3 s of hello wait plus set-up; it was a fixed 120 s
+    _clean(out)
+
+
 def test_sshd_killed_mid_measure(tmp_path, client_key):
     out = faults.sshd_killed(tmp_path, client_key)
     assert out.detect_s is not None and out.detect_s < 30, out

@@ -271,7 +271,7 @@ def _artifact(tmp_path: Path, model) -> Path:
     d.mkdir()
     onnx.save(model, str(d / "model.onnx"))
     (d / "manifest.json").write_text(json.dumps({
-        "format_version": 1, "library": "lib.so", "onnx": "model.onnx", "library_sha256": "abc",
+        "format_version": 1, "library": "lib.so", "onnx": "model.onnx", "library_sha256": "abc", "arch": "x86_64",
         "input": {"name": "input", "shape": [1, 3, 32, 32], "dtype": "float32"},
         "output": {"shape": [1, 10], "dtype": "float32"}}))
     return d

@@ -218,3 +218,25 @@ def test_watchdog_hard_limit(tmp_path, sshd_pair, client_key):
         assert dev.hello()["pid"] != pgid
     finally:
         dev.close()
+
+
+def test_uploaded_artifacts_are_bounded_on_the_board(tmp_path, sshd_pair, client_key, tiny_artifact, monkeypatch):
+    import devices.ssh as ssh_mod
+
+    monkeypatch.setattr(ssh_mod, "MAX_UPLOADED_ARTIFACTS", 2)
+    arts = []
+    for i in range(3):  # three distinct manifests: three uploads
+        art = tmp_path / f"a{i}"
+        shutil.copytree(tiny_artifact, art)
+        m = json.loads((art / "manifest.json").read_text())
+        (art / "manifest.json").write_text(json.dumps({**m, "note": i}))
+        arts.append(art)
+    dev = SshDevice(_board(tmp_path, sshd_pair[0], client_key))
+    try:
+        for art in arts:
+            assert dev.measure(art, MeasureConfig(**FAST)).ok
+        remote = Path(dev.session.tmp) / "a"
+        assert len(list(remote.iterdir())) == 2  # the oldest upload was removed from the board
+        assert dev.measure(arts[0], MeasureConfig(**FAST)).ok  # and is uploaded again when needed
+    finally:
+        dev.close()

@@ -24,7 +24,7 @@ def _matmul_module(target):
         return relax.get_pipeline("zero")(bb.get())
 
 
-def test_loopback_board_tunes_into_database(tmp_path, sshd_pair, client_key):
+def test_loopback_boards_tune_into_database_in_parallel(tmp_path, sshd_pair, client_key):
     import tvm
 
     from harness.compile.board_runner import make_board_runner
@@ -33,7 +33,8 @@ def test_loopback_board_tunes_into_database(tmp_path, sshd_pair, client_key):
 
     spec = resolve_target("host")
     target = tvm.target.Target(spec.target)
-    inv = write_inventory(tmp_path / "farm.toml", [board_toml("b1", sshd_pair[0], client_key)])
+    inv = write_inventory(tmp_path / "farm.toml", [board_toml("b1", sshd_pair[0], client_key),
+                                                   board_toml("b2", sshd_pair[1], client_key)])
     farm = make_device("farm:loop", inventory=inv)
     try:
         runner = make_board_runner(farm, spec, number=2, repeat=1, min_repeat_ms=0, timeout_s=60)
@@ -44,7 +45,8 @@ def test_loopback_board_tunes_into_database(tmp_path, sshd_pair, client_key):
         assert report.tasks_tuned_now == 1
         info = database_info(db_dir)
         assert info.records >= 1, info
-        assert farm.measured_on["b1"] >= 1  # candidates were timed on the board, not locally
+        # candidates were timed on the boards, not locally, and both boards of the tag worked at once
+        assert farm.measured_on["b1"] >= 1 and farm.measured_on["b2"] >= 1, farm.measured_on
         # every record has a finite measured run time
         import json
 

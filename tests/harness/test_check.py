@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from devices.base import Device, MeasureConfig, MeasureResult
 from devices.local import LocalDevice
+from harness.pipeline import Pipeline
 from harness.compile.check import OUTPUT_ATOL, OUTPUT_RTOL, check_device_output, check_measurement, device_input
 from harness.compile.export import export_onnx
 from harness.compile.targets import resolve_target
@@ -40,7 +41,11 @@ def test_device_input_is_the_daemons_rule():
 
     x = device_input((1, 1, 4, 4), "float32", seed=3)
     assert x.dtype == np.float32 and x.shape == (1, 1, 4, 4)
-    np.testing.assert_array_equal(x, _make_input({"input": {"shape": [1, 1, 4, 4], "dtype": "float32"}}, 3))
+    from devices.manifest import Manifest, TensorSig
+
+    manifest = Manifest(input=TensorSig("input", (1, 1, 4, 4), "float32"), output=TensorSig(None, (1, 10), "float32"),
+                        onnx="model.onnx")
+    np.testing.assert_array_equal(x, _make_input(manifest, 3))
 
 
 def test_right_output_passes_and_a_wrong_one_names_the_value(onnx_and_ref):
@@ -77,10 +82,11 @@ def evaluator_parts(tmp_path_factory):
 
 def _evaluator(parts, device: Device, store: ResultsStore, name: str) -> CandidateEvaluator:
     root, model, groups, shape, val = parts
+    pipeline = Pipeline.for_device(device, resolve_target("host"), TuningConfig(trials_per_task=0), FAST,
+                                   root / "cache", store)
     return CandidateEvaluator(
-        model_name="resnet20", base_model=model, groups=groups, input_shape=shape, val_data=val, device=device,
-        target=resolve_target("host"), tuning=TuningConfig(trials_per_task=0), measure=FAST,
-        cache_dir=root / "cache", work_dir=root / name, store=store, eval_samples=16)
+        model_name="resnet20", base_model=model, groups=groups, input_shape=shape, val_data=val, pipeline=pipeline,
+        work_dir=root / name, eval_samples=16)
 
 
 class CorruptingDevice(Device):
@@ -142,7 +148,7 @@ def test_search_candidate_with_wrong_output_fails_and_is_never_cached(evaluator_
 
 def test_simulated_measurements_are_not_checked(onnx_and_ref):
     sim = type("M", (), {"source": "simulated", "output_head": (), "output_shape": (1, 10)})()
-    assert check_measurement(onnx_and_ref[0].parent, {}, sim, seed=0) is None
+    assert check_measurement(onnx_and_ref[0].parent, None, sim, seed=0) is None
 
 
 def test_an_onnx_file_ort_cannot_run_is_a_clear_value_error(tmp_path):

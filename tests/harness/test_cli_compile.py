@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sqlite3
 import subprocess
 import sys
@@ -100,13 +101,14 @@ def test_bench_json_contract_store_and_compile_cache(capsys, tmp_path):
     assert row == ("resnet20", "zoo-default-s0@1x1x16x16", "tvm", "untuned", "measured", r["latency_p50_ms"], 5,
                    r["artifact_sha256"])
 
-    # the same artifact through ONNX Runtime: labelled, same artifact, a second row
+    # the same model through ONNX Runtime: the ONNX file itself, no TVM build (no library), a second row
     code, out, err = _run(capsys, ["bench", *common, "--threads", "2", "--repeat", "3", "--db", str(db),
                                    "--backend", "onnxruntime", "--json"])
     assert code == 0, err
     o = json.loads(out)
-    assert o["backend"] == "onnxruntime" and o["artifact_sha256"] == r["artifact_sha256"]
-    assert o["compile_cache_hit"] is True and o["measurement_id"] == r["measurement_id"] + 1
+    assert o["backend"] == "onnxruntime" and o["artifact_sha256"] is None and o["onnx_sha256"] == r["onnx_sha256"]
+    assert sorted(p.name for p in Path(o["artifact_dir"]).iterdir()) == ["manifest.json", "model.onnx"]
+    assert o["measurement_id"] == r["measurement_id"] + 1 and o["tuning"]["graph_only"] is True
 
     # compile: a cache hit printing the same directory; --out copies the artifact there
     code, out, _ = _run(capsys, ["compile", *common])
@@ -127,7 +129,7 @@ def test_bench_json_contract_store_and_compile_cache(capsys, tmp_path):
     code, out, _ = _run(capsys, ["bench", *common, "--repeat", "3", "--db", str(db)])
     assert code == 0 and "p50 ms" in out and "backend tvm, UNTUNED" in out and "stored as measurement" in out
     code, out, _ = _run(capsys, ["bench", *common, "--repeat", "3", "--db", str(db), "--backend", "onnxruntime"])
-    assert code == 0 and "backend onnxruntime: the ONNX file, not the TVM build" in out and "tuned" not in out.lower()
+    assert code == 0 and "backend onnxruntime: the ONNX file, no TVM build" in out and "tuned" not in out.lower()
 
 
 @pytest.mark.slow
@@ -159,3 +161,61 @@ def test_tune_reports_tasks_and_database_growth_then_reuses_it(capsys, tmp_path)
     assert first["latency_p50_ms"] > 0 and first["device"] == "local"
     code, out, _ = _run(capsys, argv[:-1])  # table output; the artifact is cached now
     assert code == 0 and "tuned now" in out and "artifact cache hit" in out and "database records:" in out
+
+
+def _inv(tmp_path: Path, target: str = "host") -> Path:
+    """An inventory with one board (never contacted by these tests: every error comes first)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "k").write_text("not a key: never read, the errors come first\n")
+    path = tmp_path / "farm.toml"
+    path.write_text(f'[farm]\nlease_db = "{tmp_path / "l.sqlite"}"\n\n[[board]]\nname = "b1"\nhost = "127.0.0.1"\n'
+                    f'port = 1\nuser = "u"\nidentity_file = "{tmp_path / "k"}"\n'
+                    f'host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2VrZXlmYWtla2V5ZmFrZWtleWZha2VrZXk="\n'
+                    f'target = "{target}"\ntags = ["pi"]\n')
+    return path
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["bench", "--model", "resnet20", "--target", "host", "--device", "ssh:b1"], ["--device ssh:b1", "--inventory"]),
+    (["tune", "--model", "resnet20", "--target", "rpi4", "--device", "farm:pi"], ["--inventory FILE"]),
+    (["tune", "--model", "resnet20", "--target", "rpi4"], ["aarch64", "--device ssh:BOARD or farm:TAG"]),
+    (["tune", "--model", "resnet20", "--target", "rpi4", "--device", "sim:rpi4"], ["simulator", "cannot time"]),
+    (["tune", "--model", "resnet20", "--target", "rpi5", "--device", "farm:pi", "--inventory", "INV"],
+     ["farm:pi", "target 'rpi5'"]),
+    (["tune", "--model", "resnet20", "--target", "rpi5", "--device", "ssh:b1", "--inventory", "INV_RPI4"],
+     ["board 'b1' is a rpi4, not a rpi5", "--target host"]),
+    (["search", "--device", "farm:pi", "--fallback", "simulate"], ["--fallback", "'simulate'"]),
+    (["search", "--device", "farm:pi", "--target", "rpi5", "--inventory", "INV"], ["farm:pi", "target 'rpi5'"]),
+    (["search", "--device", "ssh:b1"], ["ssh:BOARD and farm:TAG devices need an inventory (--inventory FILE)"]),
+])
+def test_board_devices_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, needles):
+    inventories = {"INV": str(_inv(tmp_path / "h", "host")), "INV_RPI4": str(_inv(tmp_path / "r", "rpi4"))}
+    argv = [inventories.get(a, a) for a in argv]
+    extra = ["--cache-dir", str(tmp_path / "c")] + (["--db", str(tmp_path / "r.db"), "--out", str(tmp_path / "runs")]
+                                                     if argv[0] == "search" else [])
+    try:
+        code, out, err = _run(capsys, [*argv, *extra])
+    except SystemExit as exc:  # argparse's own refusal (choices): one line too (harness.cli.args.Parser)
+        code, (out, err) = exc.code, capsys.readouterr()
+        err = err.strip()
+    assert code == 2 and out == "", err
+    assert err.startswith("hilprune") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not (tmp_path / "c" / "artifacts").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_compile_for_a_board_with_no_device_applies_an_empty_database_and_says_so(capsys, tmp_path):
+    """No board at hand and an empty database: the rpi4 build succeeds untuned and says how many tasks."""
+    code, out, err = _run(capsys, ["compile", "--model", "resnet20", "--input-shape", "1,1,16,16", "--target", "rpi4",
+                                   "--tune-trials", "8", "--cache-dir", str(tmp_path / "c"), "--json"])
+    assert code == 0, err
+    j = json.loads(out)
+    header = (Path(j["path"]) / "lib.so").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    n = j["tuning"]["tasks_total"]
+    assert n > 0 and j["tuning"]["tasks_untuned"] == n and j["tuning"]["tasks_tuned_now"] == 0
+    notes = [line for line in err.splitlines() if line.startswith("hilprune: note:")]
+    assert len(notes) == 1 and f"{n} of {n} tasks have no tuning record for rpi4" in notes[0]
+    assert "hilprune tune --target rpi4 --device ssh:BOARD|farm:TAG" in notes[0]

@@ -110,19 +110,22 @@ def test_calibrate_from_db_and_cache_never_mixes_sources(tmp_path, graphs):
     store = ResultsStore(db)
     truth = load_profile("rpi4")
     key = dict(target="host", backend="onnxruntime", tuning_key="untuned")
+    me, sim = "measured|board=local@h|machine=x86_64|cpu=c|cores=2", "simulated|profile=rpi4|version=1"
     for p in graphs:
         lat = predict_latency_ms(features_from_model(__import__("onnx").load(str(p))), truth, 1) * 0.5
         stats = dict(p50=lat, p90=lat, mean=lat, std=0.0, min=lat, max=lat, cov=0.0, n=1, unstable=False)
         store.add_measurement(model="net", arch_signature=p.stem, device="local", source="measured",
-                              stats=stats, latency_raw_ms=[lat], onnx_sha256=sha256_file(p), **key)
+                              stats=stats, latency_raw_ms=[lat], onnx_sha256=sha256_file(p), device_identity=me,
+                              **key)
     # a simulated row for the same architecture, on the simulator device
     store.add_measurement(model="net", arch_signature="net0", device="sim:rpi4", source="simulated",
-                          stats=dict(p50=99.0), latency_raw_ms=[99.0], **key)
-    # the latency cache is keyed by device: the simulated row never answers for `local`
-    hit = store.find_measurement(model="net", arch_signature="net0", device="local", **key)
+                          stats=dict(p50=99.0), latency_raw_ms=[99.0], device_identity=sim, **key)
+    # the latency cache is keyed by device and identity: the simulated row never answers for `local`
+    hit = store.find_measurement(model="net", arch_signature="net0", device="local", identity=me, **key)
     assert hit["source"] == "measured" and hit["latency_p50_ms"] != 99.0
-    assert store.find_measurement(model="net", arch_signature="net0", device="sim:rpi4", **key)["source"] == "simulated"
-    assert store.find_measurement(model="net", arch_signature="net9", device="local", **key) is None
+    assert store.find_measurement(model="net", arch_signature="net0", device="sim:rpi4", identity=sim,
+                                  **key)["source"] == "simulated"
+    assert store.find_measurement(model="net", arch_signature="net9", device="local", identity=me, **key) is None
     store.close()
 
     out_path = tmp_path / "h.json"

@@ -175,7 +175,7 @@ def test_suite_on_loopback_ssh_boards_with_an_inventory(tmp_path, capsys, sshd_p
     got = {r["device"]: r for r in summary["results"]}
     assert set(got) == {"ssh:b1", "ssh:b2"}  # the suite's "local" is replaced by --device
     assert got["ssh:b1"]["status"] == "ok" and got["ssh:b1"]["latency_p50_ms"] > 0
-    assert got["ssh:b2"]["status"] == "failed" and got["ssh:b2"]["error_kind"] == "measure_failed:device_lost"
+    assert got["ssh:b2"]["status"] == "failed" and got["ssh:b2"]["error_kind"] == "device_unavailable"  # its hello (the host target of a board is its CPU)
     assert "HOST KEY CHANGED" in got["ssh:b2"]["error_message"]
     with sqlite3.connect(tmp_path / "r.db") as conn:
         meta = json.loads(conn.execute("SELECT metadata_json FROM bench_runs").fetchone()[0])

@@ -13,17 +13,70 @@ STATS = dict(p50=1.5, p90=1.9, mean=1.6, std=0.1, min=1.4, max=2.0, cov=0.0625, 
 KEY = dict(model="resnet20", arch_signature="16-8", device="local", target="host", backend="tvm", tuning_key="trials=8")
 
 
+ME = "measured|board=local@h|machine=x86_64|cpu=EPYC|cores=2"
+
+
 def test_measurement_round_trip_and_cache_key(tmp_path):
     s = ResultsStore(tmp_path / "r.db")
-    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.4, 1.5, 2.0])
-    hit = s.find_measurement(**KEY)
+    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.4, 1.5, 2.0], device_identity=ME)
+    hit = s.find_measurement(**KEY, identity=ME)
     assert hit["id"] == mid and hit["latency_p50_ms"] == 1.5 and hit["latency_raw_ms"] == [1.4, 1.5, 2.0]
     # another tuning budget, device or architecture is a miss: latencies never mix
     for field, other in (("tuning_key", "untuned"), ("device", "ssh:pi"), ("arch_signature", "16-16")):
-        assert s.find_measurement(**{**KEY, field: other}) is None
+        assert s.find_measurement(**{**KEY, field: other}, identity=ME) is None
     # the first measurement stays the cached value; later ones are history (a resumed run sees the same numbers)
-    s.add_measurement(**KEY, source="measured", stats={**STATS, "p50": 9.0}, latency_raw_ms=[9.0])
-    assert s.find_measurement(**KEY)["latency_p50_ms"] == 1.5
+    s.add_measurement(**KEY, source="measured", stats={**STATS, "p50": 9.0}, latency_raw_ms=[9.0], device_identity=ME)
+    assert s.find_measurement(**KEY, identity=ME)["latency_p50_ms"] == 1.5
+
+
+def test_latency_cache_refuses_another_source_board_or_profile_version(tmp_path):
+    from devices.identity import identity_of
+
+    s = ResultsStore(tmp_path / "r.db")
+    b1 = {"board": "pi-01", "machine": "aarch64", "cpu_part": "0xd08", "cpu_count": 4, "hostname": "pi"}
+    sim = {"simulator": True, "profile": "rpi4", "profile_version": 3}
+    s.add_measurement(**KEY, source="simulated", stats=STATS, latency_raw_ms=[1.5], device_identity=identity_of(sim))
+    s.add_measurement(**KEY, source="measured", stats={**STATS, "p50": 2.5}, latency_raw_ms=[2.5],
+                      device_identity=identity_of(b1))
+    # a measured run on pi-01 gets pi-01's row, never the simulated one stored first
+    assert s.find_measurement(**KEY, identity=identity_of(b1))["latency_p50_ms"] == 2.5
+    assert s.find_measurement(**KEY, identity=identity_of(b1))["source"] == "measured"
+    # another board of the same model, the same board with another CPU count, a newer profile: misses
+    for other in ({**b1, "board": "pi-02"}, {**b1, "cpu_count": 2}):
+        assert s.find_measurement(**KEY, identity=identity_of(other)) is None
+    assert s.find_measurement(**KEY, identity=identity_of({**sim, "profile_version": 4})) is None
+    assert s.find_measurement(**KEY, identity=identity_of(sim))["source"] == "simulated"
+
+
+def test_schema_3_file_migrates_and_its_rows_are_history_not_cache(tmp_path):
+    path = tmp_path / "old.db"
+    s = ResultsStore(path)
+    s.create_run("r1", model="m", dataset="d", device="local", target="host", seed=0, config={})
+    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.5])
+    s.add_candidate("r1", dict(episode=0, step=1, arch_signature="x", spec_json="[1]", reward=0.1, device="local",
+                               target="host", source="measured", measurement_id=mid))
+    s.close()
+    c = sqlite3.connect(path)  # make it the schema-3 file an older hilprune wrote
+    c.executescript("""
+        PRAGMA foreign_keys=OFF;
+        CREATE TABLE m3 AS SELECT id, created_at, model, arch_signature, device, target, backend, tuning_key,
+            source, artifact_sha256, onnx_sha256, latency_p50_ms, latency_p90_ms, latency_mean_ms, latency_std_ms,
+            latency_min_ms, latency_max_ms, latency_cov, n, unstable, latency_raw_ms, warmup_ms, metadata_json
+            FROM measurements;
+        DROP TABLE measurements; ALTER TABLE m3 RENAME TO measurements;
+        UPDATE meta SET value='3' WHERE key='schema_version';""")
+    c.commit(); c.close()
+    s = ResultsStore(path)
+    assert s.query("SELECT value FROM meta WHERE key='schema_version'")[0]["value"] == str(SCHEMA_VERSION)
+    (row,) = s.query("SELECT id, latency_p50_ms, device_identity FROM measurements")
+    assert row["id"] == mid and row["latency_p50_ms"] == 1.5 and row["device_identity"] is None  # kept, never served
+    assert s.find_measurement(**KEY, identity=ME) is None
+    assert s.candidates("r1")[0]["measurement_id"] == mid
+    # emulated timings can be stored now (labelled, never a latency); the CHECK still refuses nonsense
+    s.add_measurement(**KEY, source="emulated", stats=STATS, latency_raw_ms=[1.0], device_identity="emulated|x")
+    with pytest.raises(sqlite3.IntegrityError):
+        s.add_measurement(**KEY, source="guessed", stats=STATS, latency_raw_ms=[1.0])
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_runs_and_candidates(tmp_path):
@@ -89,14 +142,14 @@ def test_schema_1_file_is_migrated_and_keeps_its_rows(tmp_path):
     """A store written before the nightly tables (schema 1) opens, gains bench_runs/bench_results, keeps its rows."""
     path = tmp_path / "old.db"
     s = ResultsStore(path)
-    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.4, 1.5, 2.0])
+    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.4, 1.5, 2.0], device_identity=ME)
     s.close()
     c = sqlite3.connect(path)
     c.execute("DROP TABLE bench_results"); c.execute("DROP TABLE bench_runs")
     c.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     c.commit(); c.close()
     s = ResultsStore(path)
-    assert s.find_measurement(**KEY)["id"] == mid
+    assert s.find_measurement(**KEY, identity=ME)["id"] == mid
     s.create_bench_run("b1", suite_name="nightly", suite_path="/s.toml", suite_sha256=None, metadata={"x": 1})
     s.add_bench_result("b1", benchmark="r20", device="local", target="host", backend="tvm", tuning_key="untuned",
                        source="measured", status="ok", measurement_id=mid)

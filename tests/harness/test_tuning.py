@@ -63,7 +63,7 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     # MetaSchedule's console log goes to the database's tuning.log, never to stdout (`--json` stays JSON)
     assert capfd.readouterr().out == ""
     assert "Initializing Task" in (db_dir / "tuning.log").read_text()
-    tuning = first.artifact.manifest["tuning"]
+    tuning = first.artifact.manifest.tuning
     assert tuning["tuned"] is True and tuning["trials_per_task"] == 2
     assert tuning["database"] == str(db_dir)
     assert tuning["tasks_total"] >= 4  # three fused convs + matmul + mean + layout ops
@@ -77,7 +77,7 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     # Same model, new artifact cache, same database: nothing is tuned again.
     second = compile_onnx(onnx_path, host, tmp_path / "cache2", config)
     assert second.error is None, second.error
-    tuning2 = second.artifact.manifest["tuning"]
+    tuning2 = second.artifact.manifest.tuning
     assert tuning2["tasks_tuned_now"] == 0
     assert tuning2["tasks_from_db"] == tuning["tasks_total"]
     assert database_info(db_dir).records == info.records
@@ -93,6 +93,54 @@ def test_tuning_fills_database_and_second_run_reuses_it(tmp_path, capfd):
     out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(params[k]) for k in sorted(params.files)])
     expected = small_net()(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-4, rtol=1e-4)
+
+
+def _two_matmuls(target):
+    """A Relax module of two matmuls of different shapes: two tuning tasks."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape=(16, 32), dtype="float32"))
+    w1 = relax.Var("w1", relax.TensorType(shape=(32, 24), dtype="float32"))
+    w2 = relax.Var("w2", relax.TensorType(shape=(24, 8), dtype="float32"))
+    with bb.function("main", [x, w1, w2]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.matmul(x, w1))
+            out = bb.emit_output(bb.emit(relax.op.matmul(h, w2)))
+        bb.emit_func_output(out)
+    with target:
+        return relax.get_pipeline("zero")(bb.get())
+
+
+@pytest.mark.slow
+def test_tuning_in_task_groups_keeps_the_finished_groups_when_killed(tmp_path, monkeypatch):
+    """tasks_per_call=1: a tuning killed in its second call keeps the first task's records; the next call
+    tunes only what is left (a board tuning overnight resumes where it stopped)."""
+    import tvm
+
+    import harness.compile.tuning as tuning_mod
+
+    target = tvm.target.Target(resolve_target("host").target)
+    mod = _two_matmuls(target)
+    config = TuningConfig(trials_per_task=2, num_trials_per_iter=2, num_threads=1, tasks_per_call=1,
+                          cost_model="random")
+    real, calls = tuning_mod._tune, []
+
+    def killed_on_second_call(tasks, db, cfg):
+        calls.append(len(tasks))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(tasks, db, cfg)
+
+    monkeypatch.setattr(tuning_mod, "_tune", killed_on_second_call)
+    with pytest.raises(KeyboardInterrupt):
+        tuning_mod.tune_module(mod, target, tmp_path / "db", config)
+    assert calls == [1, 1]
+    assert database_info(tmp_path / "db").workloads >= 1 and database_info(tmp_path / "db").records >= 1
+    monkeypatch.setattr(tuning_mod, "_tune", real)
+    report = tuning_mod.tune_module(mod, target, tmp_path / "db", config)
+    assert (report.tasks_total, report.tasks_from_db, report.tasks_tuned_now) == (2, 1, 1)
+    assert tuning_mod.untuned_tasks(mod, target, tmp_path / "db") == (2, [])
 
 
 @pytest.mark.parametrize("content, kept", [

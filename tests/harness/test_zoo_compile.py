@@ -78,8 +78,8 @@ def _artifact(model: torch.nn.Module, shape, path, cache_dir):
 def test_tvm_output_equals_torch_through_the_daemon(name, kw, shape, device, cache_dir, tmp_path):
     model = _randomize_bn(build_model(name, **kw), seed=1)
     artifact = _artifact(model, shape, tmp_path / f"{name}.onnx", cache_dir)
-    assert artifact.manifest["input"]["shape"] == list(shape)
-    assert artifact.manifest["tuning"]["tuned"] is False  # labelled untuned
+    assert artifact.manifest.input.shape == tuple(shape)
+    assert artifact.manifest.tuning["tuned"] is False  # labelled untuned
 
     result = device.measure(artifact.path, ONCE)
     assert result.error is None, result.error

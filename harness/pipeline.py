@@ -1,0 +1,432 @@
+"""The one way of a model to a measured latency: export → compile → measure → output check → store.
+
+DESIGN.md §2, §4, §5 and STYLE.md ("one way through the system is written
+once"). The search's candidates (``harness/search/candidate.py``), ``hilprune
+bench``, ``hilprune tune`` and ``compile``, nightly suites
+(``harness/nightly/run.py``) and the benchmarks all go through
+:class:`Pipeline`; nothing else builds that sequence.
+
+What a :class:`Pipeline` decides once, for its (device, target):
+
+- **the target**: ``host`` on a board means *that board's* CPU, from its
+  daemon's hello (:func:`harness.compile.targets.board_target`), never the
+  controller's ``mcpu``;
+- **what is built**: a TVM library (tuned), or a graph-only artifact (the
+  ONNX file and a manifest, no TVM build) for ``--backend onnxruntime`` and
+  for the simulator;
+- **where tuning trials are timed**: on the board that will measure (the
+  daemon's ``time_func``, :mod:`harness.compile.board_runner`; the boards of a
+  farm tune in parallel), on this host (``LocalRunner``) for ``local``, or
+  nowhere when no device can run the target's code (``compile`` with no
+  device): the build then applies what the tuning database holds and the
+  manifest counts the untuned tasks.
+
+Each step returns a value or a :class:`PipelineError` (kind + one line):
+expected failures never raise through a caller's loop. A measurement counts
+only when its output matches ONNX Runtime's (:mod:`harness.compile.check`):
+otherwise it is a ``wrong_output`` error, the device is told
+(``Device.report_bad_result``: a farm blames the board) and nothing is stored.
+Emulated timings (qemu) are stored, labelled ``emulated``, and
+:attr:`PipelineResult.is_latency` says they are none.
+
+Every stored row carries its source and the identity of what measured it
+(:func:`devices.identity.identity_of`): the latency cache
+(:meth:`Pipeline.cached`) serves a row only to a pipeline of the same
+identity — same source, same board and machine facts, same simulator profile
+and version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devices.base import Device, DeviceUnavailable, MeasureConfig, Measurement
+from devices.identity import identity_of
+from devices.manifest import Manifest, TensorSig, read_manifest, write_manifest
+from harness.compile.build import compile_onnx, stdout_to_stderr
+from harness.compile.check import check_measurement
+from harness.compile.export import ExportError, export_onnx, sha256_file
+from harness.compile.targets import TargetSpec, board_target
+from harness.compile.tuning import TuningConfig
+from harness.store import ResultsStore
+
+__all__ = ["GRAPH_ONLY_TUNING_KEY", "Pipeline", "PipelineError", "PipelineResult", "Prepared", "StoreKey",
+           "onnx_io"]
+
+log = logging.getLogger(__name__)
+
+#: The tuning key of latencies of graph-only artifacts (ONNX Runtime, simulator): no TVM build, no tuning.
+GRAPH_ONLY_TUNING_KEY = "graph-only"
+#: Latency sources that are latencies (``emulated`` is a functional check only; DESIGN.md §5).
+LATENCY_SOURCES = ("measured", "simulated")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineError:
+    """An expected failure of one step, as a value.
+
+    Attributes:
+        kind: ``export_failed``/``invalid_onnx``/``ort_failed``/``mismatch`` (export),
+            ``import_failed``/``tune_failed``/``build_failed``/``link_failed`` (compile),
+            ``measure_<MeasureErrorKind>`` (the device), ``device_unavailable``,
+            ``wrong_output`` (output unlike ONNX Runtime's), ``source_mismatch``
+            (e.g. a simulated answer where a measured one was expected).
+        message: one human-readable line.
+    """
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a device will run: an artifact directory and its manifest.
+
+    Attributes:
+        path: the artifact directory.
+        manifest: its :class:`devices.manifest.Manifest`.
+        cache_hit: the artifact was already built (nothing compiled or tuned now).
+        compile_s: wall seconds of this call's compile (tuning included), s.
+        tune_s: of which tuning, s (0 on a cache hit).
+    """
+
+    path: Path
+    manifest: Manifest
+    cache_hit: bool
+    compile_s: float = 0.0
+    tune_s: float = 0.0
+
+    @classmethod
+    def at(cls, path: Path | str) -> "Prepared":
+        """An artifact already on disk (e.g. a candidate's, measured again).
+
+        Raises:
+            devices.manifest.ManifestError: no readable, valid manifest there.
+        """
+        return cls(Path(path), read_manifest(path), cache_hit=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreKey:
+    """Where a measurement goes in the results store (besides device, target, backend, tuning).
+
+    Attributes:
+        model: model label (zoo name or ``onnx:<stem>``).
+        arch_signature: the architecture (a pruned spec's signature, or a zoo/ONNX id).
+        metadata: extra metadata for the row (``command``, ``input_shape``, ...).
+    """
+
+    model: str
+    arch_signature: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineResult:
+    """One measurement through the pipeline: a Measurement (stored) or an error.
+
+    Attributes:
+        measurement: the device's Measurement (None on error).
+        measurement_id: its row in the store (None when not stored).
+        output_check: ``{"max_abs_diff", "bound", "compared"}`` of the output check,
+            None when nothing ran (simulated).
+        error: set on failure (then ``measurement`` may still hold a wrong output's
+            Measurement, never stored).
+        measure_s: wall seconds of the device call and the check, s.
+    """
+
+    measurement: Measurement | None = None
+    measurement_id: int | None = None
+    output_check: dict | None = None
+    error: PipelineError | None = None
+    measure_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when there is a Measurement and no error."""
+        return self.error is None and self.measurement is not None
+
+    @property
+    def is_latency(self) -> bool:
+        """True when the measurement is a latency (``measured`` or ``simulated``, not ``emulated``)."""
+        return self.ok and self.measurement.source in LATENCY_SOURCES
+
+    @property
+    def p50_ms(self) -> float | None:
+        """The measurement's median latency in ms (None on error)."""
+        return self.measurement.stats.p50_ms if self.measurement is not None and self.error is None else None
+
+
+def onnx_io(onnx_path: Path) -> tuple[TensorSig, TensorSig]:
+    """The single input's and output's name, static shape and dtype of an ONNX file.
+
+    Raises:
+        ValueError: unreadable, not exactly one input and one output, or a dynamic shape.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # DecodeError and friends
+        raise ValueError(f"{onnx_path} is not a readable ONNX file ({type(exc).__name__}); pass a .onnx model") \
+            from None
+    dtypes = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8"}
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ValueError(f"{onnx_path} has {len(inputs)} graph inputs and {len(model.graph.output)} outputs; "
+                         "hilprune runs models with exactly one of each")
+
+    def sig(value_info, name: str | None) -> TensorSig:
+        ttype = value_info.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim)
+        if any(d < 1 for d in dims):
+            raise ValueError(f"{onnx_path}: {value_info.name!r} has a dynamic shape {list(dims)}; "
+                             "re-export it with a static shape")
+        return TensorSig(name, dims, dtypes.get(ttype.elem_type, str(ttype.elem_type)))
+
+    return sig(inputs[0], inputs[0].name), sig(model.graph.output[0], None)
+
+
+def graph_artifact(onnx_path: Path, cache_dir: Path) -> Prepared:
+    """A graph-only artifact (``manifest.json`` + ``model.onnx``, no TVM library) for ONNX Runtime and the
+    simulator, content-addressed at ``cache_dir/graphs/<sha256 of the ONNX file>/``.
+
+    Raises:
+        ValueError: the ONNX file is unreadable or not one static input and output.
+    """
+    digest = sha256_file(onnx_path)
+    final = Path(cache_dir) / "graphs" / digest
+    if (final / "manifest.json").is_file():
+        return Prepared(final, read_manifest(final), cache_hit=True)
+    inp, out = onnx_io(onnx_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:16]}-", dir=final.parent))
+    try:
+        shutil.copyfile(onnx_path, tmp / "model.onnx")
+        manifest = Manifest(input=inp, output=out, onnx="model.onnx", onnx_sha256=digest,
+                            tuning={"tuned": False, "trials_per_task": 0, "graph_only": True})
+        write_manifest(tmp, manifest)
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process built it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Prepared(final, read_manifest(final), cache_hit=False)
+
+
+class Pipeline:
+    """Export, compile (and tune) for one device and target, measure, check and store.
+
+    Build it with :meth:`for_device`. Attributes after construction:
+
+    Attributes:
+        device: where latencies are measured (None: compile only).
+        target: the resolved target (``host`` on a board is the board's CPU).
+        tuning: the tuning config, with the board runner set when the device is a board.
+        measure_config: how to time.
+        cache_dir: artifacts, graph-only artifacts and tuning databases.
+        store: the results store (None: nothing stored, no latency cache).
+        graph_only: True when no TVM library is built (ONNX Runtime backend, simulator).
+        tuning_key: the store's tuning column for this pipeline's latencies.
+    """
+
+    def __init__(self, device: Device | None, target: TargetSpec, tuning: TuningConfig,
+                 measure_config: MeasureConfig, cache_dir: Path, store: ResultsStore | None = None) -> None:
+        self.device = device
+        self.target = target
+        self.tuning = tuning
+        self.measure_config = measure_config
+        self.cache_dir = Path(cache_dir)
+        self.store = store
+        self.graph_only = device is not None and (not device.needs_library
+                                                  or measure_config.backend == "onnxruntime")
+        self.tuning_key = GRAPH_ONLY_TUNING_KEY if self.graph_only else tuning.identity()
+        self._identity: str | None = None
+
+    # ------------------------------------------------------------------ make
+
+    @classmethod
+    def for_device(cls, device: Device | None, target: TargetSpec, tuning: TuningConfig,
+                   measure_config: MeasureConfig, cache_dir: Path, store: ResultsStore | None = None,
+                   *, runner_timeout_s: float = 60.0) -> "Pipeline":
+        """A pipeline that tunes where it measures.
+
+        - ``target.name == "host"`` and a board device: the target becomes
+          the board's own CPU (its hello; the farm's pinned board, or its
+          first healthy one).
+        - a board device and a tuned config: tuning trials are timed on the
+          board through its daemon (``make_board_runner``; all boards of a
+          farm in parallel), the manifest's ``tuning.runner`` names it.
+
+        Raises:
+            DeviceUnavailable: the board did not answer its hello (its target is unknown).
+            ValueError: a board whose machine hilprune cannot build for.
+        """
+        if device is not None and device.is_board and target.name == "host":
+            hello = device.hello()
+            target = board_target(hello, board=str(hello.get("board") or device.name))
+            log.info("%s: target host is the board's own CPU: %s", device.name, target.canonical_json())
+        pipeline = cls(device, target, tuning, measure_config, cache_dir, store)
+        if device is not None and device.is_board and tuning.tuned and not pipeline.graph_only:
+            from harness.compile.board_runner import make_board_runner
+
+            runner = make_board_runner(device, target, timeout_s=runner_timeout_s)
+            pipeline.tuning = dataclasses.replace(tuning, runner=runner, runner_label=device.name)
+        return pipeline
+
+    # ---------------------------------------------------------------- steps
+
+    def export(self, model: Any, input_shape: tuple[int, ...], path: Path) -> Path | PipelineError:
+        """Export a torch model to ONNX (checked against torch by ONNX Runtime).
+
+        Returns:
+            ``path``, or a :class:`PipelineError` of an export kind.
+        """
+        try:
+            export_onnx(model, tuple(input_shape), Path(path))
+        except ExportError as exc:
+            return PipelineError(exc.kind, exc.message)
+        return Path(path)
+
+    def compile(self, onnx_path: Path) -> Prepared | PipelineError:
+        """The artifact the device will run: graph-only (ONNX Runtime, simulator) or a TVM library.
+
+        A TVM build tunes the tasks the database lacks on this pipeline's
+        runner; with no runner for a target this host cannot run, it applies
+        the database as is (see :func:`harness.compile.build.compile_onnx`).
+        TVM's and MetaSchedule's prints go to stderr.
+
+        Returns:
+            A :class:`Prepared`, or a :class:`PipelineError` (compile kinds; a
+            bad ONNX file for a graph-only artifact is ``import_failed``).
+        """
+        t0 = time.perf_counter()
+        if self.graph_only:
+            try:
+                return graph_artifact(Path(onnx_path), self.cache_dir)
+            except ValueError as exc:
+                return PipelineError("import_failed", str(exc))
+        with stdout_to_stderr():
+            result = compile_onnx(Path(onnx_path), self.target, self.cache_dir, self.tuning)
+        compile_s = time.perf_counter() - t0
+        if result.error is not None:
+            return PipelineError(result.error.kind, result.error.message)
+        art = result.artifact
+        tune_s = 0.0 if art.cache_hit else float(art.manifest.tuning.get("tune_s") or 0.0)
+        return Prepared(art.path, art.manifest, art.cache_hit, compile_s, min(tune_s, compile_s))
+
+    def identity(self) -> str:
+        """The identity of this pipeline's latencies (source, board, machine facts / profile and version).
+
+        Raises:
+            DeviceUnavailable: the device does not answer its hello.
+            ValueError: no device.
+        """
+        if self.device is None:
+            raise ValueError("a compile-only pipeline (no device) measures nothing")
+        if self._identity is None:
+            self._identity = identity_of(self.device.hello(), default_name=self.device.name)
+        return self._identity
+
+    def forget_identity(self) -> None:
+        """Re-read the identity at the next use (after a farm's run moved to another board)."""
+        self._identity = None
+
+    def cached(self, key: StoreKey, *, backend: str | None = None, min_id: int = 0) -> dict | None:
+        """The latency cache: the first stored measurement of ``key`` by a device of this identity.
+
+        Rows of another source, board, machine or simulator profile version —
+        and rows stored before identities were recorded — are never served.
+
+        Returns:
+            The store's row (``latency_raw_ms`` parsed) or None.
+        """
+        if self.store is None:
+            return None
+        try:
+            identity = self.identity()
+        except DeviceUnavailable:
+            return None
+        return self.store.find_measurement(
+            model=key.model, arch_signature=key.arch_signature, device=self.device.name, target=self.target.name,
+            backend=backend or self.measure_config.backend, tuning_key=self.tuning_key, identity=identity,
+            min_id=min_id)
+
+    def measure(self, prepared: Prepared, key: StoreKey | None = None, *, backend: str | None = None,
+                expect_source: str | None = None) -> PipelineResult:
+        """Time ``prepared`` on the device, check its output, store it.
+
+        Args:
+            prepared: from :meth:`compile`.
+            key: where to store it (None: not stored).
+            backend: time this backend instead of the config's (``onnxruntime``:
+                the artifact's ONNX file, a reference beside the TVM build).
+            expect_source: refuse a measurement of another source (e.g. a
+                ``simulated`` answer where the run measures): ``source_mismatch``.
+
+        Returns:
+            A :class:`PipelineResult`; failures are values.
+
+        Raises:
+            ValueError: a compile-only pipeline.
+        """
+        if self.device is None:
+            raise ValueError("a compile-only pipeline (no device) measures nothing")
+        config = self.measure_config if backend is None else dataclasses.replace(self.measure_config,
+                                                                                  backend=backend)
+        t0 = time.perf_counter()
+
+        def failed(kind: str, message: str, m: Measurement | None = None) -> PipelineResult:
+            return PipelineResult(measurement=m, error=PipelineError(kind, message),
+                                  measure_s=time.perf_counter() - t0)
+
+        outcome = self.device.measure(prepared.path, config)
+        if outcome.error is not None:
+            return failed(f"measure_{outcome.error.kind.value}", outcome.error.message)
+        m = outcome.value
+        if expect_source is not None and m.source != expect_source:
+            return failed("source_mismatch", f"{self.device.name} answered with a {m.source} result where a "
+                                             f"{expect_source} one was expected; not used", m)
+        try:
+            check = check_measurement(prepared.path, prepared.manifest, m, config.seed)
+        except ValueError as exc:
+            return failed("wrong_output", str(exc), m)
+        if check is not None and not check.ok:
+            self.device.report_bad_result(m, "wrong_output", check.message)  # a farm blames that board
+            where = f"{self.device.name} (board {m.hello['board']})" if m.hello.get("board") else self.device.name
+            return failed("wrong_output", f"{where}: {check.message}; latency not used", m)
+        output_check = None if check is None else {"max_abs_diff": check.max_abs_diff, "bound": check.bound,
+                                                   "compared": check.compared}
+        mid = None
+        if self.store is not None and key is not None:
+            meta = {"output_check": output_check, "tuning": dict(prepared.manifest.tuning),
+                    "num_threads": config.num_threads, **key.metadata}
+            mid = self.store.add_device_measurement(
+                m, model=key.model, arch_signature=key.arch_signature, target=self.target.name,
+                tuning_key=GRAPH_ONLY_TUNING_KEY if prepared.manifest.graph_only else self.tuning_key,
+                device=self.device.name, artifact_sha256=prepared.manifest.library_sha256,
+                onnx_sha256=prepared.manifest.onnx_sha256, metadata=meta)
+        return PipelineResult(measurement=m, measurement_id=mid, output_check=output_check,
+                              measure_s=time.perf_counter() - t0)
+
+    def run(self, onnx_path: Path, key: StoreKey | None = None) -> tuple[Prepared | None, PipelineResult]:
+        """:meth:`compile` then :meth:`measure`.
+
+        Returns:
+            (the prepared artifact or None, the result; a compile error is the result's error).
+        """
+        prepared = self.compile(onnx_path)
+        if isinstance(prepared, PipelineError):
+            return None, PipelineResult(error=prepared)
+        return prepared, self.measure(prepared, key)
