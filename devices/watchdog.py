@@ -84,19 +84,23 @@ def main(argv: list[str]) -> int:
     with open(os.path.join(os.path.dirname(os.path.abspath(pgid_file)), "watchdog.pid"), "w",
               encoding="ascii") as f:
         f.write(str(os.getpid()))
-    done = threading.Lock()
+    lock = threading.RLock()  # re-entrant: a signal handler may run inside finish() on the main thread
+    done: list[bool] = []
 
     def finish(why: str) -> None:
-        """Kill the daemon group and remove the temp dir (once; any thread)."""
-        if not done.acquire(blocking=False):
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _log(f"killed daemon group {proc.pid}: {why}")
-        except OSError:
-            pass
-        if remove_dir is not None:
-            shutil.rmtree(remove_dir, ignore_errors=True)
+        """Kill the daemon group and remove the temp dir, once. A second caller (another thread)
+        waits until the first has finished, so the process never exits halfway through the removal."""
+        with lock:
+            if done:
+                return
+            done.append(True)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _log(f"killed daemon group {proc.pid}: {why}")
+            except OSError:
+                pass
+            if remove_dir is not None:
+                shutil.rmtree(remove_dir, ignore_errors=True)
 
     def on_signal(signum, _frame):
         finish(f"signal {signum}")
