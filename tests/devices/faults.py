@@ -350,6 +350,11 @@ def controller_killed(root: Path, key: Path, *, second_board: bool) -> FaultOutc
         out.error = "" if r.ok else r.error.message
         out.lost = 0 if r.ok else 1
         out.notes["progress"] = next((m for m in records if "leased by" in m and "waiting" in m), None)
+        import sqlite3
+
+        con = sqlite3.connect(root / "leases.sqlite")  # the lease store the dead controller was writing
+        out.notes["lease_db_integrity"] = con.execute("PRAGMA integrity_check").fetchone()[0]
+        con.close()
         farm.close()
         farm = None
         _finish(out, sshd, t_fault)

@@ -63,6 +63,7 @@ def test_controller_killed_holding_a_lease(tmp_path, client_key, second_board):
     out = faults.controller_killed(tmp_path, client_key, second_board=second_board)
     assert out.detect_s is not None, out  # the board's daemon died with its controller
     assert out.lost == 0, out.error
+    assert out.notes["lease_db_integrity"] == "ok"
     _clean(out)
     if second_board:
         assert out.notes["board"] == "b2", out
