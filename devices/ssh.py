@@ -45,7 +45,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import paramiko
 
@@ -59,6 +59,8 @@ from devices.base import (
     Measurement,
 )
 from devices.client import DaemonSession, Reply
+from devices.interleaved import (InterleavedConfig, InterleavedResult, check_artifact_dirs, read_manifest,
+                                 run_interleaved)
 from devices.inventory import Board, normalise_arch
 from devices.lease import Lease, LeaseManager
 from devices.local import DAEMON_PATH
@@ -639,3 +641,53 @@ class SshDevice(Device):
         if outcome.error is None:
             self.last_error, self.last_fatal = None, False
         return outcome
+
+    def measure_interleaved(self, artifact_dirs: Sequence[Path], config: InterleavedConfig) -> InterleavedResult:
+        """Upload each artifact (once per session, checksummed, as :meth:`measure`) and time them side by
+        side in the board's daemon (:mod:`devices.interleaved`).
+
+        Every artifact is checked against the board's arch before anything
+        connects or uploads. An emulated board's value says ``source="emulated"``.
+
+        Returns:
+            InterleavedResult; errors: bad_request, load_failed (manifest,
+            arch, upload), device_lost, daemon_start, timeout, protocol, run_failed.
+        """
+        dirs = check_artifact_dirs(artifact_dirs)
+        if isinstance(dirs, MeasureError):
+            return InterleavedResult(error=dirs)
+        dirs = [d.resolve() for d in dirs]
+        read = []
+        for d in dirs:
+            got = read_manifest(d)
+            if isinstance(got, MeasureError):
+                return InterleavedResult(error=got)
+            manifest = got[0]
+            if normalise_arch(str(manifest.get("arch"))) != self.board.arch:
+                return InterleavedResult.fail(MeasureErrorKind.LOAD_FAILED,
+                                              f"artifact {d.name} is built for {manifest.get('arch')} but board "
+                                              f"{self.board.name!r} is {self.board.arch} (target "
+                                              f"{self.board.target!r}); it is never sent there")
+            read.append(got)
+        with self._lock:
+            err = self._ensure(config.num_threads)
+            if err is not None:
+                return InterleavedResult(error=err)
+            remotes = []
+            for d, (manifest, raw) in zip(dirs, read):
+                try:
+                    remotes.append(self._session.put_artifact(d, manifest, raw, config.backend))
+                except SshError as exc:
+                    e = self._fail(exc)
+                    if e.kind in (MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.TIMEOUT):
+                        self._drop_session(polite=False)
+                    return InterleavedResult(error=e)
+            outcome = run_interleaved(
+                lambda fields: self.call("measure_interleaved", timeout_s=config.timeout_s,
+                                         daemon_threads=config.num_threads, **fields),
+                remotes, [m for m, _ in read], [d.name for d in dirs], config, device=self.name,
+                hello=lambda: self._session.hello if self._session and self._session.hello else {},
+                source="emulated" if self.board.emulated else "measured")
+            if outcome.error is None:
+                self.last_error, self.last_fatal = None, False
+            return outcome

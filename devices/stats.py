@@ -151,8 +151,9 @@ class RatioEstimate:
     """Median of per-round latency ratios (this artifact / the reference) with its bootstrap interval.
 
     Attributes:
-        ratios: per-round ratios in round order (dimensionless): the artifact's
-            block latency over the reference's block latency of the same round.
+        ratios: the resampled units' ratios in order (dimensionless): per round,
+            the artifact's block latency over the reference's block of the same
+            round, or per rotation cycle their geometric mean (:func:`cycle_ratios`).
         median: median of ``ratios`` (``numpy.median``).
         ci_low, ci_high: percentile bootstrap interval of the median
             (:func:`bootstrap_median_ci`); equal to ``median`` for a simulated ratio.
@@ -236,3 +237,32 @@ def _interval(x: RatioEstimate | tuple[float, float]) -> tuple[float, float]:
     if not lo <= hi:
         raise ValueError(f"tie: interval ({lo}, {hi}) has low > high")
     return lo, hi
+
+
+def cycle_ratios(ratios: Iterable[float], cycle: int) -> list[float]:
+    """Geometric means of consecutive complete cycles of per-round ratios (an incomplete tail is dropped).
+
+    With the rotated block order of ``n`` artifacts, ``n`` consecutive rounds
+    put every artifact once in every position (a Latin square): a cycle's
+    geometric mean cancels a position effect (the block after a bigger model
+    runs on colder caches) to first order, as an ABBA design does for two.
+    ``cycle=1`` returns the ratios unchanged.
+
+    Args:
+        ratios: per-round ratios (> 0), in round order.
+        cycle: rounds per cycle (>= 1).
+
+    Returns:
+        One value per complete cycle: ``exp(mean(log(r)))`` over its rounds.
+
+    Raises:
+        ValueError: cycle < 1, or a ratio <= 0.
+    """
+    vals = [float(r) for r in ratios]
+    if isinstance(cycle, bool) or not isinstance(cycle, int) or cycle < 1:
+        raise ValueError(f"cycle_ratios: cycle must be an int >= 1, got {cycle!r}")
+    if any(not (r > 0) for r in vals):
+        raise ValueError("cycle_ratios: every ratio must be > 0")
+    whole = len(vals) // cycle * cycle
+    logs = np.log(np.asarray(vals[:whole], dtype=np.float64)).reshape(-1, cycle)
+    return [float(v) for v in np.exp(logs.mean(axis=1))]

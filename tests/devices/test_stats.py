@@ -107,3 +107,17 @@ def test_tie_by_hand():
     assert not tie(a, (0.82, 0.9)) and tie(a, (0.81, 0.9))
     with pytest.raises(ValueError, match="low > high"):
         tie((1.0, 0.9), (0.9, 1.0))
+
+
+def test_cycle_ratios_by_hand():
+    from devices.stats import cycle_ratios
+
+    # cycles of 2: sqrt(0.5 * 2) = 1, sqrt(4 * 1) = 2; the incomplete tail (9) is dropped
+    assert cycle_ratios([0.5, 2.0, 4.0, 1.0, 9.0], 2) == pytest.approx([1.0, 2.0])
+    assert cycle_ratios([1.0, 8.0, 1.0], 3) == pytest.approx([2.0])  # (1 * 8 * 1) ** (1/3)
+    assert cycle_ratios([0.9, 1.1], 1) == pytest.approx([0.9, 1.1])
+    assert cycle_ratios([0.9], 2) == []
+    with pytest.raises(ValueError, match="cycle"):
+        cycle_ratios([1.0], 0)
+    with pytest.raises(ValueError, match="> 0"):
+        cycle_ratios([1.0, 0.0], 2)
