@@ -280,6 +280,20 @@ class Device(abc.ABC):
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{self.name}")
             return self._executor.submit(self.measure, Path(artifact_dir), config)
 
+    def submit_interleaved(self, artifact_dirs: Sequence[Path],
+                           config: "InterleavedConfig") -> "Future[InterleavedResult]":
+        """Queue :meth:`measure_interleaved` on this device's single worker (after queued measurements).
+
+        Raises:
+            RuntimeError: the device is closed.
+        """
+        with self._executor_lock:
+            if self._closing:
+                raise RuntimeError(f"device {self.name!r} is closed")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{self.name}")
+            return self._executor.submit(self.measure_interleaved, [Path(d) for d in artifact_dirs], config)
+
     def close(self) -> None:
         """Wait for queued measurements, then release the device. Idempotent."""
         with self._executor_lock:

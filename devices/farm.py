@@ -509,6 +509,17 @@ class FarmDevice(Device):
             raise RuntimeError(f"device {self.name!r} is closed")
         return self._dispatcher.submit(self.measure, Path(artifact_dir), config)
 
+    def submit_interleaved(self, artifact_dirs: Sequence[Path], config: InterleavedConfig
+                           ) -> "Future[InterleavedResult]":
+        """Queue an interleaved measurement; requests run in parallel across free boards (each on one board).
+
+        Raises:
+            RuntimeError: the device is closed.
+        """
+        if self._closing:
+            raise RuntimeError(f"device {self.name!r} is closed")
+        return self._dispatcher.submit(self.measure_interleaved, [Path(d) for d in artifact_dirs], config)
+
     def hello(self) -> dict:
         """Hello of the first healthy board that answers, plus ``board``.
 

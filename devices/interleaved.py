@@ -60,6 +60,7 @@ from typing import Any, Callable
 
 from devices.base import BACKENDS, MeasureError, MeasureErrorKind
 from devices.client import Reply
+from devices.remeasure import throttled
 from devices.stats import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, LatencyStats, RatioEstimate, cycle_ratios
 
 __all__ = [
@@ -244,6 +245,9 @@ class InterleavedMeasurement:
             request's start and the last one's end; None when the device does not say.
         device_state_before, device_state_after: the daemon's device state at those points.
         hello: the daemon's hello (versions, machine; ``board`` over SSH).
+        throttled: a Raspberry Pi reported active throttling (``vcgencmd`` bits 0-3) before or
+            after a request: both sides of a round ran throttled or not, but the caller may
+            prefer to re-measure (DESIGN.md §5: throttled samples are invalid).
     """
 
     device: str
@@ -265,6 +269,7 @@ class InterleavedMeasurement:
     device_state_before: dict
     device_state_after: dict
     hello: dict
+    throttled: bool = False
 
     @property
     def elapsed_s(self) -> float:
@@ -378,6 +383,7 @@ def run_interleaved(
     requests = 0
     estimates: list[RatioEstimate] = []
     round_ratios: list[list[float]] = []
+    hot = False
     stop = "max_pairs"
     while True:
         done = len(order)
@@ -404,6 +410,7 @@ def run_interleaved(
             numbers = [int(a["number"]) for a in arts]
             first = first or res
             last = res
+            hot = hot or throttled(res.get("device_state_before", {})) or throttled(res.get("device_state_after", {}))
             round_ratios = [[o / r for r, o in zip(blocks[0], blocks[i])] for i in range(1, n)]
             estimates = [RatioEstimate.from_ratios(cycle_ratios(rr, cycle), n_resamples=config.n_resamples,
                                                    confidence=config.confidence, seed=config.seed)
@@ -437,7 +444,7 @@ def run_interleaved(
         rel_width=float(config.rel_width),
         requests=requests, started_at=started_at, finished_at=time.time(),
         loadavg_before=_loadavg(before), loadavg_after=_loadavg(after),
-        device_state_before=before, device_state_after=after, hello=dict(hello() or {}),
+        device_state_before=before, device_state_after=after, hello=dict(hello() or {}), throttled=hot,
     )
     logger.info("%s: %d rounds (%s, %d requests): ratios %s", device, value.pairs, stop, requests,
                 ", ".join(f"{e.median:.4f} [{e.ci_low:.4f}, {e.ci_high:.4f}]" for e in estimates))

@@ -15,9 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from devices.base import MeasureErrorKind
+from devices.base import MeasureError, MeasureErrorKind
+from devices.client import Reply
 from devices.daemon import Daemon
-from devices.interleaved import InterleavedConfig, InterleavedResult
+from devices.interleaved import InterleavedConfig, InterleavedResult, run_interleaved
 from devices.local import LocalDevice
 from devices.sim.device import SimDevice
 from tests.devices.interleaved_fixtures import build_conv_artifact, conv_macs, start_busy, stop_busy
@@ -100,6 +101,75 @@ def test_sim_ratio_is_the_ratio_of_predictions(convs):
     assert sim.measure_interleaved([convs[0]], cfg).error.kind is MeasureErrorKind.BAD_REQUEST
 
 
+def _fake_daemon(blocks_ms, calls: list):
+    """A ``call`` for run_interleaved that answers like the daemon with per-artifact block values.
+
+    ``blocks_ms(i, r)`` gives artifact i's block (ms per call) in round r; requests are recorded in ``calls``.
+    """
+    def call(fields: dict) -> Reply:
+        calls.append(fields)
+        n, first, rounds = len(fields["artifacts"]), fields["first_round"], fields["rounds"]
+        arts = [{"latency_ms": [blocks_ms(i, r) for r in range(first, first + rounds)], "warmup_ms": [1.0],
+                 "number": 3, "output_sha256": "ab" * 32, "output_head": [0.5], "output_shape": [1, 10]}
+                for i in range(n)]
+        state = {"loadavg": [1.5, 1.0, 0.5]}
+        return Reply(result={"artifacts": arts, "order": [[(r + k) % n for k in range(n)]
+                                                          for r in range(first, first + rounds)],
+                             "round_at": [1e9 + r for r in range(first, first + rounds)],
+                             "device_state_before": state, "device_state_after": state})
+    return call
+
+
+def _run(blocks_ms, cfg, n=2, calls=None):
+    calls = [] if calls is None else calls
+    return run_interleaved(_fake_daemon(blocks_ms, calls), [f"/a{i}" for i in range(n)],
+                           [{"library_sha256": f"sha{i}"} for i in range(n)], [f"a{i}" for i in range(n)], cfg,
+                           device="fake", hello=lambda: {"pid": 1})
+
+
+def test_loop_stops_when_narrow_by_hand():
+    # constant blocks 2.0 ms and 1.8 ms: every ratio is 0.9, the interval has zero width: converged at once
+    calls = []
+    r = _run(lambda i, r: 2.0 if i == 0 else 1.8, InterleavedConfig(min_pairs=8), calls=calls)
+    v = r.value
+    assert v.stop_reason == "converged" and v.pairs == 8 and v.requests == 1 and len(calls) == 1
+    assert v.ratios[0].median == pytest.approx(0.9) and v.ratios[0].ci_low == pytest.approx(0.9)
+    assert v.ratios[0].ratios == pytest.approx([0.9] * 4)  # 4 rotation cycles of 2 rounds
+    assert calls[0]["rounds"] == 8 and calls[0]["warmup"] == 5 and calls[0]["block_warmup"] == 1
+    assert v.loadavg_before == (1.5, 1.0, 0.5) and v.hello == {"pid": 1} and v.artifacts[1].artifact_sha256 == "sha1"
+    assert v.artifacts[0].latency_p50_ms == 2.0 and v.artifacts[0].warmup_ms == (1.0,)
+
+
+def test_loop_position_effect_cancels_in_cycles_by_hand():
+    # the second block of a round is 10 % slower (a position effect); ratio truly 1.0:
+    # rounds alternate 1.1 and 1/1.1; each AB/BA cycle's geometric mean is exactly 1.0
+    def blocks(i, r):
+        second = (r % 2 == 0) == (i == 1)  # rotate: round r runs (r % 2, ...) first
+        return 1.1 if second else 1.0
+    v = _run(blocks, InterleavedConfig(min_pairs=8)).value
+    assert sorted(set(round(x, 6) for x in v.round_ratios[0])) == [round(1 / 1.1, 6), 1.1]
+    assert v.ratios[0].median == pytest.approx(1.0) and v.stop_reason == "converged"
+
+
+def test_loop_caps_chunks_and_errors_by_hand():
+    # ratios that never settle (0.5, 2, 0.5, 2 ... per cycle): runs to the cap in chunks of whole cycles
+    calls = []
+    v = _run(lambda i, r: 1.0 if i == 0 else (0.5 if (r // 2) % 2 else 2.0),
+             InterleavedConfig(min_pairs=8, max_pairs=13, chunk_pairs=3), calls=calls).value
+    assert [c["rounds"] for c in calls] == [8, 4, 2]  # 3 -> 4 (whole cycles), then min(3, 13 - 12) = 1 -> 2
+    assert [c["first_round"] for c in calls] == [0, 8, 12] and [c["warmup"] for c in calls] == [5, 0, 0]
+    assert v.stop_reason == "max_pairs" and v.pairs == 14 and v.requests == 3
+    assert all(c["numbers"] == [3, 3] for c in calls[1:])  # the calibrated numbers are reused
+    # a daemon error is passed through as a value; a malformed reply is a protocol error
+    err = MeasureError(MeasureErrorKind.RUN_FAILED, "boom")
+    r = run_interleaved(lambda f: Reply(error=err), ["/a", "/b"], [{}, {}], ["a", "b"], InterleavedConfig(),
+                        device="fake", hello=dict)
+    assert r.error == err
+    r = run_interleaved(lambda f: Reply(result={"artifacts": []}), ["/a", "/b"], [{}, {}], ["a", "b"],
+                        InterleavedConfig(), device="fake", hello=dict)
+    assert r.error.kind is MeasureErrorKind.PROTOCOL
+
+
 # ------------------------------------------------------------------ real timing
 
 @pytest.mark.slow
@@ -127,7 +197,9 @@ def test_adaptive_stop_and_protocol_on_real_artifacts(convs):
         assert v.artifacts[0].output_sha256 != v.artifacts[1].output_sha256
         assert v.loadavg_before is not None and len(v.loadavg_before) == 3 and v.hello["pid"] == dev.pid
         assert v.started_at <= v.round_at[0] <= v.round_at[-1] <= v.finished_at
-        assert v.source == "measured" and v.device == "local"
+        assert v.source == "measured" and v.device == "local" and v.throttled is False
+        queued = dev.submit_interleaved([narrow, wide], InterleavedConfig(min_pairs=2, max_pairs=2, **REAL))
+        assert queued.result(timeout=120).value.pairs == 2  # a future, like submit()
         # an impossible width runs to the cap, in chunks rounded up to whole cycles, continuing the rotation
         r = dev.measure_interleaved([narrow, wide], InterleavedConfig(rel_width=1e-9, min_pairs=3, max_pairs=8,
                                                                       chunk_pairs=1, order="rotate", **REAL))

@@ -79,6 +79,8 @@ def test_farm_measures_all_artifacts_on_one_board(tmp_path, sshd_pair, client_ke
                 boards.append(r.value.hello["board"])
                 assert r.value.pairs == 4 and r.value.ratios[0].median > 1.5
         assert boards == [board, board]  # the caller's pin holds across interleaved measurements
+        queued = farm.submit_interleaved(list(convs), cfg)  # through the dispatcher, like submit()
+        assert queued.result(timeout=120).value.hello["board"] in ("b1", "b2")
         # a request error that is not the board's fault is answered, not retried or counted
         bad = farm.measure_interleaved([convs[0]], cfg)
         assert bad.error.kind is MeasureErrorKind.BAD_REQUEST and farm.failures == {"b1": 0, "b2": 0}
