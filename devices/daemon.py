@@ -464,8 +464,9 @@ class Daemon:
         of its calls per block to ``min_repeat_ms``; then the rounds. Round
         ``r`` (numbered from ``first_round``, so a controller asking for more
         rounds continues the pattern) times one block of each artifact in the
-        order ``rotate``: ``[(r + k) % n for k in range(n)]`` (each artifact
-        takes each position equally often: no position bias), or ``shuffle``:
+        order ``rotate``: ``[(r + k) % n for k in range(n)]`` (n consecutive
+        rounds put each artifact once in each position, so a position effect
+        cancels over a cycle), or ``shuffle``:
         ``numpy.random.default_rng([seed, r]).permutation(n)``.
 
         The adaptive stop (bootstrap interval of the ratio) is NOT decided
