@@ -20,6 +20,7 @@ from devices.client import Reply
 from devices.daemon import Daemon
 from devices.interleaved import InterleavedConfig, InterleavedResult, run_interleaved
 from devices.local import LocalDevice
+from devices.manifest import Manifest, TensorSig
 from devices.sim.device import SimDevice
 from tests.devices.interleaved_fixtures import build_conv_artifact, conv_macs, start_busy, stop_busy
 
@@ -123,7 +124,9 @@ def _fake_daemon(blocks_ms, calls: list):
 def _run(blocks_ms, cfg, n=2, calls=None):
     calls = [] if calls is None else calls
     return run_interleaved(_fake_daemon(blocks_ms, calls), [f"/a{i}" for i in range(n)],
-                           [{"library_sha256": f"sha{i}"} for i in range(n)], [f"a{i}" for i in range(n)], cfg,
+                           [Manifest(input=TensorSig("x", (1, 1), "float32"), output=TensorSig(None, (1, 10), "float32"),
+                                     library="lib.so", library_sha256=f"sha{i}", arch="x86_64") for i in range(n)],
+                           [f"a{i}" for i in range(n)], cfg,
                            device="fake", hello=lambda: {"pid": 1})
 
 
