@@ -17,9 +17,12 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from devices.stats import DEFAULT_MAX_COV, LatencyStats
+
+if TYPE_CHECKING:  # devices.interleaved imports this module
+    from devices.interleaved import InterleavedConfig, InterleavedResult
 
 __all__ = [
     "BACKENDS",
@@ -253,6 +256,20 @@ class Device(abc.ABC):
     def measure(self, artifact_dir: Path, config: MeasureConfig) -> MeasureResult:
         """Time the artifact in ``artifact_dir``; never raises for expected failures."""
 
+    def measure_interleaved(self, artifact_dirs: Sequence[Path], config: "InterleavedConfig") -> "InterleavedResult":
+        """Time 2..4 artifacts side by side; ``artifact_dirs[0]`` is the reference.
+
+        Alternating short blocks in one session, until the bootstrap interval
+        of every median ratio against the reference is narrow enough or a cap
+        of rounds (:mod:`devices.interleaved`). Never raises for expected
+        failures. The default answers a ``bad_request`` error value: devices
+        that can interleave override it.
+        """
+        from devices.interleaved import InterleavedResult  # noqa: PLC0415 - import cycle
+
+        return InterleavedResult.fail(MeasureErrorKind.BAD_REQUEST,
+                                      f"device {self.name!r} ({type(self).__name__}) cannot measure interleaved")
+
     def submit(self, artifact_dir: Path, config: MeasureConfig) -> "Future[MeasureResult]":
         """Queue :meth:`measure` on this device's single worker; returns its future.
 
@@ -265,6 +282,20 @@ class Device(abc.ABC):
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{self.name}")
             return self._executor.submit(self.measure, Path(artifact_dir), config)
+
+    def submit_interleaved(self, artifact_dirs: Sequence[Path],
+                           config: "InterleavedConfig") -> "Future[InterleavedResult]":
+        """Queue :meth:`measure_interleaved` on this device's single worker (after queued measurements).
+
+        Raises:
+            RuntimeError: the device is closed.
+        """
+        with self._executor_lock:
+            if self._closing:
+                raise RuntimeError(f"device {self.name!r} is closed")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{self.name}")
+            return self._executor.submit(self.measure_interleaved, [Path(d) for d in artifact_dirs], config)
 
     def close(self) -> None:
         """Wait for queued measurements, then release the device. Idempotent."""

@@ -23,6 +23,12 @@ Requests (``id`` is echoed back as given; any JSON value)::
         -> {"costs_s":[...]}: MetaSchedule's measurement of one tuning candidate
         (a TIR module's entry function, random arguments, the runtime's
         ``time_evaluator``), for the board-backed tuning runner.
+    {"v":1,"id":..,"op":"measure_interleaved","artifacts":["/abs/ref","/abs/b",..],
+     "backend":"tvm","warmup":5,"numbers":[0,0,..],"min_repeat_ms":10,"rounds":8,
+     "first_round":0,"block_warmup":1,"order":"rotate"|"shuffle","seed":0,"num_threads":null}
+        -> 2..4 artifacts (the first is the reference) timed in alternating
+        blocks, ``rounds`` rounds of one block each; see
+        :meth:`Daemon.measure_interleaved` for the result.
     {"v":1,"id":..,"op":"bye"}              -> ok, then exit 0 (EOF also exits 0)
     {"v":1,"id":..,"op":"sleep","s":1.5,"child":false}
         TEST-ONLY: sleep ``s`` seconds (max 3600) before replying; with
@@ -95,6 +101,8 @@ MAX_NUMBER = 1_000_000  # cap on the calibrated number of calls per block
 MAX_SLEEP_S = 3600.0
 MAX_LINE_BYTES = 1 << 20  # longest request line (bytes); real requests are < 1 KB
 DEFAULT_MAX_LOADED = 4  # loaded models kept (LRU); HILPRUNE_MAX_LOADED_MODELS overrides
+MAX_INTERLEAVED = 4  # artifacts per measure_interleaved request (the session keeps >= 4 loaded)
+MAX_ROUNDS = 10_000  # rounds per measure_interleaved request
 
 
 def log(msg: str) -> None:
@@ -429,6 +437,25 @@ class Daemon:
             old, _ = self.cache.popitem(last=False)
             log(f"unloaded {old[0]} ({old[2]}): over {self.max_loaded} loaded models")
 
+    def load(self, artifact: str, backend: str, seed: int, num_threads) -> tuple:
+        """The loaded artifact (from this session's cache when its manifest is unchanged) and the seconds
+        its load took now (0.0 from the cache).
+
+        Raises:
+            RequestError: load_failed (manifest, library, ONNX file).
+        """
+        manifest = read_manifest(artifact)
+        key = (os.path.realpath(artifact), manifest.sha256, backend, seed, num_threads)
+        loaded = self.cache.get(key)
+        if loaded is not None:
+            self.cache.move_to_end(key)  # most recently used
+            return loaded, 0.0
+        loaded = (load_tvm(artifact, manifest, seed) if backend == "tvm"
+                  else load_onnxruntime(artifact, manifest, seed, num_threads))
+        self._remember(key, loaded)  # an interleaved request holds its own references while it runs
+        log(f"loaded {artifact} ({backend}) in {loaded.load_s:.3f} s")
+        return loaded, loaded.load_s
+
     def measure(self, req: dict) -> dict:
         artifact = _field(req, "artifact")
         backend = _field(req, "backend")
@@ -450,20 +477,7 @@ class Daemon:
                                                   f"TVM_NUM_THREADS={num_threads} in its environment")
             os.environ["TVM_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(num_threads)
 
-        manifest = read_manifest(artifact)
-        key = (os.path.realpath(artifact), manifest.sha256, backend, seed, num_threads)
-        loaded = self.cache.get(key)
-        load_s = 0.0
-        if loaded is not None:
-            self.cache.move_to_end(key)
-        if loaded is None:
-            if backend == "tvm":
-                loaded = load_tvm(artifact, manifest, seed)
-            else:
-                loaded = load_onnxruntime(artifact, manifest, seed, num_threads)
-            load_s = loaded.load_s
-            self._remember(key, loaded)
-            log(f"loaded {artifact} ({backend}) in {load_s:.3f} s")
+        loaded, load_s = self.load(artifact, backend, seed, num_threads)
 
         state_before = device_state()
         try:
@@ -509,6 +523,148 @@ class Daemon:
             "first_call_ms": first_call_ms,
         }
 
+    def measure_interleaved(self, req: dict) -> dict:
+        """Time 2..MAX_INTERLEAVED artifacts in alternating blocks: ``rounds`` rounds, one block of each per round.
+
+        Why blocks alternate: on a shared machine (or a board with a drifting
+        temperature or a neighbour's cron job) one artifact's absolute latency
+        moves by tens of percent over minutes; two artifacts timed in short
+        alternating blocks see the same phase of that noise, so the ratio of
+        the blocks of one round stays put (DESIGN.md §5 "Rank on ratios").
+
+        Steps: load every artifact (this session's cache, as ``measure``);
+        per artifact, apart: one untimed call (its output is hashed), then
+        ``warmup`` timed-apart calls, then (``numbers[i] == 0``) calibration
+        of its calls per block to ``min_repeat_ms``; then the rounds. Round
+        ``r`` (numbered from ``first_round``, so a controller asking for more
+        rounds continues the pattern) times one block of each artifact in the
+        order ``rotate``: ``[(r + k) % n for k in range(n)]`` (n consecutive
+        rounds put each artifact once in each position, so a position effect
+        cancels over a cycle), or ``shuffle``:
+        ``numpy.random.default_rng([seed, r]).permutation(n)``.
+
+        The adaptive stop (bootstrap interval of the ratio) is NOT decided
+        here: the daemon only times, the controller
+        (``devices/interleaved.py``) computes the statistics and asks for
+        more rounds; see that module for why.
+
+        Request fields: ``artifacts`` (list of 2..MAX_INTERLEAVED absolute
+        dirs, the first is the reference), ``backend``, ``warmup`` (calls per
+        artifact, >= 0), ``numbers`` (calls per block per artifact; 0 =
+        calibrate; default all 0), ``min_repeat_ms`` (block length when
+        calibrating, ms), ``rounds`` (1..MAX_ROUNDS), ``first_round`` (>= 0),
+        ``block_warmup`` (untimed calls before each block, default 0: the
+        first call after another model ran refills the caches),
+        ``order``, ``seed`` (input seed; also the shuffle's), ``num_threads``.
+
+        Returns:
+            ``{"artifacts": [{"latency_ms": [per round, ms per call],
+            "warmup_ms", "number", "output_sha256", "output_head",
+            "output_shape", "output_dtype", "load_s", "first_call_ms"}, ...],
+            "order": [[artifact index per position] per round], "round_at":
+            [Unix time (s) at each round's start], "rounds",
+            "first_round", "backend", "device_state_before",
+            "device_state_after", "started_at", "finished_at"}`` (the two
+            times: this host's Unix time, s).
+
+        Raises:
+            RequestError: bad_request (fields), load_failed, run_failed.
+        """
+        arts = req.get("artifacts")
+        if (not isinstance(arts, list) or not 2 <= len(arts) <= MAX_INTERLEAVED
+                or not all(isinstance(a, str) and os.path.isabs(a) for a in arts)):
+            raise RequestError("bad_request", f"measure_interleaved: 'artifacts' must be a list of 2.."
+                                              f"{MAX_INTERLEAVED} absolute paths (the first is the reference), "
+                                              f"got {str(arts)[:200]}")
+        n = len(arts)
+        backend = _field(req, "backend")
+        warmup = _field(req, "warmup")
+        min_repeat_ms = float(_field(req, "min_repeat_ms"))
+        seed = _field(req, "seed")
+        numbers = req.get("numbers", [0] * n)
+        if (not isinstance(numbers, list) or len(numbers) != n
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_NUMBER
+                           for v in numbers)):
+            raise RequestError("bad_request", f"measure_interleaved: 'numbers' must be {n} ints in "
+                                              f"[0, {MAX_NUMBER}] (0: calibrate), got {numbers!r}")
+        ints = {}
+        for name, default, lo, hi in (("rounds", 8, 1, MAX_ROUNDS), ("first_round", 0, 0, 1 << 40),
+                                      ("block_warmup", 0, 0, 1000)):
+            v = req.get(name, default)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise RequestError("bad_request", f"measure_interleaved: {name!r} must be an int in "
+                                                  f"[{lo}, {hi}], got {v!r}")
+            ints[name] = v
+        order_kind = req.get("order", "rotate")
+        if order_kind not in ("rotate", "shuffle"):
+            raise RequestError("bad_request", f"measure_interleaved: 'order' must be 'rotate' or 'shuffle', "
+                                              f"got {order_kind!r}")
+        num_threads = _interleaved_threads(req.get("num_threads"), backend)
+
+        loaded_all, load_s = [], []
+        for artifact in arts:
+            loaded, took = self.load(artifact, backend, seed, num_threads)
+            loaded_all.append(loaded)
+            load_s.append(took)
+
+        state_before = device_state()
+        started_at = time.time()
+        per = []
+        try:
+            for loaded, number in zip(loaded_all, numbers):  # each warmed up apart, then calibrated
+                t0 = time.perf_counter_ns()
+                out = loaded.call()
+                loaded.sync()
+                first_call_ms = (time.perf_counter_ns() - t0) / 1e6
+                out_np = np.ascontiguousarray(out.numpy() if hasattr(out, "numpy") else np.asarray(out))
+                warmup_ms = []
+                for _ in range(warmup):
+                    t0 = time.perf_counter_ns()
+                    loaded.call()
+                    loaded.sync()
+                    warmup_ms.append((time.perf_counter_ns() - t0) / 1e6)
+                if number == 0:
+                    number = self._calibrate(loaded, min_repeat_ms)
+                per.append({"out": out_np, "first_call_ms": first_call_ms, "warmup_ms": warmup_ms,
+                            "number": number, "latency_ms": []})
+            orders, round_at = [], []
+            for r in range(ints["first_round"], ints["first_round"] + ints["rounds"]):
+                round_at.append(time.time())
+                if order_kind == "rotate":
+                    order = [(r + k) % n for k in range(n)]
+                else:
+                    order = [int(i) for i in np.random.default_rng([seed & 0xFFFFFFFF, r]).permutation(n)]
+                orders.append(order)
+                for i in order:
+                    call, sync, number = loaded_all[i].call, loaded_all[i].sync, per[i]["number"]
+                    for _ in range(ints["block_warmup"]):  # untimed: refill caches after the other model
+                        call()
+                    sync()
+                    t0 = time.perf_counter_ns()
+                    for _ in range(number):
+                        call()
+                    sync()
+                    per[i]["latency_ms"].append((time.perf_counter_ns() - t0) / 1e6 / number)
+        except Exception as exc:  # noqa: BLE001
+            log(traceback.format_exc())
+            raise RequestError("run_failed", f"{backend} run failed: {type(exc).__name__}: {exc}") from None
+        finished_at = time.time()
+        state_after = device_state()
+        results = []
+        for p, took in zip(per, load_s):
+            out_np = p["out"]
+            results.append({
+                "latency_ms": p["latency_ms"], "warmup_ms": p["warmup_ms"], "number": p["number"],
+                "output_sha256": hashlib.sha256(out_np.tobytes()).hexdigest(),
+                "output_head": [float(v) for v in out_np.reshape(-1)[:16]],
+                "output_shape": list(out_np.shape), "output_dtype": str(out_np.dtype),
+                "load_s": took, "first_call_ms": p["first_call_ms"],
+            })
+        return {"artifacts": results, "order": orders, "round_at": round_at, "rounds": ints["rounds"],
+                "first_round": ints["first_round"], "backend": backend,
+                "device_state_before": state_before, "device_state_after": state_after,
+                "started_at": started_at, "finished_at": finished_at}
+
     @staticmethod
     def _calibrate(loaded: Loaded, min_repeat_ms: float) -> int:
         """Smallest-ish number of calls whose block lasts >= min_repeat_ms (grows x2..x10)."""
@@ -548,11 +704,14 @@ class Daemon:
                 return _ok(rid, self.measure(req)), True
             if op == "time_func":
                 return _ok(rid, time_func(req)), True
+            if op == "measure_interleaved":
+                return _ok(rid, self.measure_interleaved(req)), True
             if op == "bye":
                 return _ok(rid, {}), False
             if op == "sleep":  # TEST-ONLY, see module docstring
                 return _ok(rid, self.sleep(req)), True
-            return _err(rid, "bad_request", f"unknown op {op!r}; ops: hello, measure, time_func, bye"), True
+            return _err(rid, "bad_request", f"unknown op {op!r}; ops: hello, measure, measure_interleaved, "
+                                            f"time_func, bye"), True
         except RequestError as exc:
             return _err(rid, exc.kind, exc.message), True
         except Exception as exc:  # noqa: BLE001 - never crash on a request (RecursionError included)
@@ -569,6 +728,30 @@ class Daemon:
         else:
             time.sleep(s)
         return {"slept_s": s}
+
+
+def _interleaved_threads(num_threads, backend: str):
+    """Check ``num_threads`` of a ``measure_interleaved`` request and apply it as ``measure`` does.
+
+    TVM reads TVM_NUM_THREADS once, at import: a request for other threads
+    than the running runtime's is refused (the controller then starts a daemon
+    with those threads).
+
+    Raises:
+        RequestError(bad_request): not null or an int >= 1, or TVM already runs with other threads.
+    """
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise RequestError("bad_request", f"measure_interleaved: field 'num_threads' must be null or an int "
+                                          f">= 1, got {num_threads!r}")
+    if backend == "tvm" and num_threads is not None and str(num_threads) != os.environ.get("TVM_NUM_THREADS"):
+        if "tvm" in sys.modules:
+            raise RequestError("bad_request", f"measure_interleaved: num_threads={num_threads} but this daemon's "
+                                              f"TVM runtime started with TVM_NUM_THREADS="
+                                              f"{os.environ.get('TVM_NUM_THREADS')}; start a daemon with "
+                                              f"TVM_NUM_THREADS={num_threads} in its environment")
+        os.environ["TVM_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(num_threads)
+    return num_threads
 
 
 def time_func(req: dict) -> dict:

@@ -53,11 +53,12 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from devices.base import (Device, DeviceUnavailable, MeasureConfig, MeasureError, MeasureErrorKind, MeasureResult,
                           Measurement)
 from devices.client import Reply
+from devices.interleaved import InterleavedConfig, InterleavedResult
 from devices.inventory import FALLBACKS, Board, Inventory, InventoryError, load_inventory
 from devices.lease import LeaseManager, Quarantine, describe_lease
 from devices.ssh import BoardState, SshDevice
@@ -462,6 +463,40 @@ class FarmDevice(Device):
         return self._on_board(lambda dev: dev.measure(artifact_dir, config),
                               lambda: self._no_board(artifact_dir, config), Path(artifact_dir).name)
 
+    def measure_interleaved(self, artifact_dirs: Sequence[Path], config: InterleavedConfig) -> InterleavedResult:
+        """Time the artifacts side by side, all on ONE board: the whole measurement (every chunk of
+        rounds) is one job of one board's :class:`SshDevice`; inside the caller's :meth:`pinned` that
+        board is the pinned one, so a caller's successive interleaved measurements (the candidates of
+        one search step, the final rounds) stay on one machine.
+
+        A board fault is retried on another board from scratch (on the pinned board while pinned); the
+        value's ``hello["board"]`` names the board. With no healthy board left, the fallback answers
+        (``sim``: a simulated ratio) or a ``device_lost`` "farm exhausted" error.
+        """
+        dirs = [Path(d) for d in artifact_dirs]
+
+        def no_board() -> InterleavedResult:
+            if self.fallback == "sim":
+                sim = self._sim_device()
+                if isinstance(sim, Device):
+                    logger.warning("%s: no healthy board; interleaved ratio from %s (simulated)",
+                                   self.name, sim.name)
+                    return sim.measure_interleaved(dirs, config)
+            self.exhausted = True
+            return InterleavedResult.fail(MeasureErrorKind.DEVICE_LOST,
+                                          f"{EXHAUSTED}: no healthy board left in {self.name} ({self._why()})")
+
+        def job(dev: SshDevice) -> InterleavedResult:
+            try:
+                return dev.measure_interleaved(dirs, config)
+            except Exception as exc:  # noqa: BLE001 - a bug must not wedge the farm (as _on_board)
+                logger.exception("%s: board %s raised", self.name, dev.board.name)
+                return InterleavedResult.fail(MeasureErrorKind.DEVICE_LOST, f"board {dev.board.name}: {exc!r}")
+
+        # No pinned() of our own: one measurement is one job on one board already, and a board fault
+        # is better retried from scratch on another board than max_failures times on this one.
+        return self._on_board(job, no_board, f"interleaved {[d.name for d in dirs]}")
+
     def time_function(self, lib_path: Path, args: list, **kw: Any) -> Reply:
         """:meth:`SshDevice.time_function` on a free healthy board (tuning runner), with failover."""
         def exhausted() -> Reply:
@@ -568,6 +603,17 @@ class FarmDevice(Device):
         if self._closing:
             raise RuntimeError(f"device {self.name!r} is closed")
         return self._dispatcher.submit(self.measure, Path(artifact_dir), config)
+
+    def submit_interleaved(self, artifact_dirs: Sequence[Path], config: InterleavedConfig
+                           ) -> "Future[InterleavedResult]":
+        """Queue an interleaved measurement; requests run in parallel across free boards (each on one board).
+
+        Raises:
+            RuntimeError: the device is closed.
+        """
+        if self._closing:
+            raise RuntimeError(f"device {self.name!r} is closed")
+        return self._dispatcher.submit(self.measure_interleaved, [Path(d) for d in artifact_dirs], config)
 
     def hello(self) -> dict:
         """Hello of the pinned board (while pinned), else of the first healthy board that answers; with ``board``.

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from devices.base import (
     Device,
@@ -28,6 +28,8 @@ from devices.base import (
     MeasureResult,
 )
 from devices.client import DaemonSession, Reply
+from devices.interleaved import (InterleavedConfig, InterleavedResult, check_artifact_dirs, read_artifact_manifest,
+                                 run_interleaved)
 from devices.manifest import ManifestError, read_manifest
 from devices.remeasure import measure_request, measure_until_stable
 
@@ -206,3 +208,28 @@ class LocalDevice(Device):
             lambda: self.call("measure", timeout_s=config.timeout_s, daemon_threads=config.num_threads, **request),
             config, device=self.name, manifest=manifest, hello=lambda: self._hello, what=artifact_dir.name,
         )
+
+    def measure_interleaved(self, artifact_dirs: Sequence[Path], config: InterleavedConfig) -> InterleavedResult:
+        """Time the artifacts side by side in this device's daemon (:mod:`devices.interleaved`).
+
+        Returns:
+            InterleavedResult; errors: bad_request (not 2..4 dirs, or the
+            daemon refused), load_failed (a manifest or artifact), daemon_start,
+            timeout, device_lost, protocol, run_failed.
+        """
+        dirs = check_artifact_dirs(artifact_dirs)
+        if isinstance(dirs, MeasureError):
+            return InterleavedResult(error=dirs)
+        dirs = [d.resolve() for d in dirs]
+        manifests = []
+        for d in dirs:
+            got = read_artifact_manifest(d)
+            if isinstance(got, MeasureError):
+                return InterleavedResult(error=got)
+            manifests.append(got)
+        with self._lock:
+            return run_interleaved(
+                lambda fields: self.call("measure_interleaved", timeout_s=config.timeout_s,
+                                         daemon_threads=config.num_threads, **fields),
+                [str(d) for d in dirs], manifests, [d.name for d in dirs], config,
+                device=self.name, hello=lambda: self._hello)

@@ -46,7 +46,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import paramiko
 
@@ -59,6 +59,8 @@ from devices.base import (
     MeasureResult,
 )
 from devices.client import DaemonSession, Reply
+from devices.interleaved import (InterleavedConfig, InterleavedResult, check_artifact_dirs, read_artifact_manifest,
+                                 run_interleaved)
 from devices.inventory import Board, normalise_arch
 from devices.lease import Lease, LeaseManager, describe_lease
 from devices.local import DAEMON_PATH
@@ -792,3 +794,52 @@ class SshDevice(Device):
         if outcome.error is None:
             self.last_error, self.last_fatal = None, False
         return outcome
+
+    def measure_interleaved(self, artifact_dirs: Sequence[Path], config: InterleavedConfig) -> InterleavedResult:
+        """Upload each artifact (once per session, checksummed, as :meth:`measure`) and time them side by
+        side in the board's daemon (:mod:`devices.interleaved`).
+
+        Every artifact is checked against the board's arch before anything
+        connects or uploads. An emulated board's value says ``source="emulated"``.
+
+        Returns:
+            InterleavedResult; errors: bad_request, load_failed (manifest,
+            arch, upload), device_lost, daemon_start, timeout, protocol, run_failed.
+        """
+        dirs = check_artifact_dirs(artifact_dirs)
+        if isinstance(dirs, MeasureError):
+            return InterleavedResult(error=dirs)
+        dirs = [d.resolve() for d in dirs]
+        read = []
+        for d in dirs:
+            manifest = read_artifact_manifest(d)
+            if isinstance(manifest, MeasureError):
+                return InterleavedResult(error=manifest)
+            if manifest.arch is not None and normalise_arch(manifest.arch) != self.board.arch:
+                return InterleavedResult.fail(MeasureErrorKind.LOAD_FAILED,
+                                              f"artifact {d.name} is built for {manifest.arch} but board "
+                                              f"{self.board.name!r} is {self.board.arch} (target "
+                                              f"{self.board.target!r}); it is never sent there")
+            read.append(manifest)
+        with self._lock:
+            err = self._ensure(config.num_threads)
+            if err is not None:
+                return InterleavedResult(error=err)
+            remotes = []
+            for d, manifest in zip(dirs, read):
+                try:
+                    remotes.append(self._session.put_artifact(d, manifest, config.backend))
+                except SshError as exc:
+                    e = self._fail(exc)
+                    if e.kind in (MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.TIMEOUT):
+                        self._drop_session(polite=False)
+                    return InterleavedResult(error=e)
+            outcome = run_interleaved(
+                lambda fields: self.call("measure_interleaved", timeout_s=config.timeout_s,
+                                         daemon_threads=config.num_threads, **fields),
+                remotes, read, [d.name for d in dirs], config, device=self.name,
+                hello=lambda: self._session.hello if self._session and self._session.hello else {},
+                source="emulated" if self.board.emulated else "measured")
+            if outcome.error is None:
+                self.last_error, self.last_fatal = None, False
+            return outcome

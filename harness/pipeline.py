@@ -49,16 +49,18 @@ from typing import Any
 
 from devices.base import Device, DeviceUnavailable, MeasureConfig, Measurement
 from devices.identity import identity_of
+from devices.interleaved import InterleavedConfig, InterleavedMeasurement
+from devices.stats import RatioEstimate
 from devices.manifest import Manifest, TensorSig, read_manifest, write_manifest
 from harness.compile.build import compile_onnx, stdout_to_stderr
-from harness.compile.check import check_measurement
+from harness.compile.check import check_artifact_output, check_measurement
 from harness.compile.export import ExportError, export_onnx, sha256_file
 from harness.compile.targets import TargetSpec, board_target
 from harness.compile.tuning import TuningConfig
 from harness.store import ResultsStore
 
-__all__ = ["GRAPH_ONLY_TUNING_KEY", "Pipeline", "PipelineError", "PipelineResult", "Prepared", "StoreKey",
-           "onnx_io"]
+__all__ = ["GRAPH_ONLY_TUNING_KEY", "Pipeline", "PipelineError", "PipelineResult", "Prepared", "RatioResult",
+           "StoreKey", "onnx_io"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,42 @@ class PipelineResult:
         return self.measurement.stats.p50_ms if self.measurement is not None and self.error is None else None
 
 
+@dataclass(frozen=True, slots=True)
+class RatioResult:
+    """A candidate timed interleaved with its reference in one session (DESIGN.md §5, "rank on ratios").
+
+    Attributes:
+        ratio: median candidate/reference ratio with its bootstrap interval (None on error).
+        candidate_p50_ms, reference_p50_ms: the two absolute p50s of the session, ms.
+        measurement: the device's InterleavedMeasurement (raw per-round values, load, state).
+        ratio_id: its row in the store's ``latency_ratios`` (None when not stored or cached).
+        measurement_id: the candidate's absolute row in ``measurements``.
+        cache_hit: the ratio came from the store (nothing was measured).
+        error: set on failure.
+        measure_s: wall seconds of the device call and the checks, s.
+    """
+
+    ratio: RatioEstimate | None = None
+    candidate_p50_ms: float | None = None
+    reference_p50_ms: float | None = None
+    measurement: InterleavedMeasurement | None = None
+    ratio_id: int | None = None
+    measurement_id: int | None = None
+    cache_hit: bool = False
+    error: PipelineError | None = None
+    measure_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when there is a ratio and no error."""
+        return self.error is None and self.ratio is not None
+
+    @property
+    def source(self) -> str | None:
+        """``measured``, ``simulated`` or ``emulated`` (None when cached or failed)."""
+        return self.measurement.source if self.measurement is not None else None
+
+
 def onnx_io(onnx_path: Path) -> tuple[TensorSig, TensorSig]:
     """The single input's and output's name, static shape and dtype of an ONNX file.
 
@@ -239,11 +277,17 @@ class Pipeline:
         store: the results store (None: nothing stored, no latency cache).
         graph_only: True when no TVM library is built (ONNX Runtime backend, simulator).
         tuning_key: the store's tuning column for this pipeline's latencies.
+        ratio_config: how candidates are timed interleaved with a reference (:meth:`measure_ratio`).
     """
 
     def __init__(self, device: Device | None, target: TargetSpec, tuning: TuningConfig,
-                 measure_config: MeasureConfig, cache_dir: Path, store: ResultsStore | None = None) -> None:
+                 measure_config: MeasureConfig, cache_dir: Path, store: ResultsStore | None = None,
+                 ratio_config: InterleavedConfig | None = None) -> None:
         self.device = device
+        mc = measure_config
+        self.ratio_config = ratio_config or InterleavedConfig(
+            backend=mc.backend, warmup=mc.warmup, number=mc.number, num_threads=mc.num_threads, seed=mc.seed,
+            timeout_s=mc.timeout_s)
         self.target = target
         self.tuning = tuning
         self.measure_config = measure_config
@@ -259,7 +303,7 @@ class Pipeline:
     @classmethod
     def for_device(cls, device: Device | None, target: TargetSpec, tuning: TuningConfig,
                    measure_config: MeasureConfig, cache_dir: Path, store: ResultsStore | None = None,
-                   *, runner_timeout_s: float = 60.0) -> "Pipeline":
+                   *, runner_timeout_s: float = 60.0, ratio_config: InterleavedConfig | None = None) -> "Pipeline":
         """A pipeline that tunes where it measures.
 
         - ``target.name == "host"`` and a board device: the target becomes
@@ -277,7 +321,7 @@ class Pipeline:
             hello = device.hello()
             target = board_target(hello, board=str(hello.get("board") or device.name))
             log.info("%s: target host is the board's own CPU: %s", device.name, target.canonical_json())
-        pipeline = cls(device, target, tuning, measure_config, cache_dir, store)
+        pipeline = cls(device, target, tuning, measure_config, cache_dir, store, ratio_config)
         if device is not None and device.is_board and tuning.tuned and not pipeline.graph_only:
             from harness.compile.board_runner import make_board_runner
 
@@ -419,6 +463,124 @@ class Pipeline:
                 onnx_sha256=prepared.manifest.onnx_sha256, metadata=meta)
         return PipelineResult(measurement=m, measurement_id=mid, output_check=output_check,
                               measure_s=time.perf_counter() - t0)
+
+    @staticmethod
+    def artifact_id(prepared: Prepared, backend: str) -> str:
+        """What a ratio's reference *is* for a backend: the library's sha256 (tvm), the ONNX file's (onnxruntime)."""
+        m = prepared.manifest
+        return str(m.library_sha256 if backend == "tvm" and m.library_sha256 else m.onnx_sha256)
+
+    def cached_ratio(self, key: StoreKey, reference: Prepared, *, backend: str | None = None) -> RatioResult | None:
+        """The latency cache of ratios: a stored ratio of ``key`` against this very reference artifact,
+        measured by a device of this identity (:meth:`identity`); None otherwise."""
+        if self.store is None:
+            return None
+        backend = backend or self.ratio_config.backend
+        try:
+            identity = self.identity()
+        except DeviceUnavailable:
+            return None
+        row = self.store.find_ratio(model=key.model, arch_signature=key.arch_signature,
+                                    reference_sha256=self.artifact_id(reference, backend), device=self.device.name,
+                                    target=self.target.name, backend=backend, tuning_key=self.tuning_key,
+                                    identity=identity)
+        if row is None:
+            return None
+        ratio = RatioEstimate(ratios=tuple(row["round_ratios"]), median=row["ratio"], ci_low=row["ci_low"],
+                              ci_high=row["ci_high"], confidence=row["confidence"])
+        return RatioResult(ratio=ratio, candidate_p50_ms=row["latency_p50_ms"],
+                           reference_p50_ms=row["reference_p50_ms"], ratio_id=row["id"],
+                           measurement_id=row["measurement_id"], cache_hit=True)
+
+    def measure_ratio(self, reference: Prepared, candidate: Prepared, key: StoreKey | None = None,
+                      reference_key: StoreKey | None = None, *, backend: str | None = None,
+                      expect_source: str | None = None) -> RatioResult:
+        """Time ``candidate`` interleaved with ``reference`` in one device session; check both outputs; store.
+
+        ΔH is a ratio against the unpruned model (seed §3.1): measured as one,
+        in short alternating blocks, it reproduces to well under 1 % where
+        absolute p50s taken minutes apart move by tens of percent (DESIGN.md §5;
+        :mod:`devices.interleaved`, :func:`devices.stats.bootstrap_median_ci`).
+        Stored: the ratio (median, interval, pairs, per-round ratios) in
+        ``latency_ratios`` and both artifacts' absolute values of the session in
+        ``measurements`` (with the time and load at measurement).
+
+        Args:
+            reference, candidate: prepared artifacts (the reference is the unpruned model).
+            key, reference_key: store keys (no ``key``: nothing stored).
+            backend: time this backend instead of the config's.
+            expect_source: refuse another source (``source_mismatch``).
+
+        Returns:
+            A :class:`RatioResult`; failures are values (``measure_*``, ``wrong_output``,
+            ``source_mismatch``).
+
+        Raises:
+            ValueError: a compile-only pipeline.
+        """
+        if self.device is None:
+            raise ValueError("a compile-only pipeline (no device) measures nothing")
+        config = self.ratio_config if backend is None else dataclasses.replace(self.ratio_config, backend=backend)
+        t0 = time.perf_counter()
+
+        def failed(kind: str, message: str) -> RatioResult:
+            return RatioResult(error=PipelineError(kind, message), measure_s=time.perf_counter() - t0)
+
+        out = self.device.measure_interleaved([reference.path, candidate.path], config)
+        if out.error is not None:
+            return failed(f"measure_{out.error.kind.value}", out.error.message)
+        v = out.value
+        if expect_source is not None and v.source != expect_source:
+            return failed("source_mismatch", f"{self.device.name} answered with a {v.source} ratio where a "
+                                             f"{expect_source} one was expected; not used")
+        if v.source != "simulated":  # both programs must compute the model, or the ratio means nothing
+            for prepared, art in zip((reference, candidate), v.artifacts):
+                try:
+                    check = check_artifact_output(prepared.path, prepared.manifest, config.seed, art.output_head,
+                                                  art.output_shape)
+                except ValueError as exc:
+                    return failed("wrong_output", str(exc))
+                if not check.ok:
+                    where = f"{self.device.name} (board {v.hello['board']})" if v.hello.get("board") else \
+                        self.device.name
+                    return failed("wrong_output", f"{where}: {prepared.path.name}: {check.message}; ratio not used")
+        ratio = v.ratios[0]
+        ref_art, cand_art = v.artifacts
+        ids: list[int | None] = [None, None]
+        ratio_id = None
+        if self.store is not None and key is not None:
+            identity = identity_of(v.hello or {}, default_name=self.device.name)
+            session = {"interleaved": True, "started_at": v.started_at, "finished_at": v.finished_at,
+                       "loadavg_before": v.loadavg_before, "loadavg_after": v.loadavg_after, "pairs": v.pairs,
+                       "hello": v.hello, "device_state_before": v.device_state_before,
+                       "device_state_after": v.device_state_after, "num_threads": config.num_threads}
+            for i, (prepared, art, k) in enumerate(((reference, ref_art, reference_key or key),
+                                                    (candidate, cand_art, key))):
+                st = art.stats
+                ids[i] = self.store.add_measurement(
+                    model=k.model, arch_signature=k.arch_signature, device=self.device.name, target=self.target.name,
+                    backend=config.backend, tuning_key=self.tuning_key, source=v.source,
+                    stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms,
+                               max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
+                    latency_raw_ms=list(art.latency_ms), warmup_ms=list(art.warmup_ms),
+                    artifact_sha256=prepared.manifest.library_sha256, onnx_sha256=prepared.manifest.onnx_sha256,
+                    metadata={**session, "tuning": dict(prepared.manifest.tuning), "number": art.number,
+                              "output_sha256": art.output_sha256, "role": ("reference", "candidate")[i],
+                              **k.metadata},
+                    device_identity=identity)
+            ratio_id = self.store.add_ratio(
+                model=key.model, arch_signature=key.arch_signature,
+                reference_signature=(reference_key or key).arch_signature,
+                reference_sha256=self.artifact_id(reference, config.backend), device=self.device.name,
+                target=self.target.name, backend=config.backend, tuning_key=self.tuning_key, source=v.source,
+                device_identity=identity, ratio=ratio.median, ci_low=ratio.ci_low, ci_high=ratio.ci_high,
+                confidence=ratio.confidence, pairs=v.pairs, stop_reason=v.stop_reason,
+                round_ratios=list(v.round_ratios[0]),
+                latency_p50_ms=cand_art.latency_p50_ms, reference_p50_ms=ref_art.latency_p50_ms,
+                measurement_id=ids[1], reference_measurement_id=ids[0], metadata=key.metadata)
+        return RatioResult(ratio=ratio, candidate_p50_ms=cand_art.latency_p50_ms,
+                           reference_p50_ms=ref_art.latency_p50_ms, measurement=v, ratio_id=ratio_id,
+                           measurement_id=ids[1], measure_s=time.perf_counter() - t0)
 
     def run(self, onnx_path: Path, key: StoreKey | None = None) -> tuple[Prepared | None, PipelineResult]:
         """:meth:`compile` then :meth:`measure`.

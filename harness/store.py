@@ -9,6 +9,9 @@ Tables:
     runs          one row per search run (config, status, summary as JSON)
     measurements  one row per latency measurement (raw values, statistics,
                   device state, source ``measured`` or ``simulated``)
+    latency_ratios one row per interleaved ratio candidate / reference measured
+                  in one session (schema 4): median, bootstrap interval, pairs,
+                  the two absolute p50s; the search's ΔH and its latency cache
     candidates    one row per (run, episode, step): spec, top-1, MACs,
                   params, latency p50, reward terms, error if any
     bench_runs    one row per nightly suite run (schema 2): suite, status,
@@ -130,8 +133,40 @@ CREATE TABLE IF NOT EXISTS candidates (
     error_kind TEXT,
     error_message TEXT,
     created_at REAL NOT NULL,
+    latency_ratio REAL,                -- schema 4: median interleaved ratio against the unpruned model
+    latency_ratio_ci_low REAL,
+    latency_ratio_ci_high REAL,
+    ratio_id INTEGER REFERENCES latency_ratios(id),
     UNIQUE (run_id, episode, step)
 );
+CREATE TABLE IF NOT EXISTS latency_ratios (  -- schema 4: a candidate timed interleaved with its reference
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    model TEXT NOT NULL,
+    arch_signature TEXT NOT NULL,
+    reference_signature TEXT NOT NULL,
+    reference_sha256 TEXT NOT NULL,    -- the reference artifact (library, or ONNX file when graph-only)
+    device TEXT NOT NULL,
+    target TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    tuning_key TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('measured', 'simulated', 'emulated', 'predicted')),
+    device_identity TEXT NOT NULL,
+    ratio REAL NOT NULL,               -- median of the per-cycle ratios candidate / reference
+    ci_low REAL NOT NULL,
+    ci_high REAL NOT NULL,
+    confidence REAL NOT NULL,
+    pairs INTEGER NOT NULL,
+    stop_reason TEXT NOT NULL,
+    latency_p50_ms REAL,               -- the candidate's absolute p50 in the session, ms
+    reference_p50_ms REAL,             -- the reference's, same session, ms
+    measurement_id INTEGER REFERENCES measurements(id),            -- the candidate's absolute values
+    reference_measurement_id INTEGER REFERENCES measurements(id),  -- the reference's, same session
+    round_ratios TEXT NOT NULL,        -- JSON list, per round
+    metadata_json TEXT
+);
+CREATE INDEX IF NOT EXISTS latency_ratios_key
+    ON latency_ratios (model, arch_signature, reference_sha256, device, target, backend, tuning_key);
 CREATE TABLE IF NOT EXISTS bench_runs (
     run_id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -185,6 +220,14 @@ def _migrate_measurements_to_4(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE measurements_v4 RENAME TO measurements")
     c.execute("CREATE INDEX IF NOT EXISTS measurements_key "
               "ON measurements (model, arch_signature, device, target, backend, tuning_key)")
+
+
+def _add_columns(c: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """``ALTER TABLE ADD COLUMN`` for each of ``columns`` (name -> type) the table lacks."""
+    have = {r[1] for r in c.execute(f"PRAGMA table_info({table})").fetchall()}
+    for name, kind in columns.items():
+        if name not in have:
+            c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class StoreError(RuntimeError):
@@ -323,6 +366,9 @@ class ResultsStore:
                 elif int(row[0]) < SCHEMA_VERSION:  # the CREATE IF NOT EXISTS above adds new tables
                     if int(row[0]) < 4:
                         _migrate_measurements_to_4(c)
+                        _add_columns(c, "candidates", {"latency_ratio": "REAL", "latency_ratio_ci_low": "REAL",
+                                                       "latency_ratio_ci_high": "REAL",
+                                                       "ratio_id": "INTEGER REFERENCES latency_ratios(id)"})
                     c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
                 for table in ("runs", "bench_runs"):  # schema 5: who runs it (host, pid, process start)
                     have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
@@ -550,6 +596,64 @@ class ResultsStore:
         out["latency_raw_ms"] = json.loads(out["latency_raw_ms"])
         return out
 
+    # -- latency ratios (schema 4) ----------------------------------------------
+    def add_ratio(self, *, model: str, arch_signature: str, reference_signature: str, reference_sha256: str,
+                  device: str, target: str, backend: str, tuning_key: str, source: str, device_identity: str,
+                  ratio: float, ci_low: float, ci_high: float, confidence: float, pairs: int, stop_reason: str,
+                  round_ratios: list[float], latency_p50_ms: float | None = None,
+                  reference_p50_ms: float | None = None, measurement_id: int | None = None,
+                  reference_measurement_id: int | None = None, metadata: dict | None = None) -> int:
+        """Store one interleaved ratio (candidate / reference, same session); returns its id.
+
+        Args:
+            ratio, ci_low, ci_high: median ratio and its bootstrap interval (``confidence``).
+            pairs: interleaved pairs measured; stop_reason: ``converged`` / ``max_pairs`` / ``simulated``.
+            round_ratios: the raw per-round ratios, in order.
+            latency_p50_ms, reference_p50_ms: the two absolute p50s of the session, ms.
+            measurement_id, reference_measurement_id: the two artifacts' absolute values of the session.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO latency_ratios (created_at, model, arch_signature, reference_signature, reference_sha256, "
+                "device, target, backend, tuning_key, source, device_identity, ratio, ci_low, ci_high, confidence, "
+                "pairs, stop_reason, latency_p50_ms, reference_p50_ms, measurement_id, reference_measurement_id, "
+                "round_ratios, metadata_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (time.time(), model, arch_signature, reference_signature, reference_sha256, device, target, backend,
+                 tuning_key, source, device_identity, ratio, ci_low, ci_high, confidence, pairs, stop_reason,
+                 latency_p50_ms, reference_p50_ms, measurement_id, reference_measurement_id,
+                 json.dumps(list(round_ratios)),
+                 json.dumps(metadata or {}, sort_keys=True, default=str)))
+            return int(cur.lastrowid)
+
+    def find_ratio(self, *, model: str, arch_signature: str, reference_sha256: str, device: str, target: str,
+                   backend: str, tuning_key: str, identity: str) -> dict | None:
+        """The latency cache of ratios: the first ratio of this architecture against *this* reference
+        artifact, by this identity (source, board, machine / simulator profile and version), or None.
+
+        A ratio is only meaningful against the reference it was measured with: another reference
+        build (other tuning, compiler, weights) or another device never reuses it.
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT * FROM latency_ratios WHERE model=? AND arch_signature=? AND reference_sha256=? AND device=? "
+                "AND target=? AND backend=? AND tuning_key=? AND device_identity=? ORDER BY id ASC LIMIT 1",
+                (model, arch_signature, reference_sha256, device, target, backend, tuning_key, identity)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["round_ratios"] = json.loads(out["round_ratios"])
+        return out
+
+    def measurement(self, measurement_id: int) -> dict | None:
+        """One ``measurements`` row (``latency_raw_ms`` parsed), or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM measurements WHERE id=?", (measurement_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["latency_raw_ms"] = json.loads(out["latency_raw_ms"])
+        return out
+
     # -- candidates -----------------------------------------------------------
     def add_candidate(self, run_id: str, row: dict[str, Any]) -> int:
         """Store one candidate row of a run; returns its id.
@@ -589,6 +693,8 @@ class ResultsStore:
         """
         values = {"latency_p50_ms": result.latency_p50_ms, "latency_raw_ms": json.dumps(list(result.latency_raw_ms)),
                   "measurement_id": result.measurement_id, "source": result.source,
+                  "latency_ratio": result.latency_ratio, "latency_ratio_ci_low": result.ratio_ci[0],
+                  "latency_ratio_ci_high": result.ratio_ci[1], "ratio_id": result.ratio_id,
                   "latency_cache_hit": int(bool(result.latency_cache_hit)), "error_kind": result.error_kind,
                   "error_message": result.error_message}
         if terms is not None:

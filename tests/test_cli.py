@@ -66,6 +66,21 @@ def test_search_report_gives_the_speedup_spread_and_flags_noise(capsys):
     assert "(rounds 0.98-1.20)" in out and "within this machine's noise" in out
 
 
+def test_search_report_gives_the_interleaved_interval_and_ties(capsys):
+    from harness.cli.main import _print_search
+
+    s = _summary([1.2, 1.05, 1.1])
+    s["best"].update(speedup_ci=[1.02, 1.2], final_pairs=32, speedup_within_noise=False, ties=["8-16", "16-8"])
+    _print_search(s)
+    out = capsys.readouterr().out
+    assert "speedup 1.11x [1.02, 1.20] over 32 interleaved pairs" in out and "noise (its interval" not in out
+    assert "2 other candidate(s) are within noise of the best's latency (ties): 8-16, 16-8" in out
+    s["best"].update(speedup_ci=[0.97, 1.2], speedup_within_noise=True, ties=[])
+    _print_search(s)
+    out = capsys.readouterr().out
+    assert "[0.97, 1.20]" in out and "its interval holds 1.0" in out and "ties" not in out
+
+
 def test_search_report_gives_onnxruntime_beside_a_slow_tvm_build(capsys):
     from harness.cli.main import _print_search
 

@@ -15,12 +15,15 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
-from devices.base import Device, MeasureConfig, MeasureErrorKind, MeasureResult, Measurement
+from devices.base import Device, MeasureConfig, MeasureError, MeasureErrorKind, MeasureResult, Measurement
+from devices.interleaved import (InterleavedArtifact, InterleavedConfig, InterleavedMeasurement, InterleavedResult,
+                                 check_artifact_dirs, read_artifact_manifest)
 from devices.manifest import ManifestError, read_manifest
 from devices.sim.graph import SimGraphError, load_features
 from devices.sim.profile import SimProfile, load_profile, predict_latency_ms
-from devices.stats import LatencyStats
+from devices.stats import LatencyStats, RatioEstimate
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,56 @@ class SimDevice(Device):
         )
         logger.debug("%s predicted %.4f ms for %s", self.name, latency_ms, onnx_path)
         return MeasureResult(value=value)
+
+    def measure_interleaved(self, artifact_dirs: Sequence[Path], config: InterleavedConfig) -> InterleavedResult:
+        """The ratio of the predicted latencies (``source="simulated"``): one round, a zero-width interval.
+
+        Nothing runs, so there is no noise to average: each artifact gets one
+        "block" (its prediction), each ratio is prediction / the reference's
+        prediction with ``ci_low == ci_high == median`` and ``n_resamples=0``,
+        ``pairs=1``, ``stop_reason="simulated"``.
+
+        Returns:
+            InterleavedResult; errors: bad_request (not 2..4 dirs), load_failed
+            (manifest, uncostable graph: the message names the operator).
+        """
+        started_at = time.time()
+        dirs = check_artifact_dirs(artifact_dirs)
+        if isinstance(dirs, MeasureError):
+            return InterleavedResult(error=dirs)
+        predicted, manifests = [], []
+        for d in dirs:
+            manifest = read_artifact_manifest(d)
+            if isinstance(manifest, MeasureError):
+                return InterleavedResult(error=manifest)
+            if manifest.onnx is None:
+                return InterleavedResult.fail(MeasureErrorKind.LOAD_FAILED,
+                                              f"simulator {self.name}: artifact {d} has no ONNX graph to cost")
+            with self._lock:
+                try:
+                    predicted.append(self.predict(d / manifest.onnx, config.num_threads))
+                except SimGraphError as exc:
+                    return InterleavedResult.fail(MeasureErrorKind.LOAD_FAILED, f"simulator {self.name}: {exc}")
+            manifests.append(manifest)
+        artifacts = []
+        for d, manifest, ms in zip(dirs, manifests, predicted):
+            artifacts.append(InterleavedArtifact(
+                name=d.name, artifact_sha256=manifest.library_sha256, latency_ms=(ms,), warmup_ms=(),
+                number=1, stats=LatencyStats.from_raw([ms]), output_sha256="", output_head=(),
+                output_shape=tuple(manifest.output.shape)))
+        ratios = tuple(RatioEstimate(ratios=(ms / predicted[0],), median=ms / predicted[0], ci_low=ms / predicted[0],
+                                     ci_high=ms / predicted[0], confidence=config.confidence, n_resamples=0,
+                                     seed=config.seed) for ms in predicted[1:])
+        threads = min(config.num_threads or self.profile.threads, self.profile.cores)
+        state = {"simulator": True, "profile": self.profile.name, "profile_version": self.profile.version,
+                 "threads": threads}
+        return InterleavedResult(value=InterleavedMeasurement(
+            device=self.name, backend=config.backend, source="simulated", artifacts=tuple(artifacts),
+            ratios=ratios, round_ratios=tuple(r.ratios for r in ratios), order=(tuple(range(len(dirs))),),
+            round_at=(started_at,), pairs=1, stop_reason="simulated", rel_width=float(config.rel_width),
+            requests=0, started_at=started_at, finished_at=time.time(),
+            loadavg_before=None, loadavg_after=None, device_state_before=state, device_state_after=state,
+            hello=self.hello()))
 
     def _close(self) -> None:
         """Nothing to release."""

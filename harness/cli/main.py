@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--baseline", choices=("none", "moving_average"), help=f"episodic return baseline (default {d.baseline})")
     opt("--eval-samples", type=nonneg_int, help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
     opt("--subset", type=pos_int, help="cap each data split (quick runs and tests)")
-    opt("--repeat", type=pos_int, help=f"timed blocks per measurement (default {d.repeat})")
+    opt("--repeat", type=pos_int, help=f"timed blocks per absolute measurement (default {d.repeat})")
+    opt("--ratio-width", type=float,
+        help=f"time each candidate interleaved with the unpruned model until its latency ratio is known to "
+             f"± this fraction (default {d.ratio_width}) ...")
+    opt("--max-pairs", type=pos_int, help=f"... or for at most this many interleaved pairs (default {d.max_pairs})")
     opt("--cache-drift-tolerance", type=float,
         help=f"reuse earlier runs' latencies only while the unpruned p50 is within this fraction "
              f"of its cached value (default {d.cache_drift_tolerance}; inf = always)")
@@ -149,19 +153,31 @@ def _print_search(s: dict) -> None:
         return
     print(f"{'best':10} {fmt(best['top1'])} {best['macs']:>12,} {best['params']:>9,} {fmt(best['latency_p50_ms'], '9.3f')}")
     rounds = best.get("speedup_rounds") or []
-    spread = f" (rounds {min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else ""
+    ci = best.get("speedup_ci")
+    spread = (f" [{ci[0]:.2f}, {ci[1]:.2f}] over {best.get('final_pairs')} interleaved pairs" if ci
+              else f" (rounds {min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else "")
     print(f"speedup {fmt(best['speedup'], '.2f')}x{spread}, top-1 drop {fmt(100 * best['top1_drop'], '.2f')} points, "
           f"spec {best['arch_signature']}")
-    if len(rounds) > 1 and min(rounds) <= 1.0 < max(rounds):
-        print("note: some final rounds measured the best model no faster than the baseline: the speedup is "
-              "within this machine's noise (measure on an idle machine or a board)")
+    noise = best.get("speedup_within_noise")
+    if noise is None:  # a summary from before interval estimates: the rounds' spread
+        noise = len(rounds) > 1 and min(rounds) <= 1.0 < max(rounds)
+    if noise:
+        print("note: the speedup is within this machine's noise (its interval holds 1.0): the best model is not "
+              "measurably faster than the baseline here (measure on an idle machine or a board)")
+    ties = best.get("ties") or []
+    if ties:
+        print(f"note: {len(ties)} other candidate(s) are within noise of the best's latency (ties): "
+              + ", ".join(ties[:3]) + (" ..." if len(ties) > 3 else ""))
     if best.get("final_error"):
         print(f"note: the fine-tuned best model could not be measured afresh ({best['final_error'].splitlines()[0]}); "
               "its p50 is the one from the search")
     ref = best.get("reference_onnxruntime")
-    if ref:
+    if ref and "error" in ref:
+        print(f"ONNX Runtime on the same device: not measured ({ref['error'].splitlines()[0]})")
+    elif ref:
+        ort_ci = ref.get("speedup_ci")
         print(f"ONNX Runtime on the same device: {ref['baseline_p50_ms']:.3f} -> {ref['best_p50_ms']:.3f} ms "
-              f"({ref['speedup']:.2f}x)")
+              f"({ref['speedup']:.2f}x" + (f" [{ort_ci[0]:.2f}, {ort_ci[1]:.2f}])" if ort_ci else ")"))
         slower = (b["latency_p50_ms"] or 0.0) / ref["baseline_p50_ms"]
         if slower > TVM_SLOWER_THAN_ORT_NOTE:
             print(f"note: this TVM build runs the unpruned model {slower:.1f}x slower than ONNX Runtime; with so "

@@ -21,6 +21,7 @@ Per-stage wall time is accumulated in ``StageTimer`` for the run summary.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -31,7 +32,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from devices.manifest import ManifestError
 from harness.pipeline import Pipeline, PipelineError, PipelineResult, Prepared, StoreKey
 from harness.pruning import ArchSpec, PruneGroup, apply_spec, count_macs_params
 from harness.train import evaluate
@@ -74,9 +74,14 @@ class CandidateResult:
         top1: validation top-1 in [0, 1] (None when pruning failed).
         macs, params: batch-1 MACs (weight-layer multiply-accumulates, the definition of
             harness/pruning.py) and parameter count.
-        latency_p50_ms: measured median latency, ms (None on failure).
-        latency_raw_ms: raw per-repeat latencies, ms.
-        measurement_id: row id in the store's ``measurements``.
+        latency_p50_ms: median latency, ms (None on failure): absolute, of the session it was measured
+            in (informative: absolute values drift with the machine's load, DESIGN.md §5).
+        latency_raw_ms: raw per-repeat (per-round) latencies, ms.
+        measurement_id: row id in the store's ``measurements`` (its absolute values).
+        latency_ratio: median of its latency / the unpruned model's, timed interleaved in one session
+            (1.0 for the unpruned model itself): what ΔH, the Pareto front and the best are decided on.
+        ratio_ci: the ratio's bootstrap interval (low, high) (``devices.stats.bootstrap_median_ci``).
+        ratio_id: row id in the store's ``latency_ratios``.
         source: ``measured`` (or ``simulated`` for a simulator device).
         latency_cache_hit: latency came from the store, nothing was compiled or measured.
         artifact_sha256: sha256 of the compiled library (None on a cache hit or failure).
@@ -97,10 +102,13 @@ class CandidateResult:
     artifact_path: str | None = None
     error_kind: str | None = None
     error_message: str | None = None
+    latency_ratio: float | None = None
+    ratio_ci: tuple[float | None, float | None] = (None, None)
+    ratio_id: int | None = None
 
     @property
     def ok(self) -> bool:
-        """True when accuracy and latency are both known."""
+        """True when accuracy and latency are both known (a search's candidates also carry ``latency_ratio``)."""
         return self.error_kind is None and self.top1 is not None and self.latency_p50_ms is not None
 
 
@@ -118,8 +126,10 @@ class CandidateEvaluator:
         work_dir: where ONNX files of this run go.
         eval_samples: validation images used per candidate (None = all).
         importance: ``"l1"`` or ``"l2"`` group magnitude.
-        cache_min_id: the latency cache serves only measurements with an id >= this
-            (0 = the whole store; set by the search when the device drifted).
+        cache_min_id: the absolute-latency cache of the unpruned model serves only measurements with an
+            id >= this (0 = the whole store).
+        reference, reference_spec: the unpruned model's artifact and spec (:meth:`set_reference`): every
+            other candidate is timed interleaved with it, its latency a ratio against it.
         on_exhausted: called with the error message when an evaluation failed because the
             device (a farm) has no healthy board left; returns True when it replaced the
             pipeline (the search switched the whole run to the simulator) so the
@@ -142,6 +152,8 @@ class CandidateEvaluator:
     cache_min_id: int = 0
     on_exhausted: Callable[[str], bool] | None = None
     on_board_change: Callable[[dict[str, Any]], None] | None = None
+    reference: Prepared | None = None
+    reference_spec: ArchSpec | None = None
 
     def __post_init__(self) -> None:
         self._acc_cache: dict[str, tuple[float, int, int]] = {}
@@ -158,6 +170,32 @@ class CandidateEvaluator:
     def key(self, spec: ArchSpec) -> StoreKey:
         """The results-store key of ``spec``'s latencies."""
         return StoreKey(self.model_name, spec.signature(), {"command": "search"})
+
+    def set_reference(self, spec: ArchSpec, model: torch.nn.Module | None = None) -> PipelineError | None:
+        """Export and compile the unpruned model (a cache hit after the first run): the reference that every
+        candidate is timed against. Returns an error value when that fails."""
+        prepared = self.prepare(spec, model if model is not None else self.prune(spec))
+        if isinstance(prepared, PipelineError):
+            return prepared
+        self.reference, self.reference_spec = prepared, spec
+        return None
+
+    def prepare(self, spec: ArchSpec, pruned: torch.nn.Module) -> Prepared | PipelineError:
+        """Export and compile a pruned model of ``spec`` (tuning where the pipeline tunes); timed in stages."""
+        sig = spec.signature()
+        with self.timer.time("export"):
+            onnx_path = self.pipeline.export(pruned, self.input_shape, self.work_dir / "onnx" / f"{sig}.onnx")
+        if isinstance(onnx_path, PipelineError):
+            return onnx_path
+        t0 = time.perf_counter()
+        prepared = self.pipeline.compile(onnx_path)
+        if isinstance(prepared, PipelineError):
+            self.timer.add("build", time.perf_counter() - t0)
+            return prepared
+        self.timer.add("tune", prepared.tune_s)
+        self.timer.add("build", prepared.compile_s - prepared.tune_s)
+        self.stats["compiled"] += 0 if prepared.cache_hit or prepared.manifest.graph_only else 1
+        return prepared
 
     def prune(self, spec: ArchSpec) -> torch.nn.Module:
         """A pruned deep copy of the base model with exactly ``spec``'s widths.
@@ -210,6 +248,21 @@ class CandidateEvaluator:
             self.stats["failed"] += 1
             return CandidateResult(spec, None, 0, 0, None, error_kind="prune_failed", error_message=str(exc))
 
+        is_reference = self.reference_spec is not None and spec == self.reference_spec
+        if self.reference is not None and not is_reference:
+            if not fresh and model is None:
+                hit = self.pipeline.cached_ratio(self.key(spec), self.reference)
+                if hit is not None:
+                    self.stats["latency_cache_hits"] += 1
+                    row = self.pipeline.store.measurement(hit.measurement_id) if hit.measurement_id else None
+                    return CandidateResult(
+                        spec, top1, macs, params, hit.candidate_p50_ms, tuple(row["latency_raw_ms"]) if row else (),
+                        measurement_id=hit.measurement_id,
+                        source=self._source(), latency_cache_hit=True, latency_ratio=hit.ratio.median,
+                        ratio_ci=(hit.ratio.ci_low, hit.ratio.ci_high), ratio_id=hit.ratio_id)
+            if pruned is None:
+                pruned = self.prune(spec)
+            return self._compile_and_measure_ratio(spec, pruned, top1, macs, params)
         if not fresh and model is None:
             hit = self.pipeline.cached(self.key(spec), min_id=self.cache_min_id)
             if hit is not None:
@@ -217,45 +270,47 @@ class CandidateEvaluator:
                 return CandidateResult(
                     spec, top1, macs, params, hit["latency_p50_ms"], tuple(hit["latency_raw_ms"]),
                     measurement_id=hit["id"], source=hit["source"], latency_cache_hit=True,
+                    latency_ratio=1.0 if is_reference else None, ratio_ci=(1.0, 1.0) if is_reference else (None, None),
                 )
         if pruned is None:
             pruned = self.prune(spec)
-        return self._compile_and_measure(spec, pruned, top1, macs, params)
+        result = self._compile_and_measure(spec, pruned, top1, macs, params)
+        if is_reference and result.error_kind is None:
+            result = dataclasses.replace(result, latency_ratio=1.0, ratio_ci=(1.0, 1.0))
+        return result
 
-    def remeasure(self, result: CandidateResult, backend: str | None = None) -> float | None:
-        """Measure an evaluated candidate's artifact once more (stored like any measurement).
+    def _source(self) -> str:
+        """What this evaluator's device gives: ``measured``, ``simulated`` or ``emulated`` (its identity)."""
+        return self.pipeline.identity().split("|", 1)[0]
 
-        Used to interleave the final measurements of the unpruned and the best model,
-        so both see the same machine state (a speedup is a ratio measured side by side).
+    def _compile_and_measure_ratio(self, spec, pruned, top1, macs, params) -> CandidateResult:
+        """Export, compile and time ``spec`` interleaved with the reference: its latency is a ratio."""
+        sig = spec.signature()
 
-        Args:
-            result: an evaluated candidate with an artifact.
-            backend: time this backend instead of the evaluator's (``"onnxruntime"``:
-                the artifact's ONNX file, a reference runtime beside the TVM build).
+        def failed(error: PipelineError) -> CandidateResult:
+            self.stats["failed"] += 1
+            log.warning("candidate %s failed: %s: %s", sig, error.kind, error.message)
+            return CandidateResult(spec, top1, macs, params, None, error_kind=error.kind, error_message=error.message)
 
-        Returns:
-            The new p50 in ms, or None when the candidate has no artifact, the
-            measurement failed (e.g. no ONNX Runtime on the board), its output is
-            wrong (:mod:`harness.compile.check`) or it is of another source than
-            the candidate's (a simulated answer for a measured candidate).
-        """
-        if result.artifact_path is None:
-            return None
-        try:
-            prepared = Prepared.at(result.artifact_path)
-        except ManifestError as exc:
-            log.warning("re-measuring %s: %s", result.spec.signature(), exc)
-            return None
+        prepared = self.prepare(spec, pruned)
+        if isinstance(prepared, PipelineError):
+            return failed(prepared)
         with self.timer.time("measure"):
-            out = self.pipeline.measure(prepared, self.key(result.spec), backend=backend,
-                                        expect_source=result.source)
-        if not out.ok:
-            log.warning("re-measuring %s (%s) on %s: %s: %s; not used", result.spec.signature(),
-                        backend or self.pipeline.measure_config.backend, self.device.name, out.error.kind,
-                        out.error.message)
-            return None
+            out = self.pipeline.measure_ratio(self.reference, prepared, self.key(spec),
+                                              self.key(self.reference_spec))
+        if out.error is not None:
+            return failed(out.error)
+        if out.source not in ("measured", "simulated"):  # an emulated board: a functional check only
+            return failed(PipelineError("not_a_latency", f"{self.device.name} gives {out.source} timings, which are "
+                                                         "not latencies; use a real board, local, or sim:PROFILE "
+                                                         "for the search"))
         self.stats["measured"] += 1
-        return out.p50_ms
+        cand = out.measurement.artifacts[1]
+        return CandidateResult(
+            spec, top1, macs, params, out.candidate_p50_ms, tuple(cand.latency_ms),
+            measurement_id=out.measurement_id, source=out.source, artifact_sha256=prepared.manifest.library_sha256,
+            artifact_path=str(prepared.path), latency_ratio=out.ratio.median,
+            ratio_ci=(out.ratio.ci_low, out.ratio.ci_high), ratio_id=out.ratio_id)
 
     def _compile_and_measure(self, spec, pruned, top1, macs, params) -> CandidateResult:
         sig = spec.signature()
@@ -265,18 +320,9 @@ class CandidateEvaluator:
             log.warning("candidate %s failed: %s: %s", sig, error.kind, error.message)
             return CandidateResult(spec, top1, macs, params, None, error_kind=error.kind, error_message=error.message)
 
-        with self.timer.time("export"):
-            onnx_path = self.pipeline.export(pruned, self.input_shape, self.work_dir / "onnx" / f"{sig}.onnx")
-        if isinstance(onnx_path, PipelineError):
-            return failed(onnx_path)
-        t0 = time.perf_counter()
-        prepared = self.pipeline.compile(onnx_path)
+        prepared = self.prepare(spec, pruned)
         if isinstance(prepared, PipelineError):
-            self.timer.add("build", time.perf_counter() - t0)
             return failed(prepared)
-        self.timer.add("tune", prepared.tune_s)
-        self.timer.add("build", prepared.compile_s - prepared.tune_s)
-        self.stats["compiled"] += 0 if prepared.manifest.graph_only else 1
         with self.timer.time("measure"):
             out: PipelineResult = self.pipeline.measure(prepared, self.key(spec))
         if out.error is not None:

@@ -227,13 +227,19 @@ class PruningEnv(gym.Env):
         return compute_reward(
             top1=result.top1, macs=result.macs, latency_p50_ms=result.latency_p50_ms,
             base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
-            weights=self.config.weights,
+            weights=self.config.weights, latency_ratio=self.latency_ratio(result),
         )
+
+    def latency_ratio(self, result: Any) -> float:
+        """``result``'s latency / the unpruned model's: its interleaved ratio when it has one (DESIGN.md §5),
+        else the ratio of the two absolute p50s."""
+        ratio = getattr(result, "latency_ratio", None)
+        return ratio if ratio is not None else result.latency_p50_ms / self.baseline.latency_p50_ms
 
     def _ratio(self, result: Any) -> float:
         if self.config.target_metric == "macs":
             return result.macs / self.baseline.macs
-        return result.latency_p50_ms / self.baseline.latency_p50_ms
+        return self.latency_ratio(result)
 
     def target_met(self, result: Any) -> bool:
         """True when ``result`` reaches the target ratio of the target metric."""
@@ -247,7 +253,7 @@ class PruningEnv(gym.Env):
             [
                 self.steps / self.config.max_steps,
                 cur.macs / self.baseline.macs,
-                min(cur.latency_p50_ms / self.baseline.latency_p50_ms, 2.0) / 2.0,
+                min(self.latency_ratio(cur), 2.0) / 2.0,
             ],
             dtype=np.float32,
         )
@@ -260,7 +266,7 @@ class PruningEnv(gym.Env):
             "spec": ArchSpec(tuple(int(k) for k in self.kept)),
             "candidate": result,
             "action_mask": self.action_mask(),
-            "latency_ratio": self.current.latency_p50_ms / self.baseline.latency_p50_ms,
+            "latency_ratio": self.latency_ratio(self.current),
             "macs_ratio": self.current.macs / self.baseline.macs,
             "top1": self.current.top1,
             "reward_terms": terms,

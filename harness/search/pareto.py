@@ -3,11 +3,13 @@
 What the front is made of, so that nobody reads it as the final table: every
 point is a candidate as the *search* saw it — its **validation top-1** on the
 first ``eval_samples`` images of the validation split, *before* any
-fine-tuning, and its latency p50 in ms measured during the search (the
-unpruned model included, as the row of episode -1). The table printed at the
-end of ``hilprune search`` (and ``summary.json``) gives other numbers for the
-chosen best model and the unpruned one: *test* top-1 after fine-tuning and
-latencies measured afresh in interleaved rounds at the end of the run. The plot
+fine-tuning, and its latency as the search ranked it: the median ratio of its
+latency to the unpruned model's, the two timed interleaved in one session
+(the unpruned model is 1.0, the row of episode -1; runs stored before ratios
+existed fall back to the absolute p50 in ms). The table printed at the end of
+``hilprune search`` (and ``summary.json``) gives other numbers for the chosen
+best model and the unpruned one: *test* top-1 after fine-tuning and the
+speedup measured afresh, interleaved, at the end of the run. The plot
 marks the chosen best model and names its fine-tuned test top-1 in the legend,
 so the two can be matched up.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["CSV_COLUMNS", "pareto_front", "plot_pareto", "top1_label", "write_pareto"]
+__all__ = ["CSV_COLUMNS", "latency_of", "pareto_front", "plot_pareto", "top1_label", "write_pareto"]
 
 #: Columns of ``pareto.csv``, one row per architecture on the front, sorted by latency (ascending):
 #:
@@ -28,13 +30,23 @@ __all__ = ["CSV_COLUMNS", "pareto_front", "plot_pareto", "top1_label", "write_pa
 #: - ``spec``: the same widths as a JSON list;
 #: - ``val_top1``: validation top-1 in [0, 1] during the search, before fine-tuning;
 #: - ``val_images``: how many validation images ``val_top1`` was computed on (empty = not known);
-#: - ``latency_p50_ms``: median latency in ms measured during the search;
+#: - ``latency_ratio``: median latency ratio to the unpruned model, timed interleaved (1.0 = unpruned);
+#: - ``latency_ratio_ci_low``, ``latency_ratio_ci_high``: its bootstrap interval;
+#: - ``latency_p50_ms``: absolute median latency in ms of the session it was measured in (drifts with load);
 #: - ``macs``, ``params``: multiply-accumulates of one inference, parameter count;
 #: - ``episode``, ``step``: where the search first met it (episode -1 = the unpruned model);
 #: - ``source``: ``measured`` or ``simulated``;
 #: - ``is_best``: 1 for the model the run chose, fine-tuned and saved as ``best_model.*``; else 0.
-CSV_COLUMNS = ["arch_signature", "spec", "val_top1", "val_images", "latency_p50_ms", "macs", "params", "episode",
-               "step", "source", "is_best"]
+CSV_COLUMNS = ["arch_signature", "spec", "val_top1", "val_images", "latency_ratio", "latency_ratio_ci_low",
+               "latency_ratio_ci_high", "latency_p50_ms", "macs", "params", "episode", "step", "source", "is_best"]
+
+
+def latency_of(rows: list[dict]):
+    """The latency the front ranks on, and its axis label: the interleaved ratio when every row has one
+    (the search since schema 4), else the absolute p50 in ms (older runs)."""
+    if rows and all(r.get("latency_ratio") is not None for r in rows):
+        return (lambda r: r["latency_ratio"]), "latency / unpruned, timed interleaved (median ratio), lower is better"
+    return (lambda r: r["latency_p50_ms"]), "latency p50 during the search (ms), lower is better"
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -42,7 +54,8 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
     Args:
         rows: candidate rows of the results store (``arch_signature``, ``top1`` = validation
-            top-1 in [0, 1], ``latency_p50_ms`` in ms, ``error_kind``); rows without both
+            top-1 in [0, 1], ``latency_ratio`` (or, for older runs, ``latency_p50_ms`` in ms),
+            ``error_kind``); rows without both
             numbers or with an error are ignored; duplicates of one architecture count once
             (its first row).
 
@@ -53,10 +66,10 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     for r in _usable(rows):
         seen.setdefault(r["arch_signature"], r)
     pts = list(seen.values())
+    lat, _ = latency_of(pts)
     front = [p for p in pts if not any(
-        (q["top1"] >= p["top1"] and q["latency_p50_ms"] <= p["latency_p50_ms"])
-        and (q["top1"] > p["top1"] or q["latency_p50_ms"] < p["latency_p50_ms"]) for q in pts)]
-    return sorted(front, key=lambda r: r["latency_p50_ms"])
+        (q["top1"] >= p["top1"] and lat(q) <= lat(p)) and (q["top1"] > p["top1"] or lat(q) < lat(p)) for q in pts)]
+    return sorted(front, key=lat)
 
 
 def top1_label(val_images: int | None) -> str:
@@ -97,28 +110,30 @@ def plot_pareto(rows: list[dict], front: list[dict], path: Path | str, *, title:
     import matplotlib.pyplot as plt
 
     ok = _usable(rows)
+    lat, xlabel = latency_of(ok)
     base = next((r for r in ok if r.get("episode") == -1), None)
     others = [r for r in ok if r is not base]
     fig, ax = plt.subplots(figsize=(7, 5.4), dpi=110)
-    ax.scatter([r["latency_p50_ms"] for r in others], [r["top1"] for r in others], s=14, c="0.6", zorder=2,
+    ax.scatter([lat(r) for r in others], [r["top1"] for r in others], s=14, c="0.6", zorder=2,
                label=f"candidates ({len(others)})")
-    ax.plot([r["latency_p50_ms"] for r in front], [r["top1"] for r in front], "o-", c="tab:red", ms=5, zorder=3,
+    ax.plot([lat(r) for r in front], [r["top1"] for r in front], "o-", c="tab:red", ms=5, zorder=3,
             label=f"Pareto front ({len(front)})")
     if base is not None:
-        lat = base["latency_p50_ms"]
+        x = lat(base)
+        what = (f"unpruned model: {x:.3f} (p50 {base['latency_p50_ms']:.3f} ms during the search)"
+                if base.get("latency_ratio") is not None else f"unpruned p50 during the search: {x:.3f} ms")
         again = (f" (re-measured at the end: {baseline_final_p50_ms:.3f} ms)"
                  if baseline_final_p50_ms is not None else "")
-        ax.axvline(lat, ls="--", c="tab:blue", lw=1, zorder=1,
-                   label=f"unpruned p50 during the search: {lat:.3f} ms{again}")
-        ax.plot([lat], [base["top1"]], "s", c="tab:blue", ms=7, zorder=4, label="unpruned model")
+        ax.axvline(x, ls="--", c="tab:blue", lw=1, zorder=1, label=f"{what}{again}")
+        ax.plot([x], [base["top1"]], "s", c="tab:blue", ms=7, zorder=4, label="unpruned model")
     best = next((r for r in ok if best_signature is not None and r["arch_signature"] == best_signature), None)
     if best is not None:
         tuned = ("not fine-tuned" if finetune_epochs == 0 else "fine-tuned" if finetune_epochs is None else
                  f"fine-tuned {finetune_epochs} epoch{'s' if finetune_epochs != 1 else ''}")
         after = f"{tuned}: test top-1 {best_test_top1:.4f}" if best_test_top1 is not None else "chosen"
-        ax.plot([best["latency_p50_ms"]], [best["top1"]], "*", c="gold", mec="black", mew=0.8, ms=16, zorder=5,
+        ax.plot([lat(best)], [best["top1"]], "*", c="gold", mec="black", mew=0.8, ms=16, zorder=5,
                 label=f"best ({after})")
-    ax.set_xlabel("latency p50 during the search (ms), lower is better")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(top1_label(val_images).replace(" (", "\n(", 1), fontsize=8)
     ax.set_title(f"{title}\n{top1_label(val_images)}", fontsize=8)
     ax.grid(alpha=0.3)
@@ -147,7 +162,10 @@ def write_pareto(rows: list[dict], run_dir: Path | str, *, val_images: int | Non
     run_dir = Path(run_dir)
     front = pareto_front(rows)
     table = [{"arch_signature": r["arch_signature"], "spec": _spec(r), "val_top1": r["top1"],
-              "val_images": val_images, "latency_p50_ms": r["latency_p50_ms"], "macs": r.get("macs"),
+              "val_images": val_images, "latency_ratio": r.get("latency_ratio"),
+              "latency_ratio_ci_low": r.get("latency_ratio_ci_low"),
+              "latency_ratio_ci_high": r.get("latency_ratio_ci_high"), "latency_p50_ms": r["latency_p50_ms"],
+              "macs": r.get("macs"),
               "params": r.get("params"), "episode": r.get("episode"), "step": r.get("step"),
               "source": r.get("source"), "is_best": int(r["arch_signature"] == best_signature)} for r in front]
     pd.DataFrame(table, columns=CSV_COLUMNS).to_csv(run_dir / "pareto.csv", index=False)

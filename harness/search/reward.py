@@ -87,6 +87,7 @@ def compute_reward(
     base_macs: int,
     base_latency_p50_ms: float,
     weights: RewardWeights,
+    latency_ratio: float | None = None,
 ) -> RewardTerms:
     """Compute R = αΔP − βΔC − γΔH for one candidate against the unpruned model.
 
@@ -96,6 +97,10 @@ def compute_reward(
         latency_p50_ms: measured median latency of the candidate, ms.
         base_top1, base_macs, base_latency_p50_ms: the same for the unpruned model.
         weights: α, β, γ.
+        latency_ratio: the candidate's latency / the unpruned model's, measured *as a ratio*
+            (interleaved in one session, ``harness.pipeline.Pipeline.measure_ratio``); when given,
+            ΔH = latency_ratio − 1 and the two absolute p50s are not used for ΔH (they were taken
+            at different times: DESIGN.md §5).
 
     Returns:
         RewardTerms with the deltas (fractions) and the reward.
@@ -115,6 +120,11 @@ def compute_reward(
         raise ValueError(f"base_latency_p50_ms={base_latency_p50_ms} must be a positive latency")
     delta_p = top1 - base_top1
     delta_c = (macs - base_macs) / base_macs
-    delta_h = (latency_p50_ms - base_latency_p50_ms) / base_latency_p50_ms
+    if latency_ratio is not None:
+        if not (latency_ratio > 0 and math.isfinite(latency_ratio)):
+            raise ValueError(f"latency_ratio={latency_ratio!r} must be a positive ratio")
+        delta_h = latency_ratio - 1.0
+    else:
+        delta_h = (latency_p50_ms - base_latency_p50_ms) / base_latency_p50_ms
     reward = weights.alpha * delta_p - weights.beta * delta_c - weights.gamma * delta_h
     return RewardTerms(delta_p=delta_p, delta_c=delta_c, delta_h=delta_h, reward=reward)

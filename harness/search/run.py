@@ -50,6 +50,7 @@ import torch
 
 from agent.reinforce import ReinforceAgent, ReinforceConfig
 from devices.base import DeviceUnavailable, MeasureConfig
+from devices.interleaved import InterleavedConfig
 from devices.registry import make_device
 from harness.compile.export import export_onnx
 from harness.compile.targets import resolve_target
@@ -57,8 +58,8 @@ from harness.compile.tuning import TuningConfig
 from harness.data import load_dataset
 from harness.models import build_model
 from harness.paths import default_cache_dir
-from harness.pipeline import Pipeline
-from harness.pruning import ArchSpec, find_groups, full_spec, rebuild
+from harness.pipeline import Pipeline, PipelineError, Prepared, RatioResult, StoreKey
+from harness.pruning import ArchSpec, count_macs_params, find_groups, full_spec, rebuild
 from harness.search.candidate import CandidateEvaluator, CandidateResult, StageTimer
 from harness.search.env import EnvConfig, PruningEnv
 from harness.search.pareto import pareto_front, write_pareto
@@ -76,8 +77,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 #: How a run shows progress: a tqdm bar, plain time-stamped lines (logs), or nothing.
 PROGRESS_MODES = ("bar", "lines", "off")
-#: Interleaved rounds of the final baseline-vs-best measurement (median of each side reported).
-FINAL_ROUNDS = 3
 #: Relative change of the unpruned model's p50 beyond which cached latencies of earlier runs
 #: are not reused (the device, its load or its firmware changed): 10 %, the CoV threshold
 #: of an unstable measurement (pyperf's rule, devices/stats.py).
@@ -119,7 +118,10 @@ class SearchConfig:
         baseline: ``none`` or ``moving_average`` (episodic only).
         eval_samples: validation images per candidate (0 = the whole validation split).
         subset: cap on each data split (tests; None = full data).
-        repeat: timed blocks per measurement.
+        repeat: timed blocks per absolute measurement (the unpruned model's).
+        ratio_width: a candidate's latency ratio against the unpruned model is timed interleaved until
+            its bootstrap interval is narrower than ± this fraction of the ratio (0.01 = ±1 %) ...
+        max_pairs: ... or at this many interleaved pairs (the cap; ``devices.interleaved``).
         cache_drift_tolerance: reuse latencies cached by earlier runs only while the unpruned
             model's fresh p50 is within this fraction of its cached one (DRIFT_TOLERANCE);
             ``inf`` always reuses them.
@@ -156,6 +158,8 @@ class SearchConfig:
     eval_samples: int = 2000
     subset: int | None = None
     repeat: int = 30
+    ratio_width: float = 0.01
+    max_pairs: int = 64
     cache_drift_tolerance: float = DRIFT_TOLERANCE
     out: str = "results/runs"
     db: str = "results/hilprune.db"
@@ -182,6 +186,10 @@ class SearchConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
+        if not (isinstance(self.ratio_width, (int, float)) and 0 < self.ratio_width < 1):
+            raise ValueError(f"ratio_width must be a fraction in (0, 1), e.g. 0.01 for ±1 %, got {self.ratio_width!r}")
+        if not isinstance(self.max_pairs, int) or isinstance(self.max_pairs, bool) or self.max_pairs < 8:
+            raise ValueError(f"max_pairs must be an integer >= 8, got {self.max_pairs!r}")
         if not self.cache_drift_tolerance > 0:
             raise ValueError(f"cache_drift_tolerance must be > 0 (e.g. 0.1, or inf), got {self.cache_drift_tolerance}")
         if self.subset is not None and self.subset < 1:
@@ -254,11 +262,20 @@ def _row(result: CandidateResult, *, episode: int, step: int, action: int | None
         episode=episode, step=step, action=action, arch_signature=result.spec.signature(),
         spec_json=json.dumps(list(result.spec.channels)), top1=result.top1, macs=result.macs, params=result.params,
         latency_p50_ms=result.latency_p50_ms, latency_raw_ms=json.dumps(list(result.latency_raw_ms)),
+        latency_ratio=result.latency_ratio, latency_ratio_ci_low=result.ratio_ci[0],
+        latency_ratio_ci_high=result.ratio_ci[1], ratio_id=result.ratio_id,
         measurement_id=result.measurement_id, device=device, target=target, source=result.source,
         reward=reward, delta_p=getattr(terms, "delta_p", None), delta_c=getattr(terms, "delta_c", None),
         delta_h=getattr(terms, "delta_h", None), latency_cache_hit=int(result.latency_cache_hit),
         error_kind=result.error_kind, error_message=result.error_message,
     )
+
+
+def _tie(a: CandidateResult, b: CandidateResult) -> bool:
+    """True when the two latency ratios' intervals overlap: neither is faster beyond noise (devices.stats.tie)."""
+    if None in (*a.ratio_ci, *b.ratio_ci):
+        return False
+    return not (a.ratio_ci[1] < b.ratio_ci[0] or b.ratio_ci[1] < a.ratio_ci[0])
 
 
 def _public(result: CandidateResult, test_top1: float | None = None) -> dict:
@@ -270,6 +287,8 @@ def _public(result: CandidateResult, test_top1: float | None = None) -> dict:
         "macs": result.macs,
         "params": result.params,
         "latency_p50_ms": result.latency_p50_ms,
+        "latency_ratio": result.latency_ratio,
+        "latency_ratio_ci": list(result.ratio_ci),
         "source": result.source,
     }
 
@@ -394,6 +413,8 @@ class _Run:
         self.groups = find_groups(self.base_model, torch.zeros(self.input_shape))
         self.tuning = TuningConfig(trials_per_task=c.tune_trials)
         self.measure = MeasureConfig(backend=c.backend, number=0, repeat=c.repeat, min_repeat_ms=20.0)
+        self.ratio = InterleavedConfig(backend=c.backend, number=0, rel_width=c.ratio_width, max_pairs=c.max_pairs,
+                                       seed=c.seed)
         switched = (ckpt or {}).get("source_switch")
         if switched:  # a resumed run that had moved to the simulator stays there
             self.source_switch = switched
@@ -412,6 +433,7 @@ class _Run:
             self.evaluator.cache_min_id = ckpt.get("cache_min_id", 0)
         else:
             self.evaluator.cache_min_id = self.store.latency_cache_floor(**self.cache_window)
+        self._set_reference()
         self.say(f"unpruned model: compiling for {self.target.name} ({c.tune_trials} tuning trials per new task) "
                  f"and measuring on {c.device}")
         self.baseline = self.evaluator.evaluate(self.base_spec)
@@ -438,6 +460,17 @@ class _Run:
         return dict(model=self.config.model, device=p.device.name, target=p.target.name,
                     backend=p.measure_config.backend, tuning_key=p.tuning_key)
 
+    def _set_reference(self) -> None:
+        """Compile the unpruned model: every candidate is timed interleaved with this artifact (its ΔH is a
+        ratio against it, DESIGN.md §5).
+
+        Raises:
+            SearchAborted: it cannot be exported or compiled.
+        """
+        err = self.evaluator.set_reference(self.base_spec, self.base_model)
+        if err is not None:
+            raise SearchAborted(f"the unpruned {self.config.model} could not be compiled: {err.kind}: {err.message}")
+
     def _device_pipeline(self, prefer_board: str | None) -> Pipeline:
         """The run's pipeline on its device; a farm is pinned to one board for the whole run.
 
@@ -459,7 +492,7 @@ class _Run:
                 self.say(f"{c.device}: the whole run measures on board {self.board}")
         try:
             self._pipeline = Pipeline.for_device(self.device, self.target, self.tuning, self.measure,
-                                                 self.cache_dir, self.store)
+                                                 self.cache_dir, self.store, ratio_config=self.ratio)
         except DeviceUnavailable as exc:
             raise SearchAborted(f"{c.device} does not answer: {exc}; everything measured is in {c.db}; "
                                 f"`hilprune search --resume {self.run_id}` once it is back") from None
@@ -476,7 +509,8 @@ class _Run:
                                              else "host")
         sim = SimDevice(preset, name=f"sim:{preset}")
         self.closing.append(sim)
-        self._pipeline = Pipeline.for_device(sim, self.target, self.tuning, self.measure, self.cache_dir, self.store)
+        self._pipeline = Pipeline.for_device(sim, self.target, self.tuning, self.measure, self.cache_dir, self.store,
+                                             ratio_config=self.ratio)
         return self._pipeline
 
     def _switch_record(self, why: str) -> dict:
@@ -507,6 +541,7 @@ class _Run:
         ev = self.evaluator
         ev.pipeline = self._sim_pipeline()
         ev.cache_min_id = 0
+        self._set_reference()
         record["to"] = ev.device.name
         self.source_switch = record
         self.say(f"{self.config.device}: no healthy board left ({why.splitlines()[0][:200]}); --fallback sim: the "
@@ -527,7 +562,8 @@ class _Run:
             cand = ev.evaluate(ArchSpec(tuple(json.loads(row["spec_json"]))))
             terms = None if not cand.ok else compute_reward(
                 top1=cand.top1, macs=cand.macs, latency_p50_ms=cand.latency_p50_ms, base_top1=b.top1,
-                base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms, weights=weights)
+                base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms, weights=weights,
+                latency_ratio=cand.latency_ratio)
             self.store.update_candidate_latency(self.run_id, row["episode"], row["step"], cand, terms)
         if self.env is not None:
             self.env.baseline = b
@@ -539,7 +575,7 @@ class _Run:
             if best.ok:
                 terms = compute_reward(top1=best.top1, macs=best.macs, latency_p50_ms=best.latency_p50_ms,
                                        base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
-                                       weights=weights)
+                                       weights=weights, latency_ratio=best.latency_ratio)
                 self.best_key = (self.env.target_met(best) if self.env else self.best_key[0], terms.reward)
                 self.best_result = best
 
@@ -563,27 +599,28 @@ class _Run:
                              fresh if current.spec == fresh.spec else current)
 
     def _check_drift(self) -> None:
-        """Latencies cached by earlier runs are only comparable if the device has not changed since.
+        """Report how far the unpruned model's absolute p50 moved since the cached one (a fresh measurement).
 
-        The unpruned model is measured afresh; if its p50 differs from the cached one by more
-        than ``cache_drift_tolerance``, this run and later ones ignore the older cache (the
-        store's cache window starts at this measurement) and it says so; otherwise the cache
-        is used as is.
+        The reward does not depend on it: ΔH is a ratio measured interleaved with this very
+        reference artifact in one session, and cached ratios are reused only against the same
+        reference artifact on the same device (:meth:`harness.pipeline.Pipeline.cached_ratio`).
+        A large drift says the machine (load, firmware, clock) changed; the summary reports it
+        (``latency_cache_drift``) and the run says so when it is beyond ``cache_drift_tolerance``.
         """
         cached = self.baseline
         fresh = self.evaluator.evaluate(self.base_spec, fresh=True, model=self.base_model)
         if not fresh.ok:
             return
         drift = fresh.latency_p50_ms / cached.latency_p50_ms - 1.0
+        beyond = abs(drift) > self.config.cache_drift_tolerance
         self.drift = {"cached_p50_ms": cached.latency_p50_ms, "fresh_p50_ms": fresh.latency_p50_ms,
-                      "drift": drift, "cache_reset": abs(drift) > self.config.cache_drift_tolerance}
-        if abs(drift) > self.config.cache_drift_tolerance:
-            log.warning("%s: the unpruned model now measures %.3f ms, %.0f%% off its cached %.3f ms; the "
-                        "device changed since the cache was filled, so this run measures every architecture "
-                        "afresh", self.config.device, fresh.latency_p50_ms, 100 * drift, cached.latency_p50_ms)
-            self.evaluator.cache_min_id = fresh.measurement_id
-            self.store.reset_latency_cache(**self.cache_window, min_id=fresh.measurement_id,
-                                           reason=f"run {self.run_id}: unpruned p50 drifted {100 * drift:+.0f}%")
+                      "drift": drift, "beyond_tolerance": beyond, "cache_reset": False}
+        if beyond:
+            log.warning("%s: the unpruned model's absolute p50 is %.3f ms now, %.0f%% off its cached %.3f ms (load "
+                        "or machine changed); ranking is unaffected: every latency is a ratio against it, measured "
+                        "side by side", self.config.device, fresh.latency_p50_ms, 100 * drift, cached.latency_p50_ms)
+            self.say(f"note: the unpruned model's absolute p50 moved {100 * drift:+.0f}% since it was cached "
+                     f"({cached.latency_p50_ms:.3f} -> {fresh.latency_p50_ms:.3f} ms); ratios are unaffected")
             self.baseline = fresh
 
     # -- the loop ---------------------------------------------------------------
@@ -660,17 +697,21 @@ class _Run:
 
     def _step_line(self, episode: int, step: int, action: int, reward: float, cand: CandidateResult,
                    failed: bool) -> str:
-        c, base = self.config, self.baseline
+        c = self.config
         head = f"episode {episode + 1}/{c.episodes} step {step}/{c.max_steps}: action {action}, reward {reward:+.3f}"
         if failed or not cand.ok:
             first = ((cand.error_message or "").strip().splitlines() or [""])[0]
             what = f"FAILED {cand.error_kind}: {first[:160]}"
         else:
-            what = (f"p50 {cand.latency_p50_ms:.3f} ms ({cand.latency_p50_ms / base.latency_p50_ms:.2f}x unpruned"
-                    f"{', cached' if cand.latency_cache_hit else ''}), val top-1 {cand.top1:.4f}")
+            lo, hi = cand.ratio_ci
+            what = (f"latency {cand.latency_ratio:.3f}x unpruned [{lo:.3f}, {hi:.3f}]"
+                    f"{' cached' if cand.latency_cache_hit else ''} (p50 {cand.latency_p50_ms:.3f} ms), "
+                    f"val top-1 {cand.top1:.4f}")
         best = self.best_result
-        tail = (f"; best so far {best.latency_p50_ms / base.latency_p50_ms:.2f}x at top-1 {best.top1:.4f}"
+        tail = (f"; best so far {best.latency_ratio:.3f}x at top-1 {best.top1:.4f}"
                 if best is not None and best.ok else "")
+        if best is not None and best is not cand and cand.ok and not failed and _tie(cand, best):
+            tail += " (latency within noise of the best: a tie)"
         return f"{head}, {what}{tail}"
 
     def _postfix(self, bar, episode: int) -> None:
@@ -678,7 +719,7 @@ class _Run:
             return
         best = self.best_result  # a resumed run shows its earlier best from the next better one on
         bar.set_postfix(ep=episode, best_r=f"{self.best_key[1]:.3f}" if self.best_key else "-",
-                        best_lat=f"{best.latency_p50_ms / self.baseline.latency_p50_ms:.2f}" if best else "-",
+                        best_lat=f"{best.latency_ratio:.3f}" if best else "-",
                         best_top1=f"{best.top1:.3f}" if best else "-")
 
     def _checkpoint(self, episode: int, step: int, episode_done: bool) -> None:
@@ -695,42 +736,39 @@ class _Run:
         }, self.run_dir / CHECKPOINT)
 
     # -- the end ----------------------------------------------------------------
-    def _reference_runtime(self, base: CandidateResult, best: CandidateResult | None) -> dict | None:
-        """ONNX Runtime on the same device for the unpruned and the best model, interleaved in FINAL_ROUNDS rounds.
-
-        A TVM build tuned with a small budget can be several times slower than
-        ONNX Runtime (DESIGN.md §4), and a pruned width can then happen to get a
-        better or worse schedule. These figures let the reader judge: a speedup
-        that both runtimes see is the model's; one that only TVM sees is the
-        build's. Stored like any measurement (backend ``onnxruntime``).
-
-        Returns:
-            ``{"baseline_p50_ms", "best_p50_ms", "speedup", "baseline_p50_ms_rounds",
-            "best_p50_ms_rounds"}`` (ms; medians of the rounds), or None when the
-            search already times ONNX Runtime, the results are simulated, or ONNX
-            Runtime cannot run on the device.
-        """
+    def _final_ratio(self, final: Prepared, backend: str | None = None) -> RatioResult:
+        """The fine-tuned best model timed interleaved with the unpruned one, in one session, on one board."""
         ev = self.evaluator
-        if (ev.pipeline.measure_config.backend != "tvm" or best is None or not (base.ok and best.ok)
-                or base.source != "measured"):
-            return None
-        base_p50s: list[float] = []
-        best_p50s: list[float] = []
-        for _ in range(FINAL_ROUNDS):
-            for result, p50s in ((base, base_p50s), (best, best_p50s)):
-                p50 = ev.remeasure(result, backend="onnxruntime")
-                if p50 is None:
-                    return None
-                p50s.append(p50)
-        b, a = float(np.median(base_p50s)), float(np.median(best_p50s))
-        return {"baseline_p50_ms": b, "best_p50_ms": a, "speedup": b / a,
-                "baseline_p50_ms_rounds": base_p50s, "best_p50_ms_rounds": best_p50s}
+        return ev.pipeline.measure_ratio(ev.reference, final, StoreKey(self.config.model, self.best_spec.signature(),
+                                                                       {"command": "search", "final": True}),
+                                         ev.key(self.base_spec), backend=backend, expect_source=self.baseline.source)
+
+    @staticmethod
+    def _speedup(r: RatioResult) -> dict:
+        """Speedup figures of a final ratio: 1 / ratio, its interval, per-round values, and a noise verdict."""
+        q = r.ratio
+        rounds = list(q.ratios) if r.measurement is None else list(r.measurement.round_ratios[0])
+        return {"speedup": 1.0 / q.median, "speedup_ci": [1.0 / q.ci_high, 1.0 / q.ci_low],
+                "speedup_rounds": [1.0 / x for x in rounds], "latency_ratio": q.median,
+                "latency_ratio_ci": [q.ci_low, q.ci_high], "pairs": r.measurement.pairs if r.measurement else None,
+                "within_noise": q.ci_low <= 1.0 <= q.ci_high,
+                "baseline_p50_ms": r.reference_p50_ms, "best_p50_ms": r.candidate_p50_ms}
 
     def finish(self, t_start: float) -> dict:
-        """Fine-tune and re-measure the best, write the run directory's files; returns the summary."""
+        """Fine-tune the best, time it interleaved with the unpruned model, write the run directory's files.
+
+        The final speedup is 1 / (the median of interleaved ratios best / unpruned, measured in one
+        session on one board), with its bootstrap interval; an interval that holds 1.0 is noise, and
+        the summary says so. Beside the TVM build, ONNX Runtime times the same two models the same
+        way (``reference_onnxruntime``): a speedup both runtimes see is the model's, one that only
+        a weakly tuned TVM build sees is the build's (DESIGN.md §4).
+
+        Returns:
+            The summary (also written to ``summary.json``).
+        """
         c, ev = self.config, self.evaluator
         base_test = evaluate(self.base_model, self.splits.test)
-        best_out, final, model = None, None, None
+        best_out, model = None, None
         if self.best_spec is not None:
             best = ev.evaluate(self.best_spec)
             model = ev.prune(self.best_spec)
@@ -740,55 +778,62 @@ class _Run:
                 with self.timer.time("finetune"):
                     finetune(model, self.splits, epochs=c.finetune_epochs, seed=c.seed)
             test_after = evaluate(model, self.splits.test)
-        self.say(f"final measurements: unpruned and best, {FINAL_ROUNDS} interleaved rounds"
-                 + (" (then ONNX Runtime beside them)" if c.backend == "tvm" else ""))
-        # Fresh measurements of the unpruned and the final model, interleaved in FINAL_ROUNDS rounds
-        # (A, B, A, B, ...) so that both see the same machine state; each side's median p50 is reported.
-        # A round's two p50s also give that round's speedup: their spread says how sure the speedup is.
-        # A failed measurement is None in its round, so the two lists stay paired by position.
-        with self.device.pinned():  # a farm measures every final round on one board
-            base_fresh = ev.evaluate(self.base_spec, fresh=True, model=self.base_model)
-            if model is not None:
-                final = ev.evaluate(self.best_spec, fresh=True, model=model)
-            rounds = [(base_fresh.latency_p50_ms if base_fresh.ok else None,
-                       final.latency_p50_ms if final is not None and final.ok else None)]
-            for _ in range(FINAL_ROUNDS - 1):
-                rounds.append(tuple(ev.remeasure(r) if r is not None and r.ok else None for r in (base_fresh, final)))
-            reference = self._reference_runtime(base_fresh, final)
-        base_p50s, best_p50s = [b for b, _ in rounds], [a for _, a in rounds]
-        round_speedups = [b / a for b, a in rounds if b is not None and a is not None]
-        measured = [p for p in base_p50s if p is not None]
-        base_lat = float(np.median(measured)) if measured else self.baseline.latency_p50_ms
-        baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
-                    "latency_p50_ms_rounds": base_p50s, "latency_p50_ms_search": self.baseline.latency_p50_ms}
-        if model is not None:
-            measured = [p for p in best_p50s if p is not None]
-            lat = float(np.median(measured)) if measured else best.latency_p50_ms
-            self._save_best(model, final)
+            macs, params = count_macs_params(model, self.input_shape)
+            self.say("final measurement: the fine-tuned best interleaved with the unpruned model"
+                     + (" (then ONNX Runtime the same way)" if c.backend == "tvm" else ""))
+            final = ev.prepare(self.best_spec, model)
+            measured = reference = None
+            if isinstance(final, PipelineError):
+                final_error = f"{final.kind}: {final.message}"
+            else:
+                with self.device.pinned(), self.timer.time("measure"):  # a farm: one board for both
+                    measured = self._final_ratio(final)
+                    if (c.backend == "tvm" and measured.ok and self.baseline.source == "measured"):
+                        ort = self._final_ratio(final, backend="onnxruntime")
+                        reference = self._speedup(ort) if ort.ok else {"error": f"{ort.error.kind}: {ort.error.message}"}
+                final_error = None if measured.ok else f"{measured.error.kind}: {measured.error.message}"
+                self._save_best(model, self.best_spec, final.path)
+            figures = self._speedup(measured) if measured is not None and measured.ok else {
+                "speedup": 1.0 / best.latency_ratio, "speedup_ci": [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]],
+                "speedup_rounds": [], "latency_ratio": best.latency_ratio, "latency_ratio_ci": list(best.ratio_ci),
+                "pairs": None, "within_noise": best.ratio_ci[0] <= 1.0 <= best.ratio_ci[1],
+                "baseline_p50_ms": self.baseline.latency_p50_ms, "best_p50_ms": best.latency_p50_ms}
             best_out = {
-                **_public(final if final.ok else best, test_after),
-                "latency_p50_ms": lat,
-                "latency_p50_ms_rounds": best_p50s,
-                "val_top1_search": best.top1,
-                "top1_before_finetune": test_before,
-                "latency_p50_ms_search": best.latency_p50_ms,
-                "speedup": base_lat / lat if lat else None,
-                "speedup_rounds": round_speedups,
+                **_public(best, test_after),
+                "latency_p50_ms": figures["best_p50_ms"],
+                "latency_ratio": figures["latency_ratio"],
+                "latency_ratio_ci": figures["latency_ratio_ci"],
+                "speedup": figures["speedup"],
+                "speedup_ci": figures["speedup_ci"],
+                "speedup_rounds": figures["speedup_rounds"],
+                "speedup_within_noise": figures["within_noise"],
+                "final_pairs": figures["pairs"],
+                "baseline_p50_ms_final": figures["baseline_p50_ms"],
                 "reference_onnxruntime": reference,
-                # set when the fine-tuned model could not be measured: latency_p50_ms is then the search's
-                "final_error": None if final.ok else f"{final.error_kind}: {final.error_message}",
+                "macs": macs, "params": params,
+                "val_top1_search": best.top1,
+                "latency_ratio_search": best.latency_ratio,
+                "latency_ratio_ci_search": list(best.ratio_ci),
+                "latency_p50_ms_search": best.latency_p50_ms,
+                "top1_before_finetune": test_before,
+                # set when the fine-tuned model could not be measured: the ratio is then the search's
+                "final_error": final_error,
                 "top1_drop": base_test - test_after,
                 "macs_ratio": best.macs / self.baseline.macs,
                 "finetune_epochs": c.finetune_epochs,
                 "met_target": bool(self.best_key[0]),
                 "reward": self.best_key[1],
+                "ties": self._ties(best),
             }
+        base_lat = (best_out or {}).get("baseline_p50_ms_final") or self.baseline.latency_p50_ms
+        baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
+                    "latency_p50_ms_search": self.baseline.latency_p50_ms}
         rows = self.store.candidates(self.run_id)
         front = write_pareto(  # val top-1 and search-time p50 of every candidate; the best one starred
             rows, self.run_dir,
             val_images=min(c.eval_samples or len(self.splits.val), len(self.splits.val)),
             best_signature=best_out and best_out["arch_signature"], best_test_top1=best_out and best_out["top1"],
-            finetune_epochs=c.finetune_epochs, baseline_final_p50_ms=base_lat)
+            finetune_epochs=c.finetune_epochs)
         return {
             "run_id": self.run_id,
             "run_dir": str(self.run_dir),
@@ -815,18 +860,28 @@ class _Run:
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
         }
 
-    def _save_best(self, model: torch.nn.Module, final: CandidateResult) -> None:
-        spec = list(final.spec.channels)
+    def _ties(self, best: CandidateResult) -> list[str]:
+        """Signatures of the run's other candidates whose latency ratio interval overlaps the best's (ties)."""
+        out = []
+        for row in self.store.candidates(self.run_id):
+            lo, hi = row.get("latency_ratio_ci_low"), row.get("latency_ratio_ci_high")
+            if row["episode"] < 0 or row["arch_signature"] == best.spec.signature() or lo is None or hi is None:
+                continue
+            if not (hi < best.ratio_ci[0] or best.ratio_ci[1] < lo) and row["arch_signature"] not in out:
+                out.append(row["arch_signature"])
+        return out
+
+    def _save_best(self, model: torch.nn.Module, spec_: ArchSpec, artifact_path: Path) -> None:
+        spec = list(spec_.channels)
         torch.save({"format_version": 1, "model": self.config.model, "spec": spec,
                     "num_classes": self.splits.num_classes, "input_shape": list(self.input_shape),
                     "state_dict": model.state_dict()}, self.run_dir / "best_model.pt")
         (self.run_dir / "best_spec.json").write_text(json.dumps(
-            {"model": self.config.model, "spec": spec, "arch_signature": final.spec.signature()}, indent=2))
+            {"model": self.config.model, "spec": spec, "arch_signature": spec_.signature()}, indent=2))
         export_onnx(model, self.input_shape, self.run_dir / "best_model.onnx")
-        if final.artifact_path:
-            dest = self.run_dir / "best_artifact"
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(final.artifact_path, dest)
+        dest = self.run_dir / "best_artifact"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(artifact_path, dest)
 
 
 def load_best_model(run_dir: Path | str) -> tuple[torch.nn.Module, ArchSpec]:

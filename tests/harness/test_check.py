@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 from devices.base import Device, MeasureConfig, MeasureResult
 from devices.local import LocalDevice
 from harness.pipeline import Pipeline
+from harness.pruning import ArchSpec
 from harness.compile.check import OUTPUT_ATOL, OUTPUT_RTOL, check_device_output, check_measurement, device_input
 from harness.compile.export import export_onnx
 from harness.compile.targets import resolve_target
@@ -111,6 +112,19 @@ class CorruptingDevice(Device):
             r = MeasureResult(value=dataclasses.replace(r.value, output_head=tuple(head)))
         return r
 
+    def measure_interleaved(self, artifact_dirs, config):
+        """The same corruption on the candidate (the second artifact) of an interleaved session."""
+        from devices.interleaved import InterleavedResult
+
+        r = self.inner.measure_interleaved(artifact_dirs, config)
+        if r.ok:
+            arts = list(r.value.artifacts)
+            head = list(arts[1].output_head)
+            head[3] += 1.0 + abs(head[3])
+            arts[1] = dataclasses.replace(arts[1], output_head=tuple(head))
+            r = InterleavedResult(value=dataclasses.replace(r.value, artifacts=tuple(arts)))
+        return r
+
     def _close(self) -> None:
         self.inner.close()
 
@@ -134,13 +148,23 @@ def test_search_candidate_with_wrong_output_fails_and_is_never_cached(evaluator_
         check = json.loads(row["metadata_json"])["output_check"]
         assert check["compared"] == 10 and 0 <= check["max_abs_diff"] <= check["bound"]
 
-        # the final rounds re-measure the same artifact: checked too, on TVM and on ONNX Runtime
+        # a pruned candidate is timed interleaved with the unpruned reference: both outputs are checked
+        pruned = ArchSpec(tuple(max(1, c // 2) for c in spec.channels))
         good = _evaluator(evaluator_parts, local, store, "r")
-        assert good.remeasure(right) > 0 and good.remeasure(right, backend="onnxruntime") > 0
+        assert good.set_reference(spec) is None
+        ok = good.evaluate(pruned)
+        assert ok.ok and ok.latency_ratio > 0 and ok.ratio_ci[0] <= ok.latency_ratio <= ok.ratio_ci[1]
+        assert store.query("SELECT COUNT(*) AS n FROM latency_ratios")[0]["n"] == 1
         bad = _evaluator(evaluator_parts, CorruptingDevice(local), store, "w")
-        assert bad.remeasure(right) is None and bad.remeasure(right, backend="onnxruntime") is None
-        rows = store.query("SELECT backend FROM measurements ORDER BY id")
-        assert [r["backend"] for r in rows] == ["tvm", "tvm", "onnxruntime"]  # nothing stored for the wrong ones
+        assert bad.set_reference(spec) is None
+        wrong = bad.evaluate(pruned, fresh=True)
+        assert wrong.error_kind == "wrong_output" and "ratio not used" in wrong.error_message
+        assert store.query("SELECT COUNT(*) AS n FROM latency_ratios")[0]["n"] == 1  # nothing stored for it
+        # the cached ratio is served to a pipeline of the same identity, against the same reference only
+        again = _evaluator(evaluator_parts, local, store, "r")
+        assert again.set_reference(spec) is None
+        hit = again.evaluate(pruned)
+        assert hit.latency_cache_hit and hit.latency_ratio == ok.latency_ratio
     finally:
         local.close()
         store.close()
