@@ -106,7 +106,7 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
     ref = summary.get("reference")
     print(f"bench run {summary['run_id']} (suite {summary['suite']}): {summary['ok']} ok, {summary['failed']} failed, "
           f"{len(summary['skipped'])} skipped, {summary['wall_s']:.0f} s -> {summary['db']}"
-          + (f"; {summary['ratios']} ratio(s) to the reference {ref} (measured interleaved)" if ref else ""))
+          + (f"; {summary['ratios']} ratio(s) to the reference {ref} (timed interleaved, same device)" if ref else ""))
     for r in summary["results"]:
         if r["status"] == "ok":
             ratio = ""
