@@ -258,3 +258,20 @@ def test_a_suite_with_a_reference_stores_ratios_measured_interleaved(tmp_path, c
     assert "<th>ratio to ref.</th>" in index and f"<td>{got['big']['latency_ratio']:.4f}</td>" in index
     assert any("history__big__local" in p for p in rep["plots"])
     assert (out_dir / "data" / "latency_ratios.csv").read_text().count("\n") == 1 + 2
+
+    # the reference's ONNX file gone: it fails, the others are still measured (cache hits), each says why it has
+    # no ratio, and compare falls back to the absolute rule for them
+    (models / "ref.onnx").unlink()
+    second = _bench(capsys, suite, db, cache, expect=1, extra=("--ratio-max-pairs", "16"))
+    got = {r["benchmark"]: r for r in second["results"]}
+    assert got["ref"]["status"] == "failed" and got["ref"]["error_kind"] == "onnx_missing"
+    for name in ("twin", "big"):
+        assert got[name]["status"] == "ok" and got[name]["latency_ratio"] is None
+        assert got[name]["ratio_error"].startswith("reference_unavailable: onnx_missing: ONNX file")
+    code = main(["bench", "compare", "--db", str(db), "--json"])
+    verdicts = {c["benchmark"]: c for c in json.loads(capsys.readouterr().out)["comparisons"]}
+    assert code in (0, 1) and verdicts["ref"]["verdict"] == "failed"
+    for name in ("twin", "big"):
+        v = verdicts[name]
+        assert v["ratio"]["status"] == "missing" and v["ratio"]["error"].startswith("reference_unavailable")
+        assert v["verdict"] == v["status"] and v["reference_status"] is None  # the absolute rule, as without one

@@ -127,13 +127,13 @@ def test_a_suite_names_its_reference_model(tmp_path):
     (REF_SUITE.format(ref="nope"),
      "s.toml: [suite]: reference: 'nope' is not a benchmark of this suite; name one of: big, ref-net"),
     (REF_SUITE.replace('[suite]\nreference = "{ref}"\n', 'reference = "ref-net"\n'),
-     "s.toml: unknown top-level key 'reference'; expected [[benchmark]] tables and an optional [suite]; "
-     "write it under [suite]: reference = \"NAME\""),
+     ("s.toml: unknown top-level key 'reference'; expected [[benchmark]] tables and an optional [suite]; "
+      "write it under [suite]: reference = \"NAME\"")),
     (REF_SUITE.replace('"{ref}"', "3"),
      "s.toml: [suite]: reference: must be the name of one of the suite's benchmarks, got 3"),
     ('[suite]\nreference = "only"\n[[benchmark]]\nname = "only"\nmodel = "resnet20"\ninput_shape = [1, 1, 16, 16]\n',
-     "s.toml: [suite]: reference: 'only' is the suite's only benchmark; a reference needs other benchmarks to "
-     "compare (add one, or drop the reference)"),
+     ("s.toml: [suite]: reference: 'only' is the suite's only benchmark; a reference needs other benchmarks to "
+      "compare (add one, or drop the reference)")),
 ])
 def test_a_bad_reference_is_one_line(tmp_path, text, line):
     f = tmp_path / "s.toml"
