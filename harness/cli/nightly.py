@@ -1,7 +1,7 @@
 """Nightly benchmark commands (issue 6): ``bench --suite``, ``bench compare`` and ``report``.
 
     hilprune bench --suite FILE [--device D ...] [--inventory FILE] [--db PATH] [--json]
-                   [--tune-trials N] [--backend B] [--repeat N] [--threads N] [--cache-dir DIR]
+                   [--tune-trials N] [--backend B] [--repeat N] [--threads N] [--cache-dir DIR] [--ratio-max-pairs N]
         -> one line per (benchmark, target, device) or ONE JSON object (the run's summary);
            every benchmark runs; exit 1 when any of them failed (each failure is stored with its
            kind and reason), 0 when all succeeded, 2 on a bad suite file or device
