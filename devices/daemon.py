@@ -417,6 +417,26 @@ def _field(req: dict, name: str):
     return val
 
 
+def _first_call_and_warmup(loaded: Loaded, warmup: int) -> tuple:
+    """Run once untimed-in-stats (the output to check and the first call's ms), then ``warmup`` calls.
+
+    Returns:
+        (output as a C-contiguous numpy array, first call in ms, per-call warm-up ms list).
+    """
+    t0 = time.perf_counter_ns()
+    out = loaded.call()
+    loaded.sync()
+    first_call_ms = (time.perf_counter_ns() - t0) / 1e6
+    out_np = np.ascontiguousarray(out.numpy() if hasattr(out, "numpy") else np.asarray(out))
+    warmup_ms = []
+    for _ in range(warmup):
+        t0 = time.perf_counter_ns()
+        loaded.call()
+        loaded.sync()
+        warmup_ms.append((time.perf_counter_ns() - t0) / 1e6)
+    return out_np, first_call_ms, warmup_ms
+
+
 class Daemon:
     """One session: dispatches requests and caches loaded artifacts."""
 
@@ -481,17 +501,7 @@ class Daemon:
 
         state_before = device_state()
         try:
-            t0 = time.perf_counter_ns()
-            out = loaded.call()
-            loaded.sync()
-            first_call_ms = (time.perf_counter_ns() - t0) / 1e6
-            out_np = np.ascontiguousarray(out.numpy() if hasattr(out, "numpy") else np.asarray(out))
-            warmup_ms = []
-            for _ in range(warmup):
-                t0 = time.perf_counter_ns()
-                loaded.call()
-                loaded.sync()
-                warmup_ms.append((time.perf_counter_ns() - t0) / 1e6)
+            out_np, first_call_ms, warmup_ms = _first_call_and_warmup(loaded, warmup)
             if number == 0:
                 number = self._calibrate(loaded, min_repeat_ms)
             latency_ms = []
@@ -612,17 +622,7 @@ class Daemon:
         per = []
         try:
             for loaded, number in zip(loaded_all, numbers):  # each warmed up apart, then calibrated
-                t0 = time.perf_counter_ns()
-                out = loaded.call()
-                loaded.sync()
-                first_call_ms = (time.perf_counter_ns() - t0) / 1e6
-                out_np = np.ascontiguousarray(out.numpy() if hasattr(out, "numpy") else np.asarray(out))
-                warmup_ms = []
-                for _ in range(warmup):
-                    t0 = time.perf_counter_ns()
-                    loaded.call()
-                    loaded.sync()
-                    warmup_ms.append((time.perf_counter_ns() - t0) / 1e6)
+                out_np, first_call_ms, warmup_ms = _first_call_and_warmup(loaded, warmup)
                 if number == 0:
                     number = self._calibrate(loaded, min_repeat_ms)
                 per.append({"out": out_np, "first_call_ms": first_call_ms, "warmup_ms": warmup_ms,

@@ -18,7 +18,10 @@ Tables:
                   metadata (git commit, hilprune/TVM/Python versions,
                   device hello and state), summary
     bench_results one row per (bench run, benchmark, target, device): status
-                  ``ok`` (with its measurement) or ``failed`` (kind, reason)
+                  ``ok`` (with its measurement) or ``failed`` (kind, reason);
+                  in a suite with a reference model, the ratio to it
+                  measured interleaved in the same run (schema 4 columns
+                  :data:`BENCH_RATIO_COLUMNS`)
 
 Schema history: 1 = runs, measurements, candidates; 2 = + bench_runs,
 bench_results (a version-1 file is migrated in place when opened: the new
@@ -192,6 +195,12 @@ CREATE TABLE IF NOT EXISTS bench_results (
     error_kind TEXT,
     error_message TEXT,
     measurement_id INTEGER REFERENCES measurements(id),
+    reference_benchmark TEXT,          -- schema 4: the suite's reference benchmark (NULL: the suite has none)
+    ratio_id INTEGER REFERENCES latency_ratios(id),  -- this benchmark timed interleaved with the reference
+    latency_ratio REAL,                -- its median ratio benchmark / reference (dimensionless)
+    latency_ratio_ci_low REAL,         -- bootstrap interval of that median (latency_ratios.confidence)
+    latency_ratio_ci_high REAL,
+    ratio_error TEXT,                  -- "<kind>: <reason>" when an ok result got no ratio
     CHECK ((status = 'ok') = (measurement_id IS NOT NULL))
 );
 CREATE INDEX IF NOT EXISTS bench_results_key
@@ -228,6 +237,13 @@ def _add_columns(c: sqlite3.Connection, table: str, columns: dict[str, str]) -> 
     for name, kind in columns.items():
         if name not in have:
             c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
+#: Columns of ``bench_results`` for the ratio to the suite's reference model (issue 12; schema 4, unreleased when
+#: they came: added in place to any file that lacks them, like ``candidates``' ratio columns).
+BENCH_RATIO_COLUMNS = {"reference_benchmark": "TEXT", "ratio_id": "INTEGER REFERENCES latency_ratios(id)",
+                       "latency_ratio": "REAL", "latency_ratio_ci_low": "REAL", "latency_ratio_ci_high": "REAL",
+                       "ratio_error": "TEXT"}
 
 
 class StoreError(RuntimeError):
@@ -370,11 +386,11 @@ class ResultsStore:
                                                        "latency_ratio_ci_high": "REAL",
                                                        "ratio_id": "INTEGER REFERENCES latency_ratios(id)"})
                     c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+                # schema 4 was not released when the bench ratio columns came: files of any version up to 4
+                # (from v2, when bench_results came, to early v4 files) get them; idempotent
+                _add_columns(c, "bench_results", BENCH_RATIO_COLUMNS)
                 for table in ("runs", "bench_runs"):  # schema 5: who runs it (host, pid, process start)
-                    have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
-                    for col, typ in (("owner_host", "TEXT"), ("owner_pid", "INTEGER"), ("owner_start", "REAL")):
-                        if col not in have:
-                            c.execute(f"ALTER TABLE {table} ADD COLUMN {col} {typ}")
+                    _add_columns(c, table, {"owner_host": "TEXT", "owner_pid": "INTEGER", "owner_start": "REAL"})
             self._conn.execute("PRAGMA foreign_keys=ON")  # after a migration's table rebuild
             self.reap_interrupted()
         except StoreError:
@@ -752,20 +768,34 @@ class ResultsStore:
 
     def add_bench_result(self, run_id: str, *, benchmark: str, device: str, target: str, backend: str,
                          tuning_key: str, source: str, status: str, measurement_id: int | None = None,
-                         error_kind: str | None = None, error_message: str | None = None) -> int:
+                         error_kind: str | None = None, error_message: str | None = None,
+                         reference_benchmark: str | None = None, ratio_id: int | None = None,
+                         latency_ratio: float | None = None, ratio_ci: tuple[float, float] | None = None,
+                         ratio_error: str | None = None) -> int:
         """Store one (benchmark, target, device) outcome of a bench run; returns its id.
 
         Args:
             status: ``ok`` (``measurement_id`` required) or ``failed`` (``error_kind`` and
                 ``error_message`` say why; no measurement).
             source: ``measured`` or ``simulated`` (what the device is / produced).
+            reference_benchmark: the suite's reference benchmark, None when the suite has none.
+            ratio_id: the ``latency_ratios`` row of this benchmark timed interleaved with the reference
+                (same run, target and device; ``latency_ratios.reference_p50_ms`` is the reference's p50
+                of that session).
+            latency_ratio: its median ratio benchmark / reference (dimensionless).
+            ratio_ci: (low, high) bootstrap interval of that median.
+            ratio_error: ``"<kind>: <reason>"`` when an ok result has a reference but got no ratio.
         """
+        lo, hi = ratio_ci if ratio_ci is not None else (None, None)
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO bench_results (run_id, created_at, benchmark, device, target, backend, tuning_key, "
-                "source, status, error_kind, error_message, measurement_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "source, status, error_kind, error_message, measurement_id, reference_benchmark, ratio_id, "
+                "latency_ratio, latency_ratio_ci_low, latency_ratio_ci_high, ratio_error) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, time.time(), benchmark, device, target, backend, tuning_key, source, status,
-                 error_kind, error_message, measurement_id),
+                 error_kind, error_message, measurement_id, reference_benchmark, ratio_id, latency_ratio, lo, hi,
+                 ratio_error),
             )
             return int(cur.lastrowid)
 
@@ -787,12 +817,16 @@ class ResultsStore:
 
         Each row: the ``bench_results`` columns, ``run_created_at``, ``run_status`` and
         ``latency_p50_ms``, ``latency_p90_ms``, ``latency_mean_ms``, ``latency_min_ms``,
-        ``latency_cov``, ``n``, ``unstable``, ``onnx_sha256``, ``artifact_sha256`` (None when failed).
+        ``latency_cov``, ``n``, ``unstable``, ``onnx_sha256``, ``artifact_sha256`` (None when failed);
+        with a ratio to the reference also ``ratio_confidence``, ``ratio_pairs``, and the two absolute
+        p50s of the interleaved session, ``ratio_latency_p50_ms`` and ``ratio_reference_p50_ms`` (ms).
         """
         sql = ("SELECT r.*, b.created_at AS run_created_at, b.status AS run_status, m.latency_p50_ms, "
                "m.latency_p90_ms, m.latency_mean_ms, m.latency_min_ms, m.latency_cov, m.n, m.unstable, "
-               "m.onnx_sha256, m.artifact_sha256 FROM bench_results r JOIN bench_runs b ON b.run_id = r.run_id "
-               "LEFT JOIN measurements m ON m.id = r.measurement_id")
+               "m.onnx_sha256, m.artifact_sha256, q.confidence AS ratio_confidence, q.pairs AS ratio_pairs, "
+               "q.latency_p50_ms AS ratio_latency_p50_ms, q.reference_p50_ms AS ratio_reference_p50_ms "
+               "FROM bench_results r JOIN bench_runs b ON b.run_id = r.run_id "
+               "LEFT JOIN measurements m ON m.id = r.measurement_id LEFT JOIN latency_ratios q ON q.id = r.ratio_id")
         params: tuple = ()
         if run_id is not None:
             sql += " WHERE r.run_id = ?"

@@ -11,7 +11,11 @@ The report has: the latest nightly suite run's comparison (:mod:`harness.nightly
 with regressions first; per history key (benchmark, device, target, backend,
 tuning, source) the p50 latency of every suite run as a line with the p50–p90
 band shaded, regressions marked with red triangles and improvements with green
-ones, failed runs as grey crosses on the time axis. Both cover suite runs
+ones, failed runs as grey crosses on the time axis; in a suite with a reference
+model, a second panel beside it holds the history of the benchmark's ratio to
+the reference (median and bootstrap interval per run, measured interleaved in
+that run; flags by the ratio rule), and the table gives each result's verdict
+(``machine_night``, ``model_regression``, ... — :mod:`harness.nightly.regress`). Both cover suite runs
 (``hilprune bench --suite``, the ``bench_runs`` table) only; single-model
 ``hilprune bench`` measurements (``measurements`` rows whose metadata command is
 ``bench``) have no history key to judge against and are listed in a table of
@@ -35,7 +39,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from harness.nightly.regress import CompareRule, Comparison, compare_all, history_key, metadata_changes
+from harness.nightly.regress import (EXIT_VERDICTS, CompareRule, Comparison, compare_all, history_key,
+                                     metadata_changes)
 from harness.search import pareto as search_pareto
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ def export_tables(store, out_dir: Path) -> dict[str, list[str]]:
         "bench_results": store.bench_results(),
         "bench_runs": store.query("SELECT * FROM bench_runs ORDER BY created_at"),
         "measurements": store.query("SELECT * FROM measurements ORDER BY id"),
+        "latency_ratios": store.query("SELECT * FROM latency_ratios ORDER BY id"),
         "runs": store.query("SELECT * FROM runs ORDER BY created_at"),
         "candidates": store.query("SELECT * FROM candidates ORDER BY run_id, episode, step"),
     }
@@ -98,7 +104,26 @@ def _history_plot(key: tuple, rows: list[dict], verdicts: dict[int, Comparison],
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] != "ok"]
     when = lambda r: dt.datetime.fromtimestamp(r["run_created_at"], tz=dt.timezone.utc)  # noqa: E731
-    fig, ax = plt.subplots(figsize=(7.5, 3.2), dpi=100)
+    with_ratio = [r for r in ok if r.get("latency_ratio") is not None]
+    if with_ratio:
+        fig, (ax, rax) = plt.subplots(1, 2, figsize=(11, 3.2), dpi=100, width_ratios=(3, 2))
+        x = [when(r) for r in with_ratio]
+        med = [r["latency_ratio"] for r in with_ratio]
+        lo = [m - r["latency_ratio_ci_low"] for m, r in zip(med, with_ratio)]
+        hi = [r["latency_ratio_ci_high"] - m for m, r in zip(med, with_ratio)]
+        rax.errorbar(x, med, yerr=[lo, hi], fmt="o-", color="tab:purple", ms=3, lw=1.2, capsize=2,
+                     label="ratio (interval)")
+        for status, marker, color in (("regression", "^", "tab:red"), ("improvement", "v", "tab:green")):
+            pts = [(when(r), r["latency_ratio"]) for r in with_ratio if verdicts.get(r["id"]) and
+                   verdicts[r["id"]].ratio is not None and verdicts[r["id"]].ratio.status == status]
+            if pts:
+                rax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=color, ms=9, label=status)
+        rax.set_title(f"ratio to the reference {with_ratio[-1]['reference_benchmark']}", fontsize=10)
+        rax.set_ylabel("latency ratio (interleaved)")
+        rax.grid(alpha=0.3)
+        rax.legend(fontsize=7, loc="lower right")
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 3.2), dpi=100)
     if ok:
         x = [when(r) for r in ok]
         p50 = [r["latency_p50_ms"] for r in ok]
@@ -230,7 +255,8 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
              f"Regression rule: band = max({rule.threshold:g}, {rule.k:g} × noise), "
              f"baseline = median p50 of the last {rule.baseline_runs} runs (see harness/nightly/regress.py).</p>"]
     plots: list[str] = []
-    regressions = [v for v in latest_verdicts if v.status == "regression"]
+    regressions = [v for v in latest_verdicts if v.verdict in EXIT_VERDICTS]
+    has_ratio = any(v.ratio is not None for v in latest_verdicts)
     if latest:
         parts.append(f"<h2>Latest nightly suite run {html.escape(str(latest))}</h2>")
         meta = bench_runs[-1]["metadata"]
@@ -245,18 +271,34 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
             if changed:
                 parts.append("<p>Changed since the previous run: " + html.escape(
                     "; ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())) + "</p>")
-        parts.append("<table><tr><th>status</th><th>benchmark</th><th>device</th><th>target</th><th>backend</th>"
-                     "<th>p50 ms</th><th>baseline ms</th><th>Δ</th><th>band</th><th>history</th><th>note</th></tr>")
-        rank = {"regression": 0, "failed": 1, "improvement": 2, "new": 3, "ok": 4}
-        for v in sorted(latest_verdicts, key=lambda v: (rank[v.status], v.benchmark, v.device)):
+        ratio_head = ("<th>ratio to ref.</th><th>ratio interval</th><th>ratio baseline</th><th>ratio Δ</th>"
+                      "<th>ratio band</th><th>ref. p50 Δ</th>") if has_ratio else ""
+        parts.append("<table><tr><th>verdict</th><th>benchmark</th><th>device</th><th>target</th><th>backend</th>"
+                     "<th>p50 ms</th><th>baseline ms</th><th>Δ</th><th>band</th><th>history</th>"
+                     f"{ratio_head}<th>note</th></tr>")
+        rank = {"model_regression": 0, "both": 0, "regression": 0, "failed": 1, "machine_night": 2,
+                "absolute_only": 2, "improvement": 3, "new": 4, "ok": 5, "reference": 6}
+        for v in sorted(latest_verdicts, key=lambda v: (rank.get(v.verdict, 5), v.benchmark, v.device)):
             note = v.error or ("unstable" if v.unstable else "")
+            ratio_cells = ""
+            if has_ratio:
+                r = v.ratio
+                if r is not None and r.error:
+                    note = (note + "; " if note else "") + f"no ratio: {r.error}"
+                interval = f"[{r.ci_low:.4f}, {r.ci_high:.4f}]" if r is not None and r.ci_low is not None else None
+                ratio_cells = "".join(f"<td>{c}</td>" for c in (
+                    _fmt(r.latency_ratio if r else None, '.4f'), _fmt(interval), _fmt(r.baseline_ratio if r else None,
+                                                                                       '.4f'),
+                    _fmt(r.delta if r else None, '+.1%'), _fmt(r.band if r else None, '.1%'),
+                    _fmt(v.reference_delta, '+.1%')))
+            css = "regression" if v.verdict in EXIT_VERDICTS else v.status
             parts.append(
-                f"<tr class='{v.status}'><td class='l'>{v.status.upper() if v.status == 'regression' else v.status}"
+                f"<tr class='{css}'><td class='l'>{v.verdict.upper() if v.verdict in EXIT_VERDICTS else v.verdict}"
                 f"</td><td class='l'>{html.escape(v.benchmark)}</td><td class='l'>{html.escape(v.device)}</td>"
                 f"<td class='l'>{html.escape(v.target)}</td><td class='l'>{html.escape(v.backend)}</td>"
                 f"<td>{_fmt(v.latency_p50_ms, '.4f')}</td><td>{_fmt(v.baseline_p50_ms, '.4f')}</td>"
                 f"<td>{_fmt(v.delta, '+.1%')}</td><td>{_fmt(v.band, '.1%')}</td><td>{v.history_n}</td>"
-                f"<td class='l'>{html.escape(note or '')}</td></tr>")
+                f"{ratio_cells}<td class='l'>{html.escape(note or '')}</td></tr>")
         parts.append("</table>")
     else:
         parts.append("<h2>Nightly suite runs</h2><p>No nightly suite runs in this store "

@@ -15,6 +15,18 @@ benchmark of the suite (:mod:`harness.nightly.suite`), in file order:
    output checked and stored. Pairs that cannot run are listed as ``skipped``
    in the summary, not stored.
 
+3. with a suite reference (``[suite] reference``, issue 12): the reference
+   runs first; then every other benchmark that measured ok on a (target,
+   device) is also timed *interleaved* with the reference on that device in
+   one session (:meth:`harness.pipeline.Pipeline.measure_ratio`; a farm runs
+   the pair on one board), the reference compiled by the benchmark's own
+   pipeline (same target, backend and tuning; a cache hit when the settings
+   are the reference's own). The ratio benchmark / reference (median, bootstrap
+   interval) is stored in ``latency_ratios`` and on the bench result; a ratio
+   that could not be measured leaves the absolute result ``ok`` and says why
+   in ``ratio_error`` (``reference_unavailable``, ``reference_compile_failed:<kind>``,
+   ``ratio_failed:<kind>``, ``wrong_output``).
+
 Every outcome is a row of ``bench_results``: ``ok`` with its measurement
 (raw latencies, statistics, device state) or ``failed`` with a kind and the
 reason (``onnx_missing``, ``source_failed``, ``compile_failed:<kind>``,
@@ -63,6 +75,10 @@ class SuiteOptions:
             ``min_repeat_ms`` in ms, ``timeout_s`` in s.
         threads: CPU threads for tuning and measuring, None = all.
         cache_dir: artifacts and tuning databases.
+        ratio_max_pairs: cap of interleaved rounds of a ratio to the reference
+            (``devices.interleaved.InterleavedConfig.max_pairs``).
+        ratio_rel_width: a ratio stops early once its bootstrap interval lies inside
+            median × (1 ± ratio_rel_width) (``InterleavedConfig.rel_width``; 0.01 = ± 1 %).
     """
 
     devices: tuple[str, ...] | None = None
@@ -75,6 +91,8 @@ class SuiteOptions:
     timeout_s: float = 600.0
     threads: int | None = None
     cache_dir: Path = Path("results/cache")
+    ratio_max_pairs: int = 64
+    ratio_rel_width: float = 0.01
 
 
 class _Fail(Exception):
@@ -254,15 +272,19 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
         run_id: default ``bench-<suite>-<UTC time>-<4 hex>``.
 
     Returns:
-        ``{"run_id", "suite", "db", "ok", "failed", "skipped", "results": [...], "wall_s"}``;
-        each result has benchmark, target, device, backend, source, status, latency_p50_ms, latency_cov,
-        n, error_kind, error_message, measurement_id, compile_cache_hit.
+        ``{"run_id", "suite", "db", "reference", "ok", "failed", "skipped", "ratios", "results": [...],
+        "wall_s"}``; each result has benchmark, target, device, backend, source, status, latency_p50_ms,
+        latency_cov, n, error_kind, error_message, measurement_id, compile_cache_hit, and with a reference
+        latency_ratio, ratio_ci_low, ratio_ci_high, ratio_pairs, ratio_id, ratio_error and the session's
+        two absolute p50s ratio_latency_p50_ms, ratio_reference_p50_ms (ms). ``ratios``: how many
+        results got a ratio.
 
     Raises:
         ValueError: an unknown device name or a bad inventory, before anything is measured.
         KeyboardInterrupt: after marking the run ``interrupted`` (results so far are kept).
     """
     from devices.base import DeviceUnavailable, MeasureConfig
+    from devices.interleaved import InterleavedConfig
     from devices.registry import make_device
     from harness.compile.targets import resolve_target
     from harness.compile.tuning import TuningConfig
@@ -286,30 +308,67 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
                            metadata=metadata)
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    reference = suite.reference
+    # the reference first: its ONNX file is then at hand when the others are timed against it
+    order = sorted(suite.benchmarks, key=lambda b: b.name != reference) if reference else list(suite.benchmarks)
+    ref_source: dict[str, Any] = {}  # "onnx": its ONNX path, "key": its StoreKey, or "error": why none
+    if reference:
+        metadata["reference"] = {"benchmark": reference}
 
     def record(bench: Benchmark, target_name: str, device: str, backend: str, tuning_key: str, *,
-               result=None, fail: _Fail | None = None, cache_hit: bool | None = None) -> None:
+               result=None, fail: _Fail | None = None, cache_hit: bool | None = None, ratio=None,
+               ratio_error: str | None = None) -> None:
         row: dict[str, Any] = dict(benchmark=bench.name, target=target_name, device=device, backend=backend,
                                    status="failed" if fail else "ok", latency_p50_ms=None, latency_p90_ms=None,
                                    latency_cov=None, n=None, unstable=None, error_kind=None, error_message=None,
-                                   measurement_id=None, compile_cache_hit=cache_hit, source=_source_of(device))
+                                   measurement_id=None, compile_cache_hit=cache_hit, source=_source_of(device),
+                                   reference=reference, latency_ratio=None, ratio_ci_low=None, ratio_ci_high=None,
+                                   ratio_pairs=None, ratio_id=None, ratio_error=ratio_error,
+                                   ratio_latency_p50_ms=None, ratio_reference_p50_ms=None)
         if fail is not None:
             row.update(error_kind=fail.kind, error_message=fail.message)
             store.add_bench_result(run_id, benchmark=bench.name, device=device, target=target_name,
                                    backend=backend, tuning_key=tuning_key, source=_source_of(device),
-                                   status="failed", error_kind=fail.kind, error_message=fail.message)
+                                   status="failed", error_kind=fail.kind, error_message=fail.message,
+                                   reference_benchmark=reference)
             logger.warning("%s on %s (%s): FAILED %s: %s", bench.name, device, target_name, fail.kind, fail.message)
         else:
             m, st, mid = result.measurement, result.measurement.stats, result.measurement_id
+            est = ratio.ratio if ratio is not None else None
             store.add_bench_result(run_id, benchmark=bench.name, device=device, target=target_name,
                                    backend=m.backend, tuning_key=tuning_key, source=m.source, status="ok",
-                                   measurement_id=mid)
+                                   measurement_id=mid, reference_benchmark=reference,
+                                   ratio_id=ratio.ratio_id if ratio is not None else None,
+                                   latency_ratio=est.median if est is not None else None,
+                                   ratio_ci=(est.ci_low, est.ci_high) if est is not None else None,
+                                   ratio_error=ratio_error)
             row.update(latency_p50_ms=st.p50_ms, latency_p90_ms=st.p90_ms, latency_cov=st.cov, n=st.n,
                        unstable=st.unstable, measurement_id=mid, source=m.source, output_check=result.output_check)
+            if est is not None:
+                row.update(latency_ratio=est.median, ratio_ci_low=est.ci_low, ratio_ci_high=est.ci_high,
+                           ratio_pairs=ratio.measurement.pairs if ratio.measurement is not None else None,
+                           ratio_id=ratio.ratio_id, ratio_latency_p50_ms=ratio.candidate_p50_ms,
+                           ratio_reference_p50_ms=ratio.reference_p50_ms)
             info = metadata["devices"].setdefault(device, {"hello": m.hello, "state_first": m.device_state_before})
             info["state_last"] = m.device_state_after
-            logger.info("%s on %s (%s): p50 %.4f ms, CoV %.3f", bench.name, device, target_name, st.p50_ms, st.cov)
+            logger.info("%s on %s (%s): p50 %.4f ms, CoV %.3f%s", bench.name, device, target_name, st.p50_ms, st.cov,
+                        f", ratio to {reference} {est.median:.4f} [{est.ci_low:.4f}, {est.ci_high:.4f}]"
+                        if est is not None else "")
         results.append(row)
+
+    def ratio_to_reference(pipeline, prepared, key):
+        """(RatioResult or None, ratio_error or None): ``prepared`` timed interleaved with the reference."""
+        if "onnx" not in ref_source:
+            return None, f"reference_unavailable: {ref_source.get('error', 'the reference has no ONNX file')}"
+        ref_prepared = pipeline.compile(ref_source["onnx"])
+        if isinstance(ref_prepared, PipelineError):
+            return None, f"reference_compile_failed:{ref_prepared.kind}: {ref_prepared.message}"[:500]
+        ratio = pipeline.measure_ratio(ref_prepared, prepared, key, ref_source["key"])
+        if ratio.error is not None:
+            kind = ratio.error.kind
+            kind = f"ratio_failed:{kind[len('measure_'):]}" if kind.startswith("measure_") else kind
+            return None, f"{kind}: {' '.join(ratio.error.message.split())}"[:500]
+        return ratio, None
 
     def one(bench: Benchmark) -> None:
         trials = bench.tune_trials if bench.tune_trials is not None else options.tune_trials
@@ -319,55 +378,75 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
         config = MeasureConfig(backend=backend, warmup=options.warmup, number=0, repeat=options.repeat,
                                min_repeat_ms=options.min_repeat_ms, timeout_s=options.timeout_s,
                                num_threads=options.threads)
+        ratio_config = InterleavedConfig(backend=backend, warmup=options.warmup, num_threads=options.threads,
+                                         timeout_s=options.timeout_s, max_pairs=options.ratio_max_pairs,
+                                         min_pairs=min(8, options.ratio_max_pairs),
+                                         rel_width=options.ratio_rel_width)
         devices = options.devices or bench.devices
-        with tempfile.TemporaryDirectory(prefix="hilprune-suite-") as work:
-            try:
-                onnx_path, label, signature = _onnx_for(bench, Path(work))
-            except _Fail as fail:
-                for t in bench.targets:
-                    for d in devices:
-                        record(bench, resolve_target(t).name, d, backend, tuning_key, fail=fail)
-                return
-            key = StoreKey(label, signature, {"input_shape": list(bench.input_shape), "command": "bench --suite",
-                                              "bench_run_id": run_id, "benchmark": bench.name})
-            for target_name in bench.targets:
-                target = resolve_target(target_name)  # validated with the suite
+        is_reference = bench.name == reference
+        # the ONNX files live in the run's work folder: the reference's is needed by the others
+        try:
+            onnx_path, label, signature = _onnx_for(bench, work)
+        except _Fail as fail:
+            if is_reference:
+                ref_source["error"] = f"{fail.kind}: {fail.message}"
+            for t in bench.targets:
                 for d in devices:
-                    why = devs.skip_reason(target, d)
-                    if why:
-                        skipped.append({"benchmark": bench.name, "target": target.name, "device": d,
-                                        "reason": why})
-                        continue
-                    try:
-                        pipeline = Pipeline.for_device(devs.get(d, target), target, tuning, config,
-                                                       options.cache_dir, store)
-                    except (DeviceUnavailable, ValueError) as exc:  # unreachable, no board of this target, ...
-                        record(bench, target.name, d, backend, tuning_key,
-                               fail=_Fail("device_unavailable", str(exc)))
-                        continue
-                    prepared = pipeline.compile(onnx_path)
-                    if isinstance(prepared, PipelineError):
-                        record(bench, target.name, d, backend, pipeline.tuning_key,
-                               fail=_Fail(f"compile_failed:{prepared.kind}", prepared.message))
-                        continue
-                    result = pipeline.measure(prepared, key)
-                    if result.error is not None:
-                        kind = result.error.kind
-                        kind = f"measure_failed:{kind[len('measure_'):]}" if kind.startswith("measure_") else kind
-                        record(bench, target.name, d, backend, pipeline.tuning_key, cache_hit=prepared.cache_hit,
-                               fail=_Fail(kind, result.error.message))
-                        continue
-                    if not result.is_latency:  # an emulated board: stored, labelled, never in the history
-                        record(bench, target.name, d, backend, pipeline.tuning_key, cache_hit=prepared.cache_hit,
-                               fail=_Fail("not_a_latency", f"{d} gives {result.measurement.source} timings "
-                                                           f"(measurement {result.measurement_id}), not latencies"))
-                        continue
-                    record(bench, target.name, d, backend, pipeline.tuning_key, result=result,
-                           cache_hit=prepared.cache_hit)
+                    record(bench, resolve_target(t).name, d, backend, tuning_key, fail=fail)
+            return
+        key = StoreKey(label, signature, {"input_shape": list(bench.input_shape), "command": "bench --suite",
+                                          "bench_run_id": run_id, "benchmark": bench.name})
+        if is_reference:
+            from harness.compile.export import sha256_file
+
+            ref_source.update(onnx=onnx_path, key=key)
+            metadata["reference"]["onnx_sha256"] = sha256_file(onnx_path)
+        for target_name in bench.targets:
+            target = resolve_target(target_name)  # validated with the suite
+            for d in devices:
+                why = devs.skip_reason(target, d)
+                if why:
+                    skipped.append({"benchmark": bench.name, "target": target.name, "device": d,
+                                    "reason": why})
+                    continue
+                try:
+                    pipeline = Pipeline.for_device(devs.get(d, target), target, tuning, config,
+                                                   options.cache_dir, store, ratio_config=ratio_config)
+                except (DeviceUnavailable, ValueError) as exc:  # unreachable, no board of this target, ...
+                    record(bench, target.name, d, backend, tuning_key,
+                           fail=_Fail("device_unavailable", str(exc)))
+                    continue
+                prepared = pipeline.compile(onnx_path)
+                if isinstance(prepared, PipelineError):
+                    record(bench, target.name, d, backend, pipeline.tuning_key,
+                           fail=_Fail(f"compile_failed:{prepared.kind}", prepared.message))
+                    continue
+                result = pipeline.measure(prepared, key)
+                if result.error is not None:
+                    kind = result.error.kind
+                    kind = f"measure_failed:{kind[len('measure_'):]}" if kind.startswith("measure_") else kind
+                    record(bench, target.name, d, backend, pipeline.tuning_key, cache_hit=prepared.cache_hit,
+                           fail=_Fail(kind, result.error.message))
+                    continue
+                if not result.is_latency:  # an emulated board: stored, labelled, never in the history
+                    record(bench, target.name, d, backend, pipeline.tuning_key, cache_hit=prepared.cache_hit,
+                           fail=_Fail("not_a_latency", f"{d} gives {result.measurement.source} timings "
+                                                       f"(measurement {result.measurement_id}), not latencies"))
+                    continue
+                ratio = ratio_error = None
+                if reference and not is_reference:
+                    ratio, ratio_error = ratio_to_reference(pipeline, prepared, key)
+                    if ratio_error:
+                        logger.warning("%s on %s (%s): no ratio to the reference %s: %s", bench.name, d,
+                                       target.name, reference, ratio_error)
+                record(bench, target.name, d, backend, pipeline.tuning_key, result=result,
+                       cache_hit=prepared.cache_hit, ratio=ratio, ratio_error=ratio_error)
 
     status = "interrupted"
+    work_dir = tempfile.TemporaryDirectory(prefix="hilprune-suite-")
+    work = Path(work_dir.name)
     try:
-        for bench in suite.benchmarks:
+        for bench in order:
             before = len(results)
             try:
                 one(bench)
@@ -385,8 +464,10 @@ def run_suite(suite: Suite, store_path: str | Path, options: SuiteOptions = Suit
         status = "finished"
     finally:
         devs.close()
+        work_dir.cleanup()
         summary = {
             "run_id": run_id, "suite": suite.name, "suite_path": str(suite.path), "db": str(store_path),
+            "reference": reference, "ratios": sum(r["latency_ratio"] is not None for r in results),
             "status": status, "ok": sum(r["status"] == "ok" for r in results),
             "failed": sum(r["status"] == "failed" for r in results), "skipped": skipped, "results": results,
             "wall_s": round(time.perf_counter() - t_start, 3),

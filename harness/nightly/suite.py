@@ -5,6 +5,7 @@ never silently ignored)::
 
     [suite]                          # optional
     name = "nightly"                 # default: the file's stem
+    reference = "ref-resnet20-16"    # optional: the suite's reference model, one of its benchmarks (below)
 
     [[benchmark]]
     name = "resnet20-28"             # required, unique, [A-Za-z0-9._-]+
@@ -16,6 +17,13 @@ never silently ignored)::
     seed = 0                         # seed of a zoo model's random weights (default 0)
     tune_trials = 0                  # MetaSchedule trials per task; default: bench's --tune-trials
     backend = "tvm"                  # or "onnxruntime"; default: bench's --backend
+
+The reference (issue 12): every other benchmark that measured ok on a
+(target, device) is also timed *interleaved* with the reference on that same
+(target, device) in one device session (``Pipeline.measure_ratio``), and
+``bench compare`` judges the ratio to the reference beside the absolute p50,
+so a slower machine night (every absolute p50 up, ratios flat) is told apart
+from a slower model (its ratio up). Pick a small model that never changes.
 
 A relative ``onnx`` path is relative to the suite file's folder. Whether the
 ONNX file exists is *not* checked here: a missing file is a failure of that
@@ -39,7 +47,7 @@ __all__ = ["Benchmark", "Suite", "SuiteError", "load_suite", "parse_suite"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BENCH_KEYS = {"name", "model", "onnx", "input_shape", "targets", "devices", "seed", "tune_trials", "backend"}
-_SUITE_KEYS = {"name"}
+_SUITE_KEYS = {"name", "reference"}
 _BACKENDS = ("tvm", "onnxruntime")
 
 
@@ -81,12 +89,17 @@ class Benchmark:
 
 @dataclass(frozen=True, slots=True)
 class Suite:
-    """A validated suite: its name, file, the sha256 of the file's bytes, and its benchmarks in file order."""
+    """A validated suite: its name, file, the sha256 of the file's bytes, and its benchmarks in file order.
+
+    Attributes:
+        reference: the name of the suite's reference benchmark (``[suite] reference``), or None.
+    """
 
     name: str
     path: Path
     sha256: str
     benchmarks: tuple[Benchmark, ...]
+    reference: str | None = None
 
 
 def _str_list(value: Any) -> list[str] | None:
@@ -113,9 +126,12 @@ def parse_suite(data: dict[str, Any], path: Path, sha256: str = "") -> Suite:
     where = path.name
     problems: list[str] = []
     for key in sorted(set(data) - {"benchmark", "suite"}):
-        problems.append(f"{where}: unknown top-level key {key!r}; expected [[benchmark]] tables and an optional [suite]")
+        hint = "; write it under [suite]: reference = \"NAME\"" if key == "reference" else ""
+        problems.append(f"{where}: unknown top-level key {key!r}; expected [[benchmark]] tables and an optional "
+                        f"[suite]{hint}")
     suite_table = data.get("suite", {})
     suite_name = path.stem
+    reference = None
     if not isinstance(suite_table, dict):
         problems.append(f"{where}: [suite] must be a table")
     else:
@@ -126,6 +142,12 @@ def parse_suite(data: dict[str, Any], path: Path, sha256: str = "") -> Suite:
                 suite_name = suite_table["name"]
             else:
                 problems.append(f"{where}: [suite]: name: must be a string of letters, digits, '.', '_', '-'")
+        if "reference" in suite_table:
+            reference = suite_table["reference"]
+            if not isinstance(reference, str) or not reference.strip():
+                problems.append(f"{where}: [suite]: reference: must be the name of one of the suite's benchmarks, "
+                                f"got {reference!r}")
+                reference = None
     raw = data.get("benchmark")
     if raw is None:
         problems.append(f"{where}: no [[benchmark]] tables; a suite needs at least one")
@@ -209,9 +231,15 @@ def parse_suite(data: dict[str, Any], path: Path, sha256: str = "") -> Suite:
             targets=tuple(dict.fromkeys(targets)), devices=tuple(dict.fromkeys(devices)), seed=seed,
             tune_trials=trials, backend=backend,
         ))
+    if reference is not None and reference not in seen:
+        problems.append(f"{where}: [suite]: reference: {reference!r} is not a benchmark of this suite; "
+                        f"name one of: {', '.join(sorted(seen)) or '(none)'}")
+    elif reference is not None and len(seen) == 1:
+        problems.append(f"{where}: [suite]: reference: {reference!r} is the suite's only benchmark; a reference "
+                        "needs other benchmarks to compare (add one, or drop the reference)")
     if problems:
         raise SuiteError(problems)
-    return Suite(name=suite_name, path=path, sha256=sha256, benchmarks=tuple(benchmarks))
+    return Suite(name=suite_name, path=path, sha256=sha256, benchmarks=tuple(benchmarks), reference=reference)
 
 
 def load_suite(path: str | Path) -> Suite:

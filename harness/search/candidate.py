@@ -283,14 +283,16 @@ class CandidateEvaluator:
         """What this evaluator's device gives: ``measured``, ``simulated`` or ``emulated`` (its identity)."""
         return self.pipeline.identity().split("|", 1)[0]
 
+    def _failed(self, spec, top1, macs, params, error: PipelineError) -> CandidateResult:
+        """A candidate whose latency could not be had (counted, logged, a value)."""
+        self.stats["failed"] += 1
+        log.warning("candidate %s failed: %s: %s", spec.signature(), error.kind, error.message)
+        return CandidateResult(spec, top1, macs, params, None, error_kind=error.kind, error_message=error.message)
+
     def _compile_and_measure_ratio(self, spec, pruned, top1, macs, params) -> CandidateResult:
         """Export, compile and time ``spec`` interleaved with the reference: its latency is a ratio."""
-        sig = spec.signature()
-
         def failed(error: PipelineError) -> CandidateResult:
-            self.stats["failed"] += 1
-            log.warning("candidate %s failed: %s: %s", sig, error.kind, error.message)
-            return CandidateResult(spec, top1, macs, params, None, error_kind=error.kind, error_message=error.message)
+            return self._failed(spec, top1, macs, params, error)
 
         prepared = self.prepare(spec, pruned)
         if isinstance(prepared, PipelineError):
@@ -313,12 +315,9 @@ class CandidateEvaluator:
             ratio_ci=(out.ratio.ci_low, out.ratio.ci_high), ratio_id=out.ratio_id)
 
     def _compile_and_measure(self, spec, pruned, top1, macs, params) -> CandidateResult:
-        sig = spec.signature()
-
+        """Export, compile and time ``spec`` alone (the unpruned model: its absolute latency)."""
         def failed(error: PipelineError) -> CandidateResult:
-            self.stats["failed"] += 1
-            log.warning("candidate %s failed: %s: %s", sig, error.kind, error.message)
-            return CandidateResult(spec, top1, macs, params, None, error_kind=error.kind, error_message=error.message)
+            return self._failed(spec, top1, macs, params, error)
 
         prepared = self.prepare(spec, pruned)
         if isinstance(prepared, PipelineError):

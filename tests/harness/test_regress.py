@@ -160,3 +160,159 @@ def test_a_latest_run_without_results_is_not_judged_as_an_older_one(history, cap
     store.finish_bench_run("night-10", "interrupted")
     assert main(["bench", "compare", "--db", str(db)]) == 0
     assert "night-10: no results" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the suite's reference model (issue 12): a fake history with ratios in a real store.
+# Reference "ref" (2 ms) and two benchmarks, "a" (10 ms, ratio 5.0) and "b" (3 ms, ratio 1.5), on local; every
+# night a 1 % machine jitter moves all three absolutes alike, each ratio carries 0.2 % noise and a ±0.5 %
+# bootstrap interval (what interleaved ratios give on this host: DESIGN.md §5).
+
+REF_MS = {"ref": 2.0, "a": 10.0, "b": 3.0}
+
+
+def _add_ratio_run(store: ResultsStore, rng: np.random.Generator, run_id: str, machine: float = 1.0,
+                   model: dict | None = None, session: dict | None = None, n: int = 20) -> None:
+    """One night: ``machine`` scales every absolute p50 (the reference's too), ``model`` = {bench: factor}
+    scales that benchmark's own latency, so its absolute p50 and its ratio to the reference; ``session`` =
+    {bench: factor} scales only that benchmark's absolute p50 (a noisy absolute session, ratio untouched)."""
+    store.create_bench_run(run_id, suite_name="nightly", suite_path="/x/nightly.toml", suite_sha256="0" * 64,
+                           metadata={"tvm_version": "0.27.0.post1", "reference": {"benchmark": "ref"}})
+    night = machine * (1 + 0.01 * rng.standard_normal())
+    for bench, base in REF_MS.items():
+        factor = (model or {}).get(bench, 1.0)
+        raw = base * factor * (session or {}).get(bench, 1.0) * night * (1 + 0.02 * rng.standard_normal(n))
+        st = LatencyStats.from_raw(raw.tolist())
+        mid = store.add_measurement(
+            model=bench, arch_signature="zoo", device="local", target="host", backend="tvm", tuning_key="untuned",
+            source="measured", stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms,
+                                          min=st.min_ms, max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
+            latency_raw_ms=raw.tolist(), device_identity="measured:test")
+        ratio_kw = {}
+        if bench != "ref":
+            ratio = base / REF_MS["ref"] * factor * (1 + 0.002 * rng.standard_normal())
+            lo, hi = ratio * 0.995, ratio * 1.005
+            rid = store.add_ratio(model=bench, arch_signature="zoo", reference_signature="zoo",
+                                  reference_sha256="f" * 64, device="local", target="host", backend="tvm",
+                                  tuning_key="untuned", source="measured", device_identity="measured:test",
+                                  ratio=ratio, ci_low=lo, ci_high=hi, confidence=0.95, pairs=16,
+                                  stop_reason="converged", round_ratios=[ratio] * 4,
+                                  latency_p50_ms=st.p50_ms, reference_p50_ms=st.p50_ms / ratio)
+            ratio_kw = dict(ratio_id=rid, latency_ratio=ratio, ratio_ci=(lo, hi))
+        store.add_bench_result(run_id, benchmark=bench, device="local", target="host", backend="tvm",
+                               tuning_key="untuned", source="measured", status="ok", measurement_id=mid,
+                               reference_benchmark="ref", **ratio_kw)
+    store.finish_bench_run(run_id, "finished")
+
+
+@pytest.fixture
+def ratio_history(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultsStore(db)
+    rng = np.random.default_rng(12)
+    for night in range(8):
+        _add_ratio_run(store, rng, f"night-{night:02d}")
+    yield db, store, rng
+    store.close()
+
+
+def _by_bench(verdicts):
+    return {v.benchmark: v for v in verdicts}
+
+
+def test_quiet_history_with_a_reference_is_ok_and_the_reference_is_never_a_model(ratio_history, capsys):
+    db, store, _ = ratio_history
+    _, verdicts = compare_run(store.bench_results())
+    v = _by_bench(verdicts)
+    assert v["ref"].verdict == "reference" and v["ref"].ratio is None
+    for b in ("a", "b"):
+        assert v[b].verdict == "ok" and v[b].ratio.status == "ok" and v[b].ratio.history_n == 7
+        assert v[b].ratio.reference == "ref" and v[b].reference_status == "ok"
+        assert v[b].ratio.baseline_ratio == pytest.approx(REF_MS[b] / 2.0, rel=0.005)
+        # the run's own ratio noise is the ±0.5 % interval as a sigma: 0.005 / 1.959964 (95 % normal quantile)
+        assert v[b].ratio.noise_run == pytest.approx(0.005 / 1.959964, rel=1e-4)
+        assert v[b].ratio.band == pytest.approx(0.05)  # 3.5 x max(noise) is ~1 %: the 5 % floor decides
+    assert main(["bench", "compare", "--db", str(db)]) == 0
+    capsys.readouterr()
+
+
+def test_a_machine_night_slows_every_absolute_by_30_percent_but_no_model(ratio_history, capsys):
+    db, store, rng = ratio_history
+    _add_ratio_run(store, rng, "night-08", machine=1.30)
+    _, verdicts = compare_run(store.bench_results())
+    v = _by_bench(verdicts)
+    assert v["ref"].status == "regression" and v["ref"].verdict == "reference"
+    assert 0.25 < v["ref"].delta < 0.35
+    for b in ("a", "b"):
+        assert v[b].status == "regression" and 0.25 < v[b].delta < 0.35  # the absolute rule alone: a regression
+        assert v[b].ratio.status == "ok" and abs(v[b].ratio.delta) < 0.01  # the ratio: no model moved
+        assert v[b].reference_status == "regression" and v[b].reference_delta == v["ref"].delta
+        assert v[b].verdict == "machine_night"
+    assert main(["bench", "compare", "--db", str(db), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["regressions"] == 0 and j["absolute_regressions"] == 3
+    assert j["verdicts"] == {"reference": 1, "machine_night": 2}
+    a = next(c for c in j["comparisons"] if c["benchmark"] == "a")
+    assert (a["status"], a["ratio"]["status"], a["verdict"]) == ("regression", "ok", "machine_night")
+    assert a["ratio"]["latency_ratio"] == pytest.approx(5.0, rel=0.01)
+    assert main(["bench", "compare", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "0 regression(s) of models (by the ratio to the reference ref)" in out
+    assert [ln.split()[:2] for ln in out.splitlines() if "machine_night " in ln] == \
+        [["machine_night", "a"], ["machine_night", "b"]]
+
+
+def test_one_benchmark_20_percent_slower_by_its_ratio_is_a_model_regression(ratio_history, capsys):
+    db, store, rng = ratio_history
+    _add_ratio_run(store, rng, "night-08", model={"b": 1.20})
+    _, verdicts = compare_run(store.bench_results())
+    v = _by_bench(verdicts)
+    assert v["b"].verdict == "model_regression" and v["b"].ratio.status == "regression"
+    assert v["b"].ratio.delta == pytest.approx(0.20, abs=0.01) and v["b"].reference_status == "ok"
+    assert v["a"].verdict == "ok" and v["ref"].verdict == "reference"
+    assert main(["bench", "compare", "--db", str(db), "--json"]) == 1
+    j = json.loads(capsys.readouterr().out)
+    assert j["regressions"] == 1 and j["verdicts"]["model_regression"] == 1
+    assert main(["bench", "compare", "--db", str(db)]) == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "MODEL_REGRESSION" in ln]
+    assert len(lines) == 1 and lines[0].split()[1] == "b" and "[regression]" in lines[0]
+
+
+def test_a_slower_model_on_a_slower_night_is_both_and_an_absolute_step_alone_is_not_a_model(ratio_history, capsys):
+    db, store, rng = ratio_history
+    _add_ratio_run(store, rng, "night-08", machine=1.30, model={"b": 1.20})
+    _, verdicts = compare_run(store.bench_results())
+    v = _by_bench(verdicts)
+    assert (v["a"].verdict, v["b"].verdict) == ("machine_night", "both")
+    assert main(["bench", "compare", "--db", str(db)]) == 1
+    capsys.readouterr()
+
+
+
+def test_an_absolute_step_of_one_benchmark_alone_is_not_a_model_regression(ratio_history, capsys):
+    """Its absolute p50 30 % up, its ratio and the reference flat: the ratio (the precise figure) clears the model."""
+    db, store, rng = ratio_history
+    _add_ratio_run(store, rng, "night-08", session={"a": 1.30})
+    _, verdicts = compare_run(store.bench_results())
+    v = _by_bench(verdicts)
+    assert v["a"].status == "regression" and v["a"].ratio.status == "ok" and v["a"].reference_status == "ok"
+    assert v["a"].verdict == "absolute_only" and v["b"].verdict == "ok"
+    assert main(["bench", "compare", "--db", str(db)]) == 0
+    capsys.readouterr()
+
+
+def test_no_ratio_history_falls_back_to_the_absolute_rule(tmp_path):
+    """The first night with a reference: no earlier ratios, so the absolute rule decides (a step is a regression)."""
+    store = ResultsStore(tmp_path / "r.db")
+    rng = np.random.default_rng(1)
+    try:
+        for night in range(3):
+            _add_run(store, rng, f"old-{night}")
+        rows = store.bench_results()
+    finally:
+        store.close()
+    last = [dict(r, run_id="new", reference_benchmark="ref", latency_ratio=1.0, latency_ratio_ci_low=0.99,
+                 latency_ratio_ci_high=1.01, latency_p50_ms=r["latency_p50_ms"] * 1.5)
+            for r in rows if r["run_id"] == "old-2"]
+    _, verdicts = compare_run(rows + last)
+    assert {(v.verdict, v.ratio.status) for v in verdicts} == {("regression", "new")}

@@ -167,6 +167,46 @@ def test_schema_1_file_is_migrated_and_keeps_its_rows(tmp_path):
     assert sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
 
 
+@pytest.mark.parametrize("version", ["3", "4"])
+def test_bench_results_gain_the_ratio_columns_in_place(tmp_path, version):
+    """A schema-3 file, and an early schema-4 file (before the suite reference), get bench_results' ratio columns;
+    old rows keep their values with NULL ratios; a new row stores and joins its ratio."""
+    from harness.store import BENCH_RATIO_COLUMNS
+
+    path = tmp_path / "old.db"
+    s = ResultsStore(path)
+    mid = s.add_measurement(**KEY, source="measured", stats=STATS, latency_raw_ms=[1.5], device_identity=ME)
+    s.create_bench_run("b1", suite_name="nightly", suite_path="/s.toml", suite_sha256=None, metadata={})
+    s.add_bench_result("b1", benchmark="r20", device="local", target="host", backend="tvm", tuning_key="untuned",
+                       source="measured", status="ok", measurement_id=mid)
+    s.close()
+    c = sqlite3.connect(path)
+    for col in BENCH_RATIO_COLUMNS:
+        c.execute(f"ALTER TABLE bench_results DROP COLUMN {col}")
+    c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (version,))
+    c.commit(); c.close()
+    s = ResultsStore(path)
+    cols = {r["name"] for r in s.query("PRAGMA table_info(bench_results)")}
+    assert set(BENCH_RATIO_COLUMNS) <= cols
+    (old,) = s.bench_results("b1")
+    assert old["latency_p50_ms"] == 1.5 and old["latency_ratio"] is None and old["reference_benchmark"] is None
+    rid = s.add_ratio(model="r20", arch_signature="z", reference_signature="ref", reference_sha256="f" * 64,
+                      device="local", target="host", backend="tvm", tuning_key="untuned", source="measured",
+                      device_identity=ME, ratio=2.5, ci_low=2.45, ci_high=2.56, confidence=0.95, pairs=16,
+                      stop_reason="converged", round_ratios=[2.5] * 8, latency_p50_ms=1.5, reference_p50_ms=0.6)
+    s.create_bench_run("b2", suite_name="nightly", suite_path="/s.toml", suite_sha256=None, metadata={})
+    s.add_bench_result("b2", benchmark="r20", device="local", target="host", backend="tvm", tuning_key="untuned",
+                       source="measured", status="ok", measurement_id=mid, reference_benchmark="ref", ratio_id=rid,
+                       latency_ratio=2.5, ratio_ci=(2.45, 2.56))
+    (new,) = s.bench_results("b2")
+    assert (new["reference_benchmark"], new["ratio_id"], new["latency_ratio"], new["latency_ratio_ci_low"],
+            new["latency_ratio_ci_high"], new["ratio_error"]) == ("ref", rid, 2.5, 2.45, 2.56, None)
+    assert (new["ratio_confidence"], new["ratio_pairs"], new["ratio_latency_p50_ms"],
+            new["ratio_reference_p50_ms"]) == (0.95, 16, 1.5, 0.6)
+    s.close()
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 # ---------------------------------------------------------- bad files, dead owners (issue 11)
 
 def _corrupt(path):

@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_example_nightly_suite_is_valid():
     suite = load_suite(REPO / "benchmarks" / "suites" / "nightly.toml")
     assert suite.name == "nightly" and len(suite.benchmarks) >= 2 and len(suite.sha256) == 64
-    b = suite.benchmarks[0]
+    ref, b = suite.benchmarks[:2]
+    assert suite.reference == ref.name == "ref-resnet20-16" and ref.input_shape == (1, 1, 16, 16)
+    assert (ref.model, ref.seed, ref.tune_trials) == ("resnet20", 0, 0)  # fixed: random weights of seed 0, untuned
     assert b.model == "resnet20" and b.input_shape == (1, 1, 28, 28) and b.targets == ("host",)
 
 
@@ -106,3 +108,47 @@ def test_cli_broken_suite_is_a_clear_error_and_nothing_runs(tmp_path, capsys):
     code = main(["bench", "--suite", str(REPO / "benchmarks" / "suites" / "nightly.toml"), "--target", "host",
                  "--db", str(db)])
     assert code == 2 and "--target is for --model/--onnx" in capsys.readouterr().err
+
+
+REF_SUITE = ('[suite]\nreference = "{ref}"\n'
+             '[[benchmark]]\nname = "ref-net"\nmodel = "resnet20"\ninput_shape = [1, 1, 16, 16]\n'
+             '[[benchmark]]\nname = "big"\nmodel = "resnet20"\ninput_shape = [1, 1, 28, 28]\n')
+
+
+def test_a_suite_names_its_reference_model(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text(REF_SUITE.format(ref="ref-net"))
+    suite = load_suite(f)
+    assert suite.reference == "ref-net" and [b.name for b in suite.benchmarks] == ["ref-net", "big"]
+    f.write_text(REF_SUITE.replace('[suite]\nreference = "{ref}"\n', ""))
+    assert load_suite(f).reference is None
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    (REF_SUITE.format(ref="nope"),
+     "s.toml: [suite]: reference: 'nope' is not a benchmark of this suite; name one of: big, ref-net"),
+    (REF_SUITE.replace('[suite]\nreference = "{ref}"\n', 'reference = "ref-net"\n'),
+     ("s.toml: unknown top-level key 'reference'; expected [[benchmark]] tables and an optional [suite]; "
+      "write it under [suite]: reference = \"NAME\"")),
+    (REF_SUITE.replace('"{ref}"', "3"),
+     "s.toml: [suite]: reference: must be the name of one of the suite's benchmarks, got 3"),
+    ('[suite]\nreference = "only"\n[[benchmark]]\nname = "only"\nmodel = "resnet20"\ninput_shape = [1, 1, 16, 16]\n',
+     ("s.toml: [suite]: reference: 'only' is the suite's only benchmark; a reference needs other benchmarks to "
+      "compare (add one, or drop the reference)")),
+])
+def test_a_bad_reference_is_one_line(tmp_path, text, line):
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(f)
+    assert str(info.value).splitlines() == [line]
+
+
+def test_cli_bad_reference_exits_2_and_measures_nothing(tmp_path, capsys):
+    f = tmp_path / "s.toml"
+    f.write_text(REF_SUITE.format(ref="nope"))
+    db = tmp_path / "r.db"
+    assert main(["bench", "--suite", str(f), "--db", str(db), "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("hilprune: error: s.toml: [suite]: reference: 'nope' is not a benchmark of this suite; "
+                           "name one of: big, ref-net") and not db.exists()
