@@ -177,9 +177,11 @@ class ReinforceAgent:
         return {
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "baseline_value": self.baseline_value,
-            "episode": list(self._episode),
+            "generator": self.generator.get_state(),  # a uint8 tensor: loads with weights_only=True
+            "baseline_value": None if self.baseline_value is None else float(self.baseline_value),
+            # plain lists, not numpy arrays: checkpoints load with torch.load(weights_only=True)
+            "episode": [(obs.tolist(), int(a), float(r), None if m is None else np.asarray(m).tolist())
+                        for obs, a, r, m in self._episode],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -188,7 +190,8 @@ class ReinforceAgent:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.baseline_value = state.get("baseline_value")
-        self._episode = list(state.get("episode", []))
+        self._episode = [(np.asarray(obs, dtype=np.float32), int(a), float(r), None if m is None else np.asarray(m))
+                         for obs, a, r, m in state.get("episode", [])]
 
     @staticmethod
     def _obs(obs: np.ndarray) -> torch.Tensor:

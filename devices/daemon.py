@@ -38,7 +38,20 @@ Requests (``id`` is echoed back as given; any JSON value)::
 Replies: ``{"v":1,"id":..,"ok":true,"result":{...}}`` or
 ``{"v":1,"id":..,"ok":false,"error":{"kind":K,"message":..}}`` with K one of
 ``bad_request`` (malformed request), ``load_failed`` (artifact missing or
-unloadable), ``run_failed`` (the model raised). The daemon keeps serving.
+unloadable), ``run_failed`` (the model raised). The daemon keeps serving:
+every line gets one reply, whatever it holds -- invalid UTF-8, JSON nested
+deeper than the parser allows (``RecursionError``), a line over
+``MAX_LINE_BYTES`` (answered ``bad_request`` and skipped to its newline), an
+``id`` that cannot be echoed (echoed as null). Blank lines are the
+controller's heartbeat (see ``watchdog.py``) and get no reply.
+
+Containment: the files a manifest names (``library``, ``params``, ``onnx``)
+must resolve (symlinks followed) inside the artifact directory, else
+``load_failed``.
+
+Loaded models: at most ``HILPRUNE_MAX_LOADED_MODELS`` (environment, default
+4; interleaved A/B rounds need 2 at once) stay loaded; the least recently
+used is dropped first.
 
 Measure result: ``latency_ms`` (raw per-repeat ms = block time / number),
 ``warmup_ms`` (per call), ``number``, ``output_sha256`` (sha256 of the output's
@@ -63,6 +76,7 @@ if ``main`` returns a tuple, its first element is the output.
 
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import json
@@ -85,6 +99,8 @@ from manifest import ManifestError, read_manifest as _read_manifest  # noqa: E40
 PROTOCOL_VERSION = 1
 MAX_NUMBER = 1_000_000  # cap on the calibrated number of calls per block
 MAX_SLEEP_S = 3600.0
+MAX_LINE_BYTES = 1 << 20  # longest request line (bytes); real requests are < 1 KB
+DEFAULT_MAX_LOADED = 4  # loaded models kept (LRU); HILPRUNE_MAX_LOADED_MODELS overrides
 MAX_INTERLEAVED = 4  # artifacts per measure_interleaved request (the session keeps >= 4 loaded)
 MAX_ROUNDS = 10_000  # rounds per measure_interleaved request
 
@@ -269,6 +285,23 @@ def read_manifest(artifact: str):
         raise RequestError("load_failed", str(exc)) from None
 
 
+def _inside(artifact: str, name, field: str) -> str:
+    """``artifact/name`` if it resolves (symlinks followed) inside ``artifact``.
+
+    Raises:
+        RequestError(load_failed): ``name`` is not a string, or it points outside
+            the artifact directory (``..``, an absolute path, a symlink out).
+    """
+    if not isinstance(name, str) or not name:
+        raise RequestError("load_failed", f"manifest field {field!r} must be a file name, got {name!r}")
+    root = os.path.realpath(artifact)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise RequestError("load_failed", f"manifest field {field!r} = {name!r} points outside the artifact "
+                                          f"directory {artifact}; refused")
+    return path
+
+
 class Loaded:
     """A loaded artifact: ``call()`` runs the model once, ``sync()`` waits for the device."""
 
@@ -290,7 +323,7 @@ def load_tvm(artifact: str, manifest, seed: int) -> Loaded:
     if lib_name is None:
         raise RequestError("load_failed", "the artifact has no TVM library (a graph-only artifact); "
                                           "measure it with backend 'onnxruntime'")
-    lib_path = os.path.join(artifact, lib_name)
+    lib_path = _inside(artifact, lib_name, "library")
     if not os.path.isfile(lib_path):
         raise RequestError("load_failed", f"library {lib_path} does not exist")
     want = manifest.library_sha256
@@ -309,7 +342,7 @@ def load_tvm(artifact: str, manifest, seed: int) -> Loaded:
         params = []
         pname = manifest.params
         if pname:
-            with np.load(os.path.join(artifact, pname)) as npz:
+            with np.load(_inside(artifact, pname, "params")) as npz:
                 params = [rt.tensor(npz[k], dev) for k in sorted(npz.files)]
         x = rt.tensor(_make_input(manifest, seed), dev)
         main = vm["main"]
@@ -334,7 +367,7 @@ def load_onnxruntime(artifact: str, manifest, seed: int, num_threads: int | None
     name = manifest.onnx
     if name is None:
         raise RequestError("load_failed", "manifest has no 'onnx' file")
-    path = os.path.join(artifact, name)
+    path = _inside(artifact, name, "onnx")
     if not os.path.isfile(path):
         raise RequestError("load_failed", f"ONNX file {path} does not exist")
     try:
@@ -407,8 +440,22 @@ def _first_call_and_warmup(loaded: Loaded, warmup: int) -> tuple:
 class Daemon:
     """One session: dispatches requests and caches loaded artifacts."""
 
-    def __init__(self) -> None:
-        self.cache: dict[tuple, Loaded] = {}
+    def __init__(self, max_loaded: int | None = None) -> None:
+        if max_loaded is None:
+            try:
+                max_loaded = int(os.environ.get("HILPRUNE_MAX_LOADED_MODELS", DEFAULT_MAX_LOADED))
+            except ValueError:
+                max_loaded = DEFAULT_MAX_LOADED
+        self.max_loaded = max(2, max_loaded)
+        self.cache: collections.OrderedDict[tuple, Loaded] = collections.OrderedDict()
+
+    def _remember(self, key: tuple, loaded: Loaded) -> None:
+        """Keep ``loaded`` as the most recently used; drop the least recently used past ``max_loaded``."""
+        self.cache[key] = loaded
+        self.cache.move_to_end(key)
+        while len(self.cache) > self.max_loaded:
+            old, _ = self.cache.popitem(last=False)
+            log(f"unloaded {old[0]} ({old[2]}): over {self.max_loaded} loaded models")
 
     def load(self, artifact: str, backend: str, seed: int, num_threads) -> tuple:
         """The loaded artifact (from this session's cache when its manifest is unchanged) and the seconds
@@ -421,10 +468,11 @@ class Daemon:
         key = (os.path.realpath(artifact), manifest.sha256, backend, seed, num_threads)
         loaded = self.cache.get(key)
         if loaded is not None:
+            self.cache.move_to_end(key)  # most recently used
             return loaded, 0.0
         loaded = (load_tvm(artifact, manifest, seed) if backend == "tvm"
                   else load_onnxruntime(artifact, manifest, seed, num_threads))
-        self.cache[key] = loaded
+        self._remember(key, loaded)  # an interleaved request holds its own references while it runs
         log(f"loaded {artifact} ({backend}) in {loaded.load_s:.3f} s")
         return loaded, loaded.load_s
 
@@ -634,11 +682,14 @@ class Daemon:
             number = min(MAX_NUMBER, max(number * 2, min(number * 10, math.ceil(number * grow))))
 
     def handle(self, line: bytes) -> tuple[dict, bool]:
-        """Answer one request line; returns (reply, keep_serving)."""
+        """Answer one request line; returns (reply, keep_serving). Never raises."""
         try:
             req = json.loads(line)
-        except ValueError as exc:
-            return _err(None, "bad_request", f"not JSON: {exc}"), True
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+            what = "JSON nested too deep" if isinstance(exc, RecursionError) else f"not JSON: {exc}"
+            return _err(None, "bad_request", what), True
+        except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the daemon answers
+            return _err(None, "bad_request", f"not JSON: {type(exc).__name__}"), True
         if not isinstance(req, dict):
             return _err(None, "bad_request", "a request must be a JSON object"), True
         rid = req.get("id")
@@ -663,9 +714,9 @@ class Daemon:
                                             f"time_func, bye"), True
         except RequestError as exc:
             return _err(rid, exc.kind, exc.message), True
-        except Exception as exc:  # noqa: BLE001 - never crash on a request
+        except Exception as exc:  # noqa: BLE001 - never crash on a request (RecursionError included)
             log(traceback.format_exc())
-            return _err(rid, "run_failed", f"internal error: {type(exc).__name__}: {exc}"), True
+            return _err(rid, "run_failed", f"internal error: {type(exc).__name__}: {str(exc)[:500]}"), True
 
     @staticmethod
     def sleep(req: dict) -> dict:
@@ -759,6 +810,19 @@ def _err(rid, kind: str, message: str) -> dict:
     return {"v": PROTOCOL_VERSION, "id": rid, "ok": False, "error": {"kind": kind, "message": message}}
 
 
+def _encode(reply: dict) -> bytes:
+    """One reply line. NaN/inf in an output head are written as NaN/Infinity (Python's json reads them);
+    an ``id`` that cannot be written back (nested too deep) is replaced by null."""
+    try:
+        return json.dumps(reply, default=str).encode() + b"\n"
+    except (ValueError, RecursionError, TypeError):
+        safe = dict(reply, id=None)
+        try:
+            return json.dumps(safe, default=str).encode() + b"\n"
+        except (ValueError, RecursionError, TypeError):
+            return json.dumps(_err(None, "run_failed", "reply could not be encoded")).encode() + b"\n"
+
+
 def main() -> int:
     """Serve requests from stdin until ``bye`` or EOF; returns the exit status (0)."""
     proto_fd = os.dup(1)
@@ -767,12 +831,29 @@ def main() -> int:
     out = os.fdopen(proto_fd, "wb", buffering=0)
     daemon = Daemon()
     log(f"protocol v{PROTOCOL_VERSION} ready")
-    for line in sys.stdin.buffer:
-        if not line.strip():
-            continue
-        reply, keep = daemon.handle(line)
-        try:  # NaN/inf in an output head are written as NaN/Infinity (Python's json reads them)
-            out.write(json.dumps(reply, default=str).encode() + b"\n")
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            break
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while True:  # skip the rest of the over-long line, in bounded pieces
+                rest = stdin.readline(MAX_LINE_BYTES)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            reply, keep = _err(None, "bad_request", f"request line over {MAX_LINE_BYTES} bytes"), True
+        elif not line.strip():
+            continue  # the controller's heartbeat
+        else:
+            try:
+                reply, keep = daemon.handle(line)
+            except BaseException as exc:  # noqa: BLE001 - last resort: answer, keep serving
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                reply, keep = _err(None, "run_failed", f"internal error: {type(exc).__name__}"), True
+        data = _encode(reply)
+        try:
+            out.write(data)
         except BrokenPipeError:
             return 0
         if not keep:

@@ -60,7 +60,7 @@ from devices.base import (Device, DeviceUnavailable, MeasureConfig, MeasureError
 from devices.client import Reply
 from devices.interleaved import InterleavedConfig, InterleavedResult
 from devices.inventory import FALLBACKS, Board, Inventory, InventoryError, load_inventory
-from devices.lease import LeaseManager, Quarantine
+from devices.lease import LeaseManager, Quarantine, describe_lease
 from devices.ssh import BoardState, SshDevice
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,10 @@ class FarmDevice(Device):
         quarantine_refresh_s: least time between two reads of the shared
             quarantines in ``leases`` (s); boards quarantined there when the
             farm is made start quarantined.
+        wait_for_lease_s: when every usable board is leased by another
+            holder, how long (s) a request waits for one (a warning line every
+            10 s names each holder and its expiry in local time); a free board
+            of the farm is always taken first.
 
     Raises:
         ValueError: no boards, or a bad fallback, max_failures or time.
@@ -126,7 +130,8 @@ class FarmDevice(Device):
     def __init__(self, boards: tuple[Board, ...] | list[Board], *, leases: LeaseManager | None = None,
                  max_failures: int = 3, fallback: str = "fail", name: str = "farm",
                  dispatcher: Dispatcher | None = None, lease_wait_s: float = 0.0,
-                 quarantine_s: float = 1800.0, quarantine_refresh_s: float = QUARANTINE_REFRESH_S) -> None:
+                 quarantine_s: float = 1800.0, quarantine_refresh_s: float = QUARANTINE_REFRESH_S,
+                 wait_for_lease_s: float = 0.0) -> None:
         super().__init__(name)
         if not boards:
             raise ValueError(f"{name}: no boards to measure on")
@@ -140,6 +145,7 @@ class FarmDevice(Device):
             raise ValueError(f"{name}: quarantine_refresh_s must be >= 0 seconds, got {quarantine_refresh_s!r}")
         self.boards = {b.name: SshDevice(b, leases, lease_wait_s=lease_wait_s, name=name) for b in boards}
         self.leases = leases
+        self.wait_for_lease_s = max(0.0, float(wait_for_lease_s))
         self.max_failures = max_failures
         self.fallback = fallback
         #: consecutive board faults per board (reported bad results included)
@@ -504,10 +510,24 @@ class FarmDevice(Device):
     def _on_board(self, job: Callable[[SshDevice], Any], no_board: Callable[[], Any], what: str) -> Any:
         """Run ``job(board device)`` on a free healthy board; board faults are retried on the others."""
         tried: set[str] = set()
+        leased: set[str] = set()  # leased by another holder just now: tried again while waiting
         last = None
+        deadline = time.monotonic() + self.wait_for_lease_s
+        next_note = 0.0
         while True:
-            board = self._take(tried)
+            board = self._take(tried | leased)
             if board is None:
+                left = deadline - time.monotonic()
+                if leased and left > 0:  # every free board failed or is leased: wait for a lease, bounded
+                    if time.monotonic() >= next_note:
+                        who = "; ".join(describe_lease(b, self.leases.holder_of(b) if self.leases else None)
+                                        for b in sorted(leased))
+                        logger.warning("%s: no free board for the %s: %s; waiting (up to %.0f s more)",
+                                       self.name, what, who, left)
+                        next_note = time.monotonic() + 10.0
+                    time.sleep(min(1.0, left))
+                    leased.clear()
+                    continue
                 break
             dev = self.boards[board]
             try:
@@ -529,7 +549,9 @@ class FarmDevice(Device):
                                    self.name, board)
                     self._pin = None
                     on_pin = False
-            if not on_pin:  # a pinned board is retried until it is quarantined
+            if dev.state is BoardState.BUSY:
+                leased.add(board)
+            elif not on_pin:  # a pinned board is retried until it is quarantined
                 tried.add(board)
             last = result
             logger.info("%s: %s failed on %s (%s); trying %s", self.name, what, board,
@@ -656,7 +678,7 @@ def make_farm_device(name: str, inventory: Any, *, fallback: str | None = None,
             board = inv.board(rest)
         except InventoryError as exc:
             raise ValueError(str(exc)) from None
-        return SshDevice(board, leases, name=name)
+        return SshDevice(board, leases, name=name, lease_wait_s=inv.farm.lease_wait_s)
     if target is not None and target.lstrip().startswith("{"):
         target = None  # a JSON target dict names no preset; the arch check still guards every upload
     boards = [b for b in inv.tagged(rest) if target is None or b.target == target]
@@ -665,4 +687,5 @@ def make_farm_device(name: str, inventory: Any, *, fallback: str | None = None,
                          + (f" and target {target!r}" if target else "")
                          + f"; tags: {sorted({t for b in inv.boards for t in b.tags})}")
     return FarmDevice(boards, leases=leases, max_failures=inv.farm.max_failures,
-                      fallback=fallback or inv.farm.fallback, name=name, quarantine_s=inv.farm.quarantine_s)
+                      fallback=fallback or inv.farm.fallback, name=name, quarantine_s=inv.farm.quarantine_s,
+                      wait_for_lease_s=inv.farm.lease_wait_s)

@@ -11,6 +11,8 @@ typo never silently changes a lab's setup::
     max_failures = 3             # consecutive failures -> board quarantined
     quarantine_s = 1800          # how long other runs on this controller skip it too
     fallback = "fail"            # "fail" | "sim" when no healthy board is left
+    dead_link_s = 30             # a board link silent this long is dead (both sides act)
+    lease_wait_s = 300           # farm:TAG waits this long for a leased board (0: fail at once)
 
     [[board]]
     name = "pi4-01"
@@ -103,6 +105,10 @@ class Board:
         remote_tmp: directory on the board for the per-run temp dirs.
         emulated: the board's Python runs under qemu-user: functional checks
             only; measurements say ``source="emulated"`` (never a latency).
+        dead_link_s: seconds without a sign of life after which the link is
+            dead: the controller drops the session (``device_lost``) and the
+            board's watchdog kills the daemon group and removes the temp dir
+            (``[farm] dead_link_s``; a board may override it).
     """
 
     name: str
@@ -125,6 +131,7 @@ class Board:
     keepalive_s: float = 5.0
     remote_tmp: str = "/tmp"
     emulated: bool = False
+    dead_link_s: float = 30.0
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -144,6 +151,9 @@ class FarmSettings:
             skips the board until it ends); ``hilprune devices check`` clears
             it early when the board answers again.
         fallback: ``"fail"`` or ``"sim"`` when no healthy board is left.
+        dead_link_s: default of every board's ``dead_link_s`` (seconds, <= 300).
+        lease_wait_s: how long (seconds) a ``farm:TAG`` device waits for a
+            board leased by another holder when no board of the tag is free.
     """
 
     lease_db: Path
@@ -151,6 +161,8 @@ class FarmSettings:
     max_failures: int = 3
     quarantine_s: float = 1800.0
     fallback: str = "fail"
+    dead_link_s: float = 30.0
+    lease_wait_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +195,11 @@ class Inventory:
 _BOARD_KEYS = {
     "name", "host", "port", "user", "identity_file", "host_key", "known_hosts", "target", "tags",
     "python", "env", "cooldown_s", "connect_timeout_s", "command_timeout_s", "upload_timeout_s",
-    "session_limit_s", "keepalive_s", "remote_tmp", "arch", "emulated",
+    "session_limit_s", "keepalive_s", "remote_tmp", "arch", "emulated", "dead_link_s",
 }
-_FARM_KEYS = {"lease_db", "lease_ttl_s", "max_failures", "quarantine_s", "fallback"}
+_FARM_KEYS = {"lease_db", "lease_ttl_s", "max_failures", "quarantine_s", "fallback", "dead_link_s",
+              "lease_wait_s"}
+MAX_DEAD_LINK_S = 300.0
 
 
 class _Fields:
@@ -235,7 +249,14 @@ def _path(base: Path, text: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def _board(f: _Fields, base: Path) -> Board:
+def _dead_link(f: _Fields, default: float) -> float:
+    v = f.num("dead_link_s", default)
+    if not 1.0 <= v <= MAX_DEAD_LINK_S:
+        raise f.err("dead_link_s", f"must be a number of seconds in 1..{MAX_DEAD_LINK_S:g}, got {v:g}")
+    return v
+
+
+def _board(f: _Fields, base: Path, dead_link_s: float = 30.0) -> Board:
     f.unknown(_BOARD_KEYS)
     host_key = f.str("host_key", None)
     known_hosts = f.str("known_hosts", None)
@@ -251,9 +272,16 @@ def _board(f: _Fields, base: Path) -> Board:
         import binascii
 
         try:
-            base64.b64decode(parts[1], validate=True)
+            blob = base64.b64decode(parts[1], validate=True)
         except (binascii.Error, ValueError):
             raise f.err("host_key", "has a key part that is not base64") from None
+        try:
+            import paramiko
+
+            paramiko.PKey.from_type_string(parts[0], blob)
+        except Exception as exc:  # noqa: BLE001 - paramiko raises several types for a bad key
+            raise f.err("host_key", f"is not a valid {parts[0]} public key ({exc}); copy the line from the "
+                                    f"board's /etc/ssh/ssh_host_*_key.pub") from None
     kh = _path(base, known_hosts) if known_hosts is not None else None
     if kh is not None and not kh.is_file():
         raise f.err("known_hosts", f"file {kh} does not exist")
@@ -302,6 +330,7 @@ def _board(f: _Fields, base: Path) -> Board:
         keepalive_s=f.num("keepalive_s", 5.0),
         remote_tmp=remote_tmp.rstrip("/") or "/",
         emulated=emulated,
+        dead_link_s=_dead_link(f, dead_link_s),
     )
 
 
@@ -323,26 +352,14 @@ def load_inventory(path: str | Path) -> Inventory:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise InventoryError(f"inventory {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InventoryError(f"inventory {path}: not a text file (not UTF-8); give a TOML inventory") from None
     except tomllib.TOMLDecodeError as exc:
         raise InventoryError(f"inventory {path}: not valid TOML: {exc}") from None
     base = path.parent
     extra = sorted(set(data) - {"board", "farm"})
     if extra:
         raise InventoryError(f"inventory {path}: unknown top-level key {extra[0]!r} (expected [[board]] and [farm])")
-    raw_boards = data.get("board")
-    if not isinstance(raw_boards, list) or not raw_boards:
-        raise InventoryError(f"inventory {path}: no [[board]] tables")
-    boards: list[Board] = []
-    for i, raw in enumerate(raw_boards):
-        label = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"#{i + 1}"
-        if not isinstance(raw, dict):
-            raise InventoryError(f"inventory {path}: board {label}: must be a [[board]] table")
-        boards.append(_board(_Fields(f"inventory {path}: board {label!r}", raw), base))
-    seen: set[str] = set()
-    for b in boards:
-        if b.name in seen:
-            raise InventoryError(f"inventory {path}: board {b.name!r}: field 'name' is used by two boards")
-        seen.add(b.name)
     farm_raw = data.get("farm", {})
     if not isinstance(farm_raw, dict):
         raise InventoryError(f"inventory {path}: [farm] must be a table")
@@ -351,11 +368,31 @@ def load_inventory(path: str | Path) -> Inventory:
     fallback = ff.str("fallback", "fail")
     if fallback not in FALLBACKS:
         raise ff.err("fallback", f"must be one of {FALLBACKS}, got {fallback!r}")
+    lease_db = _path(base, ff.str("lease_db", f"{path.stem}.leases.sqlite"))
+    if lease_db.is_dir():
+        raise ff.err("lease_db", f"is a directory ({lease_db}); name an SQLite file, e.g. "
+                                 f"'{path.stem}.leases.sqlite'")
     farm = FarmSettings(
-        lease_db=_path(base, ff.str("lease_db", f"{path.stem}.leases.sqlite")),
+        lease_db=lease_db,
         lease_ttl_s=ff.num("lease_ttl_s", 60.0),
         max_failures=ff.int("max_failures", 3, 1, 1000),
         quarantine_s=ff.num("quarantine_s", 1800.0),
         fallback=fallback,
+        dead_link_s=_dead_link(ff, 30.0),
+        lease_wait_s=ff.num("lease_wait_s", 300.0, strict=False),
     )
+    raw_boards = data.get("board")
+    if not isinstance(raw_boards, list) or not raw_boards:
+        raise InventoryError(f"inventory {path}: no [[board]] tables")
+    boards: list[Board] = []
+    for i, raw in enumerate(raw_boards):
+        label = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"#{i + 1}"
+        if not isinstance(raw, dict):
+            raise InventoryError(f"inventory {path}: board {label}: must be a [[board]] table")
+        boards.append(_board(_Fields(f"inventory {path}: board {label!r}", raw), base, farm.dead_link_s))
+    seen: set[str] = set()
+    for b in boards:
+        if b.name in seen:
+            raise InventoryError(f"inventory {path}: board {b.name!r}: field 'name' is used by two boards")
+        seen.add(b.name)
     return Inventory(path=path, boards=tuple(boards), farm=farm)

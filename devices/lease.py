@@ -26,6 +26,7 @@ wrote a quarantine skips the board for the rest of its own life.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -56,6 +57,18 @@ CREATE TABLE IF NOT EXISTS quarantine (
     until REAL NOT NULL
 );
 """
+
+
+def local_iso(t: float) -> str:
+    """Unix time ``t`` (s) as local ISO 8601 with its UTC offset, to the second (for people)."""
+    return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def describe_lease(board: str, held: dict | None) -> str:
+    """``board 'b1' is leased by HOST:PID until 2026-12-01T13:02:11+00:00`` (local time) or ``... is free``."""
+    if not held:
+        return f"board {board!r} is free"
+    return f"board {board!r} is leased by {held.get('holder')} until {local_iso(float(held['expires_at']))}"
 
 
 def default_holder() -> str:

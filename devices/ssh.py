@@ -36,6 +36,7 @@ plus the daemon's own kinds.
 from __future__ import annotations
 
 import base64
+import collections
 import enum
 import hashlib
 import json
@@ -61,7 +62,7 @@ from devices.client import DaemonSession, Reply
 from devices.interleaved import (InterleavedConfig, InterleavedResult, check_artifact_dirs, read_artifact_manifest,
                                  run_interleaved)
 from devices.inventory import Board, normalise_arch
-from devices.lease import Lease, LeaseManager
+from devices.lease import Lease, LeaseManager, describe_lease
 from devices.local import DAEMON_PATH
 from devices.manifest import Manifest, ManifestError, read_manifest
 from devices.remeasure import measure_request, measure_until_stable
@@ -73,7 +74,10 @@ __all__ = ["BoardState", "SshDevice", "SshError", "SshSession"]
 WATCHDOG_PATH = Path(__file__).with_name("watchdog.py")
 #: The manifest reader, uploaded beside the daemon (which imports it as ``manifest``).
 MANIFEST_PATH = Path(__file__).with_name("manifest.py")
-HELLO_TIMEOUT_S = 120.0  # importing numpy/TVM on a Pi takes a while
+HELLO_TIMEOUT_S = 120.0  # importing numpy/TVM on a Pi takes a while; capped by the request's timeout_s
+MAX_COMMAND_OUTPUT_BYTES = 16 << 20  # stdout + stderr drained from one short command
+MAX_UPLOADED_ARTIFACTS = 8  # artifact dirs kept in a session's temp dir (LRU; the oldest is removed)
+STALE_SETUP_MIN = 10  # a temp dir with no watchdog.pid yet is being set up for at most this long
 BYE_TIMEOUT_S = 5.0
 _KEEP: Any = object()
 
@@ -107,8 +111,99 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's fingerprint of a public key: ``SHA256:`` + unpadded base64 of the key blob's sha256
+    (what ``ssh-keygen -lf`` and ssh's host-key warnings print)."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+class LinkMonitor:
+    """Detects a dead SSH peer, as OpenSSH's ``ServerAliveInterval``/``ServerAliveCountMax`` do.
+
+    A thread sends ``keepalive@openssh.com`` global requests that want a reply
+    (paramiko's ``Transport.global_request(wait=True)``; the server answers
+    with failure, which is a reply) every ``interval_s``. When no reply came
+    for ``dead_link_s`` (a partition that drops packets without a FIN: TCP
+    itself would wait many minutes), :attr:`dead` says why and the transport
+    is closed, which ends every channel and wakes every waiting reader.
+
+    Args:
+        transport: the connected paramiko transport.
+        interval_s: seconds between probes (> 0).
+        dead_link_s: seconds without any reply after which the link is dead.
+        where: label for messages (``board 'b1'``).
+    """
+
+    def __init__(self, transport: paramiko.Transport, interval_s: float, dead_link_s: float, where: str) -> None:
+        self.transport = transport
+        self.interval_s = max(0.2, float(interval_s))
+        self.dead_link_s = float(dead_link_s)
+        self.where = where
+        self.dead: str | None = None
+        self.detected_at: float | None = None  # time.monotonic() of the detection
+        self.last_reply = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._probe, name="ssh-link-probe", daemon=True).start()
+        threading.Thread(target=self._judge, name="ssh-link-judge", daemon=True).start()
+
+    def _probe(self) -> None:
+        while not self._stop.is_set() and self.transport.is_active():
+            try:
+                self.transport.global_request("keepalive@openssh.com", wait=True)
+            except Exception as exc:  # noqa: BLE001 - paramiko raises several types on a dying transport
+                logger.debug("%s: keepalive probe failed: %r", self.where, exc)
+                return
+            if not self.transport.is_active():
+                return
+            self.last_reply = time.monotonic()
+            self._stop.wait(self.interval_s)
+
+    def _judge(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval_s)):
+            if not self.transport.is_active():
+                return
+            silent = time.monotonic() - self.last_reply
+            if silent > self.dead_link_s:
+                self.dead = (f"{self.where}: no answer over SSH for {silent:.0f} s (dead_link_s = "
+                             f"{self.dead_link_s:g}): link dead (network partition or board down)")
+                self.detected_at = time.monotonic()
+                logger.warning("%s", self.dead)
+                try:
+                    self.transport.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                return
+
+    def stop(self) -> None:
+        """Stop probing (the transport is being closed on purpose)."""
+        self._stop.set()
+
+
 def _known_hosts_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
+
+
+# $1 = remote_tmp, $2 = minutes a dir without watchdog.pid may be in set-up. Prints "swept DIR" per removal.
+_SWEEP_SH = r"""
+for d in "$1"/hilprune-run.*; do
+  [ -d "$d" ] || continue
+  if [ -f "$d/watchdog.pid" ]; then
+    p=$(cat "$d/watchdog.pid" 2>/dev/null)
+    if [ -n "$p" ] && [ -r "/proc/$p/cmdline" ] && tr '\0' ' ' < "/proc/$p/cmdline" | grep -qF "$d/watchdog.py"; then
+      continue
+    fi
+    g=$(cat "$d/daemon.pgid" 2>/dev/null)
+    if [ -n "$g" ] && [ -r "/proc/$g/cmdline" ] && tr '\0' ' ' < "/proc/$g/cmdline" | grep -qF "$d/daemon.py"; then
+      kill -KILL -- "-$g" 2>/dev/null
+    fi
+  elif [ -z "$(find "$d" -maxdepth 0 -mmin +"$2")" ]; then
+    continue
+  fi
+  rm -rf -- "$d" && echo "swept $d"
+done
+true
+"""
 
 
 class SshSession:
@@ -131,7 +226,9 @@ class SshSession:
         self.channel: paramiko.Channel | None = None
         self.daemon: DaemonSession | None = None
         self.hello: dict | None = None
-        self.uploaded: dict[str, str] = {}  # local key -> remote artifact dir
+        self.uploaded: collections.OrderedDict[str, str] = collections.OrderedDict()  # key -> remote dir (LRU)
+        self.link: LinkMonitor | None = None
+        self.hello_timeout_s = HELLO_TIMEOUT_S
         self.started_at = time.monotonic()  # of the running daemon (its watchdog's hard limit counts from here)
 
     # ------------------------------------------------------------- transport
@@ -171,9 +268,10 @@ class SshSession:
             client.close()
             raise SshError(MeasureErrorKind.DEVICE_LOST,
                            f"{where}: HOST KEY CHANGED — the board offered {exc.key.get_name()} "
-                           f"{exc.key.get_base64()[:24]}... but the inventory pins {exc.expected_key.get_name()} "
-                           f"{exc.expected_key.get_base64()[:24]}...; refusing to connect (if the board was "
-                           f"reinstalled, verify and update host_key/known_hosts)", fatal=True) from None
+                           f"{fingerprint(exc.key)} but the inventory pins {exc.expected_key.get_name()} "
+                           f"{fingerprint(exc.expected_key)}; refusing to connect (if the board was "
+                           f"reinstalled, verify the new key with 'ssh-keygen -lf' on the board and update "
+                           f"host_key/known_hosts)", fatal=True) from None
         except paramiko.AuthenticationException as exc:
             client.close()
             raise SshError(MeasureErrorKind.DEVICE_LOST,
@@ -193,13 +291,24 @@ class SshSession:
             raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: unreachable: {exc!r}") from None
         transport = client.get_transport()
         assert transport is not None
-        transport.set_keepalive(max(1, int(b.keepalive_s)))
         self.client = client
+        self.link = LinkMonitor(transport, interval_s=min(b.keepalive_s, b.dead_link_s / 3),
+                                dead_link_s=b.dead_link_s, where=f"board {b.name!r}")
 
     @property
     def alive(self) -> bool:
+        """The SSH transport is up and the link monitor has not declared it dead."""
         t = self.client.get_transport() if self.client is not None else None
-        return t is not None and t.is_active()
+        return t is not None and t.is_active() and (self.link is None or self.link.dead is None)
+
+    def link_dead(self) -> str | None:
+        """None while the link lives, else why it is dead (the daemon session's liveness check)."""
+        if self.link is not None and self.link.dead is not None:
+            return self.link.dead
+        t = self.client.get_transport() if self.client is not None else None
+        if t is None or not t.is_active():
+            return f"board {self.board.name!r}: SSH connection lost"
+        return None
 
     def run(self, argv: list[str], timeout_s: float | None = None, check: bool = True) -> tuple[int, str, str]:
         """Run one command on the board; stdout and stderr drained together.
@@ -238,6 +347,10 @@ class SshSession:
                 if chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                     busy = True
+                if len(out) + len(err) > MAX_COMMAND_OUTPUT_BYTES:
+                    raise SshError(MeasureErrorKind.PROTOCOL,
+                                   f"{where}: {argv[0]} wrote over {MAX_COMMAND_OUTPUT_BYTES >> 20} MiB "
+                                   f"(bound of a command's output); the board is misbehaving")
                 if busy:
                     continue
                 if chan.exit_status_ready() and chan.eof_received:
@@ -311,9 +424,7 @@ class SshSession:
                 raise SshError(MeasureErrorKind.DEVICE_LOST,
                                f"board {b.name!r}: uname -m says {self.machine} but the inventory's target "
                                f"{b.target!r} means {b.arch}; fix the inventory", fatal=True)
-            stale_min = str(int(b.session_limit_s // 60) + 10)
-            self.run(["find", b.remote_tmp, "-maxdepth", "1", "-name", "hilprune-run.*", "-mmin", f"+{stale_min}",
-                      "-exec", "rm", "-rf", "--", "{}", "+"], check=False)
+            self.sweep()
             self.tmp = self.run(["mktemp", "-d", f"{b.remote_tmp}/hilprune-run.XXXXXX"])[1].strip()
             if not self.tmp.startswith(b.remote_tmp + "/hilprune-run."):
                 raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: odd mktemp output {self.tmp!r}")
@@ -325,6 +436,26 @@ class SshSession:
             self.close(polite=False)
             raise
 
+    def sweep(self) -> int:
+        """Remove the temp dirs of dead sessions under ``remote_tmp``; returns how many went.
+
+        A dir whose ``watchdog.pid`` names no live ``watchdog.py`` of that dir
+        is dead whatever killed it (controller -9, partition, sshd -9, board
+        reboot): its leftover daemon group (if any) is killed and the dir
+        removed. A dir without ``watchdog.pid`` is another session being set
+        up, unless older than ``STALE_SETUP_MIN`` minutes.
+
+        Raises:
+            SshError: the command could not run (connection lost, timeout).
+        """
+        _, out, _ = self.run(["sh", "-c", _SWEEP_SH, "sh", self.board.remote_tmp, str(STALE_SETUP_MIN)],
+                             check=False)
+        gone = [line[len("swept "):] for line in out.splitlines() if line.startswith("swept ")]
+        if gone:
+            logger.info("board %s: removed %d temp dir(s) of dead sessions: %s", self.board.name, len(gone),
+                        ", ".join(gone))
+        return len(gone)
+
     def start_daemon(self) -> None:
         """Start watchdog + daemon on the board and wait for hello.
 
@@ -333,7 +464,9 @@ class SshSession:
         """
         b = self.board
         env = [f"{k}={v}" for k, v in sorted(self.env.items())]
-        argv = ["env", *env, b.python, "-u", f"{self.tmp}/watchdog.py", f"{b.session_limit_s:g}",
+        # the watchdog removes the temp dir when it ends (a daemon lives once per temp dir)
+        argv = ["env", *env, b.python, "-u", f"{self.tmp}/watchdog.py", "--dead-link-s", f"{b.dead_link_s:g}",
+                "--remove-dir", self.tmp, f"{b.session_limit_s:g}",
                 f"{self.tmp}/daemon.pgid", b.python, "-u", f"{self.tmp}/daemon.py"]
         cmd = f"cd {shlex.quote(self.tmp)} && exec {shlex.join(argv)}"
         try:
@@ -344,8 +477,9 @@ class SshSession:
         chan.settimeout(None)
         self.started_at = time.monotonic()
         self.channel = chan
-        self.daemon = DaemonSession(chan.makefile_stdin("wb"), chan.makefile("rb"), chan.makefile_stderr("rb"))
-        reply = self.daemon.call("hello", HELLO_TIMEOUT_S)
+        self.daemon = DaemonSession(chan.makefile_stdin("wb"), chan.makefile("rb"), chan.makefile_stderr("rb"),
+                                    heartbeat_s=b.dead_link_s / 3, liveness=self.link_dead)
+        reply = self.daemon.call("hello", self.hello_timeout_s)
         if not reply.ok or reply.result.get("protocol") != 1:
             why = reply.error.message if reply.error else f"unexpected hello {reply.result}"
             raise SshError(MeasureErrorKind.DAEMON_START, f"board {b.name!r}: daemon did not say hello "
@@ -385,6 +519,8 @@ class SshSession:
                 self.tmp = None
             except SshError as exc:
                 logger.warning("board %s: cleanup of %s failed: %s", self.board.name, self.tmp, exc)
+        if self.link is not None:
+            self.link.stop()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -410,6 +546,7 @@ class SshSession:
             raise SshError(MeasureErrorKind.LOAD_FAILED, f"artifact {artifact_dir}: {exc}") from None
         key = hashlib.sha256((manifest.sha256 + backend).encode()).hexdigest()[:20]
         if key in self.uploaded:
+            self.uploaded.move_to_end(key)
             return self.uploaded[key]
         files = []
         for n in names:
@@ -421,6 +558,9 @@ class SshSession:
         self.run(["mkdir", "-p", "--", remote])
         self.upload([(local, f"{remote}/{n}") for local, n in files])
         self.uploaded[key] = remote
+        while len(self.uploaded) > MAX_UPLOADED_ARTIFACTS:  # the board's disk holds a bounded number
+            _, old = self.uploaded.popitem(last=False)
+            self.run(["rm", "-rf", "--", old], check=False)
         return remote
 
 
@@ -452,6 +592,7 @@ class SshDevice(Device):
         self._session: SshSession | None = None
         self._lease: Lease | None = None
         self._threads: int | None = None
+        self._hello_timeout_s = HELLO_TIMEOUT_S  # capped by the measuring request's timeout_s
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- session
@@ -480,27 +621,22 @@ class SshDevice(Device):
             self._drop_session(polite=True)  # before the watchdog kills it mid-measurement
             s = None
         if self.leases is not None and (self._lease is None or self._lease.lost):
-            self._lease = self.leases.acquire(self.board.name, wait_s=self.lease_wait_s)
+            self._lease = self._acquire()
             if self._lease is None:
-                held = self.leases.holder_of(self.board.name) or {}
+                held = self.leases.holder_of(self.board.name)
                 err = self._fail(MeasureError(MeasureErrorKind.DEVICE_LOST,
-                                              f"board {self.board.name!r} is leased by {held.get('holder')} "
-                                              f"until {held.get('expires_at')}"))
+                                              describe_lease(self.board.name, held)
+                                              + (f" (waited {self.lease_wait_s:g} s)" if self.lease_wait_s else "")))
                 self.state = BoardState.BUSY
                 return err
             self.state = BoardState.LEASED
         if s is not None and self._threads != num_threads:
-            s.stop_daemon()
-            try:
-                s.env = self._env(num_threads)
-                s.start_daemon()
-                self._threads = num_threads
-            except SshError as exc:
-                self._drop_session(polite=False)
-                return self._fail(exc)
-            return None
+            # a daemon lives once per temp dir (its watchdog removes the dir): a fresh session
+            self._drop_session(polite=True)
+            s = None
         if s is None:
             s = SshSession(self.board, self._env(num_threads))
+            s.hello_timeout_s = self._hello_timeout_s
             try:
                 s.open()
             except SshError as exc:
@@ -508,6 +644,20 @@ class SshDevice(Device):
             self._session, self._threads = s, num_threads
             self.state = BoardState.DAEMON_READY
         return None
+
+    def _acquire(self) -> Lease | None:
+        """Take the board's lease, waiting up to ``lease_wait_s`` with a progress line every 10 s."""
+        deadline = time.monotonic() + self.lease_wait_s
+        while True:
+            lease = self.leases.acquire(self.board.name, wait_s=0.0)
+            left = deadline - time.monotonic()
+            if lease is not None or left <= 0:
+                return lease
+            logger.warning("%s; waiting for it (up to %.0f s more)", describe_lease(
+                self.board.name, self.leases.holder_of(self.board.name)), left)
+            lease = self.leases.acquire(self.board.name, wait_s=min(10.0, left), poll_s=0.5)
+            if lease is not None:
+                return lease
 
     def _env(self, num_threads: int | None) -> dict[str, str]:
         env = self.board.env_dict
@@ -622,6 +772,7 @@ class SshDevice(Device):
                                       f"artifact {artifact_dir.name} is built for {manifest.arch} but "
                                       f"board {self.board.name!r} is {self.board.arch} (target "
                                       f"{self.board.target!r}); it is never sent there")
+        self._hello_timeout_s = min(HELLO_TIMEOUT_S, config.timeout_s)
         err = self._ensure(config.num_threads)
         if err is not None:
             return MeasureResult(error=err)

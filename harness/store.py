@@ -29,12 +29,23 @@ tables are created, nothing else changes); 3 = + cache_windows; 4 =
 ``measurements.device_identity`` (who measured: source, board, machine facts
 or simulator profile and version; :mod:`devices.identity`) and source
 ``emulated`` allowed (qemu timings: stored, never a latency). Rows of older
-files keep a NULL identity, so the latency cache never serves them.
+files keep a NULL identity, so the latency cache never serves them; 5 = runs and
+bench_runs record their owner (``owner_host``, ``owner_pid``,
+``owner_start``: the process's start time, so a reused pid is not taken for
+the owner). On open, a ``running`` row of this host whose owner is gone is
+marked ``interrupted`` (a controller killed with -9 never says so itself).
+
+Opening checks the file first and writes nothing to a bad one: a directory,
+a non-SQLite file, an SQLite file that is not a store (no ``meta`` table),
+and a corrupted one (``PRAGMA quick_check``) are each a one-line
+:class:`StoreError` naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -42,9 +53,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError"]
+__all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError", "check_store_file", "open_readonly"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_windows (  -- schema 3: where the latency cache of a key starts
@@ -236,7 +247,94 @@ BENCH_RATIO_COLUMNS = {"reference_benchmark": "TEXT", "ratio_id": "INTEGER REFER
 
 
 class StoreError(RuntimeError):
-    """The store file is unusable (newer schema, not a SQLite file)."""
+    """The store file is unusable (newer schema, not a SQLite file, corrupted, a directory)."""
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_file(path: Path) -> None:
+    """Refuse, before SQLite touches it, a path that is a directory or a non-empty non-SQLite file.
+
+    Raises:
+        StoreError: one line naming the file and the fix.
+    """
+    if path.is_dir():
+        raise StoreError(f"results database {path} is a directory; pass a file path to --db "
+                         f"(e.g. {path / 'hilprune.db'})")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"results database {path} cannot be read ({exc.strerror}); pass another --db") from None
+    if head and head != _SQLITE_MAGIC:
+        raise StoreError(f"results database {path} is not an SQLite file; nothing was written to it: "
+                         f"pass another --db")
+
+
+def check_store_file(path: Path | str, *, must_exist: bool = True) -> None:
+    """Refuse a results database path before anything opens it: missing (when ``must_exist``),
+    a directory, not an SQLite file.
+
+    Raises:
+        StoreError: one line naming the file and the fix.
+    """
+    path = Path(path)
+    _check_file(path)
+    if must_exist and not path.is_file():
+        raise StoreError(f"results database {path} not found; pass the --db of your runs")
+
+
+def open_readonly(path: Path | str) -> sqlite3.Connection:
+    """A read-only connection to an existing store, checked (``PRAGMA quick_check``) first.
+
+    For readers that must not import the rest of the harness (``sim calibrate``).
+
+    Raises:
+        StoreError: missing, a directory, not SQLite, or corrupted (one line naming the file).
+    """
+    path = Path(path)
+    check_store_file(path)
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        bad = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise StoreError(f"results database {path} is corrupted or not a results store "
+                         f"({' '.join(str(exc).split())}); restore it from a backup or pass another --db") from None
+    if bad != ["ok"]:
+        con.close()
+        raise StoreError(f"results database {path} is corrupted (PRAGMA quick_check: "
+                         f"{' / '.join(' '.join(str(b).split()) for b in bad[:2])[:300]}); restore it from a "
+                         f"backup or pass another --db")
+    return con
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - psutil missing or the process gone
+        return None
+
+
+def _alive(pid: int | None, start: float | None) -> bool:
+    """The process ``pid`` exists and (when ``start`` is known) started at ``start`` (not a reused pid)."""
+    if pid is None:
+        return True  # a row from before owners were recorded: cannot tell, keep it running
+    now_start = _start_time(pid)
+    if now_start is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return start is None
+    return start is None or abs(now_start - start) < 1.0
 
 
 class ResultsStore:
@@ -251,13 +349,24 @@ class ResultsStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        _check_file(self.path)  # before sqlite3 writes anything into a file that is not ours
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._conn = None
         try:
             self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA busy_timeout=30000")
+            bad = [r[0] for r in self._conn.execute("PRAGMA quick_check").fetchall()]
+            if bad != ["ok"]:
+                raise StoreError(f"results database {self.path} is corrupted (PRAGMA quick_check: "
+                                 f"{' / '.join(' '.join(str(b).split()) for b in bad[:2])[:300]}); nothing was written to it: restore it from a "
+                                 f"backup or pass another --db")
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:
+                raise StoreError(f"{self.path} is an SQLite database but not a hilprune results store (tables: "
+                                 f"{', '.join(sorted(tables)[:4])}); pass another --db")
+            self._conn.execute("PRAGMA journal_mode=WAL")
             with self._tx() as c:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
@@ -280,9 +389,43 @@ class ResultsStore:
                 # schema 4 was not released when the bench ratio columns came: files of any version up to 4
                 # (from v2, when bench_results came, to early v4 files) get them; idempotent
                 _add_columns(c, "bench_results", BENCH_RATIO_COLUMNS)
+                for table in ("runs", "bench_runs"):  # schema 5: who runs it (host, pid, process start)
+                    _add_columns(c, table, {"owner_host": "TEXT", "owner_pid": "INTEGER", "owner_start": "REAL"})
             self._conn.execute("PRAGMA foreign_keys=ON")  # after a migration's table rebuild
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a usable results store ({exc}); pass another --db") from exc
+            self.reap_interrupted()
+        except StoreError:
+            if self._conn is not None:
+                self._conn.close()
+            raise
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+            raise StoreError(f"results database {self.path} is corrupted or not a results store "
+                             f"({' '.join(str(exc).split())}); nothing "
+                             f"was written to it: restore it from a backup or pass another --db") from None
+
+    # -- owners of running rows: a run whose process is gone is interrupted ----
+    def reap_interrupted(self) -> list[str]:
+        """Mark ``interrupted`` every ``running`` run and bench run whose owner process, on this
+        host, is gone (pid absent, or reused by a process that started later). Rows owned by
+        another host are left alone (their pid means nothing here). Returns the run ids marked.
+        """
+        host = socket.gethostname()
+        marked = []
+        with self._lock:
+            rows = [(t, r[0], r[1], r[2]) for t in ("runs", "bench_runs") for r in self._conn.execute(
+                f"SELECT run_id, owner_pid, owner_start FROM {t} WHERE status='running' AND owner_host=?", (host,))]
+        for table, run_id, pid, start in rows:
+            if not _alive(pid, start):
+                with self._tx() as c:
+                    c.execute(f"UPDATE {table} SET status='interrupted', finished_at=COALESCE(finished_at, ?) "
+                              f"WHERE run_id=? AND status='running' AND owner_pid=?", (time.time(), run_id, pid))
+                marked.append(run_id)
+        return marked
+
+    def _claim(self, c: sqlite3.Connection, table: str, run_id: str) -> None:
+        c.execute(f"UPDATE {table} SET owner_host=?, owner_pid=?, owner_start=? WHERE run_id=?",
+                  (socket.gethostname(), os.getpid(), _start_time(os.getpid()), run_id))
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -299,7 +442,8 @@ class ResultsStore:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
     # -- runs -----------------------------------------------------------------
     def create_run(self, run_id: str, *, model: str, dataset: str, device: str, target: str, seed: int, config: dict) -> None:
@@ -315,6 +459,7 @@ class ResultsStore:
                     "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                     (run_id, time.time(), model, dataset, device, target, seed, json.dumps(config, sort_keys=True)),
                 )
+                self._claim(c, "runs", run_id)
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"run {run_id!r} exists already in {self.path}") from exc
 
@@ -575,9 +720,12 @@ class ResultsStore:
                       "WHERE run_id=? AND episode=? AND step=?", (*values.values(), run_id, episode, step))
 
     def set_run_status(self, run_id: str, status: str) -> None:
-        """Set a run's status without touching its summary (e.g. back to ``running`` on resume)."""
+        """Set a run's status without touching its summary (e.g. back to ``running`` on resume,
+        which makes this process the run's owner)."""
         with self._tx() as c:
             c.execute("UPDATE runs SET status=? WHERE run_id=?", (status, run_id))
+            if status == "running":
+                self._claim(c, "runs", run_id)
 
     def candidates(self, run_id: str) -> list[dict]:
         """All candidate rows of a run, in (episode, step) order."""
@@ -603,6 +751,7 @@ class ResultsStore:
                     (run_id, time.time(), suite_name, suite_path, suite_sha256,
                      json.dumps(metadata, sort_keys=True, default=str)),
                 )
+                self._claim(c, "bench_runs", run_id)
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"bench run {run_id!r} exists already in {self.path}") from exc
 

@@ -340,6 +340,8 @@ def load_features(path: Path | str) -> GraphFeatures:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
         raise SimGraphError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:  # an empty file parses as an empty ModelProto
+        raise SimGraphError(f"{path}: not an ONNX model (no graph nodes; {st.st_size} bytes); pass a .onnx model")
     feats = features_from_model(model, name=path.stem)
     with _cache_lock:
         _cache[key] = feats

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["DeviceAction", "Parser", "nonneg_int", "pos_int"]
+__all__ = ["DeviceAction", "Parser", "nonneg_float", "nonneg_int", "pos_int"]
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -30,6 +30,17 @@ def nonneg_int(text: str) -> int:
 def pos_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1)
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (seconds, usually)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value:g} must be a finite number >= 0")
+    return value
 
 
 class DeviceAction(argparse.Action):

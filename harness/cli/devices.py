@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from harness.cli.args import nonneg_float
+
 __all__ = ["register", "check_board", "golden_artifact"]
 
 
@@ -56,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                    "each board's target, cached)")
     ck.add_argument("--no-measure", action="store_true", help="skip the golden-model measurement")
     ck.add_argument("--cache-dir", default=None, help="artifact cache for the golden model")
-    ck.add_argument("--lease-wait-s", type=float, default=30.0, help="wait this long for a leased board (s)")
+    ck.add_argument("--lease-wait-s", type=nonneg_float, default=30.0, help="wait this long for a leased board (s)")
     ck.set_defaults(func=cmd_check)
 
 

@@ -244,8 +244,10 @@ def _main(argv: list[str] | None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
-    except (ValueError, DatasetError, StoreError, FileNotFoundError) as exc:
-        print(f"hilprune: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        raise
+    except (ValueError, DatasetError, StoreError, OSError) as exc:  # OSError: a path that is a dir, no permission
+        print(f"hilprune: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except SearchAborted as exc:
         print(f"hilprune: stopped: {exc}", file=sys.stderr)

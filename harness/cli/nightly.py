@@ -133,8 +133,9 @@ def cmd_bench_compare(args: argparse.Namespace) -> int:
     from harness.store import ResultsStore
 
     rule = CompareRule(threshold=args.threshold, baseline_runs=args.baseline)
-    if not Path(args.db).is_file():
-        raise FileNotFoundError(f"results store {args.db!r} not found; pass --db PATH")
+    from harness.store import check_store_file
+
+    check_store_file(args.db)
     store = ResultsStore(args.db)
     try:
         results = store.bench_results()

@@ -135,6 +135,15 @@ def _from_dict(target: dict[str, Any]) -> TargetSpec:
     triple = cpu.get("mtriple")
     if triple is None:
         raise ValueError("target needs 'mtriple': mcpu without mtriple silently builds x86")
+    if not isinstance(triple, str):
+        raise ValueError(f"target 'mtriple' must be a string such as 'aarch64-linux-gnu', got {triple!r}")
+    mcpu = cpu.get("mcpu")
+    if mcpu is not None:
+        if not isinstance(mcpu, str):
+            raise ValueError(f"target 'mcpu' must be a string such as 'cortex-a72', got {mcpu!r}")
+        unknown = _unknown_cpu(mcpu, triple)
+        if unknown:
+            raise ValueError(unknown)
     if triple.startswith("aarch64"):
         arch: Arch = "aarch64"
     elif triple.startswith("x86_64"):
@@ -143,6 +152,22 @@ def _from_dict(target: dict[str, Any]) -> TargetSpec:
         raise ValueError(f"unsupported mtriple {triple!r}: expected x86_64-* or aarch64-*")
     cross_cc = AARCH64_CXX if arch != host_arch() else None
     return TargetSpec("custom", target, arch, "cuda" if kind == "cuda" else "cpu", cross_cc)
+
+
+def _unknown_cpu(mcpu: str, triple: str) -> str | None:
+    """Why LLVM does not know ``mcpu`` for ``triple`` (it would silently build generic code and the
+    artifact would record the bogus name), or None when it knows it or TVM is not importable here."""
+    try:
+        from tvm.target import codegen  # noqa: PLC0415 - lazy: TVM is heavy
+    except Exception:  # noqa: BLE001 - no TVM: the build will say what it says
+        return None
+    try:
+        if codegen.llvm_is_valid_cpu(mcpu, triple):
+            return None
+    except Exception:  # noqa: BLE001 - an LLVM without this triple: refuse it below with the list
+        pass
+    return (f"target 'mcpu': {mcpu!r} is not a CPU LLVM knows for mtriple {triple!r} (it would build generic "
+            f"code); e.g. cortex-a72 (Pi 4), cortex-a76 (Pi 5), cortex-a78ae (Orin), skylake, znver3")
 
 
 def host_arch() -> Arch:

@@ -43,6 +43,7 @@ import fcntl
 import hashlib
 import contextlib
 import logging
+import json
 import os
 import tempfile
 import time
@@ -242,11 +243,52 @@ def locked(db_dir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def repair_torn_tail(path: Path) -> int:
+    """Cut a torn last line off a JSON-lines file (a writer killed mid-append); returns bytes removed.
+
+    The file is cut after its last newline when the text after it is not a
+    complete line, or when its last line is not valid JSON. Earlier lines are
+    never touched. Call it holding :func:`locked` (another writer may be
+    appending otherwise).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        fh.seek(max(0, size - (1 << 20)))
+        tail = fh.read()
+        end = len(tail) - 1 if tail.endswith(b"\n") else len(tail)
+        start = tail.rfind(b"\n", 0, end) + 1  # start of the last line (0: the chunk's start)
+        last = tail[start:end]
+        if tail.endswith(b"\n"):
+            try:
+                json.loads(last)
+                return 0
+            except ValueError:
+                pass
+        if start == 0 and size > len(tail):
+            return 0  # a last line over 1 MiB: not ours to judge
+        keep = size - len(tail) + start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    logger.warning("tuning database %s: removed a torn last line (%d bytes) left by an interrupted writer",
+                   path, size - keep)
+    return size - keep
+
+
 def open_database(db_dir: Path):
-    """Open (creating if missing) the ``JSONDatabase`` in ``db_dir``."""
+    """Open (creating if missing) the ``JSONDatabase`` in ``db_dir``; a torn last line of its two
+    files (a tuning run killed mid-write) is cut off first. Hold :func:`locked`."""
     from tvm.s_tir import meta_schedule as ms
 
     Path(db_dir).mkdir(parents=True, exist_ok=True)
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        repair_torn_tail(Path(db_dir) / name)
     return ms.database.JSONDatabase(work_dir=str(db_dir), module_equality="structural")
 
 

@@ -220,7 +220,9 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
 
     store_path, out = Path(store_path), Path(out_dir)
     if not store_path.is_file():
-        raise FileNotFoundError(f"results store {str(store_path)!r} not found; pass --db PATH")
+        from harness.store import check_store_file
+
+        check_store_file(store_path)
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(store_path)

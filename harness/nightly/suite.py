@@ -52,11 +52,12 @@ _BACKENDS = ("tvm", "onnxruntime")
 
 
 class SuiteError(ValueError):
-    """A suite file that cannot be used; the message has one line per problem."""
+    """A suite file that cannot be used; ``problems`` lists each, the message joins them on ONE
+    line (``; ``), first problem first."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+        super().__init__("; ".join(self.problems))
 
 
 @dataclass(frozen=True, slots=True)

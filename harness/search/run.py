@@ -167,6 +167,16 @@ class SearchConfig:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a TOML value of the wrong type names its option (not a TypeError)
+            value = getattr(self, f.name)
+            if f.type in ("str", "str | None") and not (isinstance(value, str) or (value is None and "None" in f.type)):
+                raise ValueError(f"option {f.name!r} must be a string, got {type(value).__name__} {value!r}")
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"option {f.name!r} must be a number, got {type(value).__name__} {value!r}")
+        from harness.pruning import IMPORTANCES
+
+        if self.importance not in IMPORTANCES:
+            raise ValueError(f"importance={self.importance!r} must be one of {', '.join(IMPORTANCES)}")
         for name in ("episodes", "max_steps", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples",
                      "repeat", "seed"):
             value = getattr(self, name)
@@ -228,9 +238,14 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} does not exist; pass an existing TOML file to --config")
     try:
         data = tomllib.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not a text file (not UTF-8); pass a TOML file to --config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
     data = data.get("search", data)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: 'search' must be a table ([search] with options under it), "
+                         f"got {type(data).__name__}")
     SearchConfig.from_dict(data, source=str(path))  # validate names and values early
     return data
 
@@ -278,10 +293,61 @@ def _public(result: CandidateResult, test_top1: float | None = None) -> dict:
     }
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays/scalars as lists/Python numbers (tensors kept): what
+    ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``path`` so that a crash leaves the old file or the new one, never a torn one:
+    a temp file beside it, flushed and fsynced, renamed over ``path``, then the directory fsynced."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(_plain(obj), f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """A run's checkpoint, loaded with ``torch.load(weights_only=True)`` (tensors and plain data
+    only: a checkpoint in a shared run directory must not run code on resume); None if absent.
+
+    Raises:
+        ValueError: the file is torn, not a checkpoint, or holds other objects (one line naming it).
+    """
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, zip errors
+        why = " ".join(str(exc).split())[:200]
+        raise ValueError(f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: {why}); it is torn or "
+                         f"holds more than tensors and plain data (never loaded with code execution): move it away "
+                         f"to restart the run from its first step") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != 1:
+        raise ValueError(f"checkpoint {path} is not a hilprune checkpoint (format_version 1); move it away to "
+                         f"restart the run from its first step")
+    return ckpt
 
 
 class _Run:
@@ -941,9 +1007,17 @@ def resume_search(run_id: str, *, out: str | None = None, db: str | None = None,
     if row["status"] == "finished":
         store.close()
         raise ValueError(f"run {run_id!r} finished already; its summary is {run_dir / 'summary.json'}")
+    if row["status"] == "running" and row.get("owner_pid") is not None:  # a dead owner was marked interrupted on open
+        store.close()
+        raise ValueError(f"run {run_id!r} is still running (process {row.get('owner_pid')} on "
+                         f"{row.get('owner_host')}); stop it first, or wait for it to end")
     _seed_everything(config.seed)
     ckpt_path = run_dir / CHECKPOINT
-    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except ValueError:
+        store.close()
+        raise
     if ckpt is not None:
         store.delete_candidates_after(run_id, ckpt["episode"], ckpt["step"])
     else:

@@ -174,10 +174,13 @@ def db_rows(db: Path, device: str, backend: str, onnx_dirs: Iterable[Path], *, t
         raise ValueError(f"refusing to calibrate on simulated rows of {device!r}; pick a measured device")
     if statistic not in ("p50", "min"):
         raise ValueError(f"statistic must be 'p50' or 'min', got {statistic!r}")
+    from harness.store import StoreError, open_readonly
+
     db = Path(db)
-    if not db.is_file():
-        raise ValueError(f"results store {db} does not exist")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        con = open_readonly(db)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
     try:
         q = (f"SELECT id, model, arch_signature, backend, onnx_sha256, latency_{statistic}_ms FROM measurements "
              "WHERE device=? AND source='measured' AND unstable=0")

@@ -47,7 +47,10 @@ def free_port() -> int:
 class LoopbackSshd:
     """One sshd on 127.0.0.1:port. ``host_key`` is its public key line."""
 
-    def __init__(self, root: Path, client_pub: str) -> None:
+    def __init__(self, root: Path, client_pub: str, client_alive: bool = True) -> None:
+        """``client_alive=False``: no ``ClientAliveInterval`` (sshd's default), so sshd itself never
+        notices a silent client -- a partition is then the harness's to detect."""
+        self.client_alive = client_alive
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.host_key = keygen(root / "host_ed25519")
@@ -72,7 +75,7 @@ class LoopbackSshd:
                 "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
                 "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", f"AllowUsers {getpass.getuser()}",
                 "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 100:30:200", "MaxSessions 100",
-                "ClientAliveInterval 2", "ClientAliveCountMax 3",
+                *(["ClientAliveInterval 2", "ClientAliveCountMax 3"] if self.client_alive else []),
                 # OpenSSH >= 9.8 penalises 127.0.0.1 after the wrong-key test; boards here must stay reachable
                 *(["PerSourcePenalties no"] if _sshd_version() >= (9, 8) else []), "",
             ]))

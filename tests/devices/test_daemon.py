@@ -162,3 +162,98 @@ def test_daemon_is_self_contained(name):
              for a in (n.names if isinstance(n, ast.Import) else [None])}
     assert not any(m.split(".")[0] in {"devices", "harness", "agent", "torch", "onnx"} for m in every), every
     assert "tvm.relax" not in every
+
+
+# ------------------------------------------------------- malformed requests (issue 11)
+
+_DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize("line, kind, words", [
+    (_DEEP, "bad_request", "nested too deep"),
+    (b'{"v":1,"op":"hello","id":' + b"[" * 2000 + b"]" * 2000 + b"}", "bad_request", "nested too deep"),
+    (b"\xff\xfe garbage", "bad_request", "not JSON"),
+    (b"[1, 2]", "bad_request", "JSON object"),
+    (b'{"v":2,"id":1,"op":"hello"}', "bad_request", "protocol version"),
+    (b'{"v":1,"id":1,"op":"fly"}', "bad_request", "unknown op"),
+    (b'{"v":1,"id":1,"op":"measure"}', "bad_request", "'artifact'"),
+    (b'{"v":1,"id":1,"op":"measure","artifact":"rel/dir"}', "bad_request", "'artifact'"),
+    (b'{"v":1,"id":1,"op":"measure","artifact":"/x","repeat":0}', "bad_request", "'repeat'"),
+    (b'{"v":1,"id":1,"op":"measure","artifact":"/x","backend":"tensorrt"}', "bad_request", "'backend'"),
+    (b'{"v":1,"id":1,"op":"measure","artifact":"/no/such/dir"}', "load_failed", "does not exist"),
+    (b'{"v":1,"id":1,"op":"time_func","lib":5}', "bad_request", "'lib'"),
+    (b'{"v":1,"id":1,"op":"sleep","s":-1}', "bad_request", "'s'"),
+])
+def test_malformed_request_answered_and_daemon_lives(raw, line, kind, words):
+    r = raw.send_line(line)
+    assert r["ok"] is False and r["error"]["kind"] == kind and words in r["error"]["message"], r
+    assert raw.send(v=1, id="after", op="hello")["ok"] is True  # still serving
+
+
+def test_overlong_line_answered_and_skipped(raw):
+    from devices import daemon
+
+    r = raw.send_line(b"x" * (daemon.MAX_LINE_BYTES + 10))
+    assert r["error"]["kind"] == "bad_request" and "over" in r["error"]["message"]
+    assert raw.send(v=1, id=2, op="hello")["id"] == 2
+
+
+@pytest.mark.parametrize("field, value", [("library", "../../etc/passwd"), ("library", "/etc/passwd"),
+                                          ("onnx", "../model.onnx"), ("params", "../p.npz")])
+def test_manifest_files_outside_the_artifact_refused(raw, tmp_path, tiny_artifact, field, value):
+    import shutil
+
+    art = tmp_path / "a"
+    shutil.copytree(tiny_artifact, art)
+    m = json.loads((art / "manifest.json").read_text())
+    m[field] = value
+    m.pop("library_sha256", None)
+    (art / "manifest.json").write_text(json.dumps(m))
+    r = _measure(raw, art, backend="onnxruntime" if field == "onnx" else "tvm")
+    assert r["ok"] is False and r["error"]["kind"] == "load_failed", r
+    msg = r["error"]["message"]  # the manifest reader refuses a name with '/', the daemon a path out
+    assert ("outside the artifact" in msg or "inside the artifact" in msg) and field in msg, r
+
+
+def test_symlink_out_of_the_artifact_refused(raw, tmp_path, tiny_artifact):
+    import shutil
+
+    art = tmp_path / "a"
+    shutil.copytree(tiny_artifact, art)
+    m = json.loads((art / "manifest.json").read_text())
+    outside = tmp_path / "elsewhere.so"
+    shutil.copy(art / m["library"], outside)
+    (art / "link.so").symlink_to(outside)
+    m["library"] = "link.so"  # same bytes, same library_sha256: only the symlink is wrong
+    (art / "manifest.json").write_text(json.dumps(m))
+    r = _measure(raw, art)
+    assert r["error"]["kind"] == "load_failed" and "outside the artifact" in r["error"]["message"], r
+
+
+def test_loaded_models_are_bounded_lru(tmp_path, tiny_artifact):
+    import shutil
+
+    from devices.daemon import Daemon
+
+    d = Daemon(max_loaded=2)
+    arts = []
+    for i in range(3):  # three distinct manifests: three cache entries
+        art = tmp_path / f"a{i}"
+        shutil.copytree(tiny_artifact, art)
+        m = json.loads((art / "manifest.json").read_text())
+        (art / "manifest.json").write_text(json.dumps({**m, "note": i}))
+        arts.append(art)
+
+    def measure(art):
+        req = dict(v=1, id=1, op="measure", artifact=str(art), warmup=0, number=1, repeat=1, min_repeat_ms=0)
+        reply, keep = d.handle(json.dumps(req).encode())
+        assert reply["ok"], reply
+        return reply["result"]["load_s"]
+
+    measure(arts[0])
+    measure(arts[1])
+    assert measure(arts[0]) == 0.0  # cached; now a1 is the least recently used
+    measure(arts[2])  # evicts a1
+    assert len(d.cache) == 2
+    assert measure(arts[0]) == 0.0 and measure(arts[1]) > 0.0  # a0 stayed, a1 was reloaded
+    assert Daemon().max_loaded >= 4  # the default keeps interleaved A/B pairs (and more) loaded

@@ -114,6 +114,16 @@ def test_changed_host_key_refused(tmp_path, sshd_pair, client_key, tiny_artifact
         r = dev.measure(tiny_artifact, MeasureConfig(**FAST))
         assert r.error.kind is MeasureErrorKind.DEVICE_LOST and "HOST KEY CHANGED" in r.error.message
         assert "refusing to connect" in r.error.message and dev.last_fatal
+        # both keys as OpenSSH fingerprints (the base64 prefix every ed25519 key shares said nothing)
+        import subprocess
+
+        def lf(pub: Path) -> str:
+            return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                                  check=True).stdout.split()[1]
+
+        assert lf(sshd_pair[0].root / "host_ed25519.pub") in r.error.message, r.error.message
+        assert lf(sshd_pair[1].root / "host_ed25519.pub") in r.error.message, r.error.message
+        assert "AAAAC3NzaC1lZDI1NTE5" not in r.error.message
         with pytest.raises(DeviceUnavailable, match="HOST KEY CHANGED"):
             dev.hello()
     finally:
@@ -206,5 +216,27 @@ def test_watchdog_hard_limit(tmp_path, sshd_pair, client_key):
         assert _wait_until(lambda: not _group_alive(pgid), 30), "the daemon outlived session_limit_s"
         # near the limit the device starts a fresh session instead of sending a request to a dead daemon
         assert dev.hello()["pid"] != pgid
+    finally:
+        dev.close()
+
+
+def test_uploaded_artifacts_are_bounded_on_the_board(tmp_path, sshd_pair, client_key, tiny_artifact, monkeypatch):
+    import devices.ssh as ssh_mod
+
+    monkeypatch.setattr(ssh_mod, "MAX_UPLOADED_ARTIFACTS", 2)
+    arts = []
+    for i in range(3):  # three distinct manifests: three uploads
+        art = tmp_path / f"a{i}"
+        shutil.copytree(tiny_artifact, art)
+        m = json.loads((art / "manifest.json").read_text())
+        (art / "manifest.json").write_text(json.dumps({**m, "note": i}))
+        arts.append(art)
+    dev = SshDevice(_board(tmp_path, sshd_pair[0], client_key))
+    try:
+        for art in arts:
+            assert dev.measure(art, MeasureConfig(**FAST)).ok
+        remote = Path(dev.session.tmp) / "a"
+        assert len(list(remote.iterdir())) == 2  # the oldest upload was removed from the board
+        assert dev.measure(arts[0], MeasureConfig(**FAST)).ok  # and is uploaded again when needed
     finally:
         dev.close()

@@ -205,3 +205,61 @@ def test_bench_results_gain_the_ratio_columns_in_place(tmp_path, version):
             new["ratio_reference_p50_ms"]) == (0.95, 16, 1.5, 0.6)
     s.close()
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# ---------------------------------------------------------- bad files, dead owners (issue 11)
+
+def _corrupt(path):
+    s = ResultsStore(path)
+    for i in range(200):
+        s.add_measurement(**{**KEY, "arch_signature": f"c{i}"}, source="measured", stats=STATS, latency_raw_ms=[1.0])
+    s.close()
+    sqlite3.connect(path).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    data = bytearray(path.read_bytes())
+    for off in range(4096 + 100, len(data), 4096):  # scribble over every page after the first
+        data[off:off + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("make, words", [
+    (_corrupt, "corrupted"),
+    (lambda p: p.write_bytes(b"not a database at all\n" * 10), "not an SQLite file"),
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: sqlite3.connect(p).execute("CREATE TABLE leases (board TEXT)").connection.commit(),
+     "not a hilprune results store"),
+])
+def test_bad_database_named_and_untouched(tmp_path, make, words):
+    import hashlib
+
+    path = tmp_path / "r.db"
+    make(path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    with pytest.raises(StoreError) as info:
+        ResultsStore(path)
+    msg = str(info.value)
+    assert words in msg and str(path) in msg and "\n" not in msg, msg
+    if before is not None:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # nothing written
+        assert not (tmp_path / "r.db-wal").exists() or (tmp_path / "r.db-wal").stat().st_size == 0
+
+
+def _create_and_die(path):
+    s = ResultsStore(path)
+    s.create_run("dead", model="m", dataset="d", device="local", target="host", seed=0, config={})
+    s.create_bench_run("dead-bench", suite_name="s", suite_path="/s", suite_sha256=None, metadata={})
+    s.close()  # exits with both rows 'running', as a controller killed with -9 leaves them
+
+
+def test_runs_of_a_dead_controller_are_interrupted(tmp_path):
+    path = tmp_path / "r.db"
+    p = mp.get_context("spawn").Process(target=_create_and_die, args=(path,))
+    p.start()
+    p.join(60)
+    s = ResultsStore(path)
+    s.create_run("alive", model="m", dataset="d", device="local", target="host", seed=0, config={})
+    s.close()
+    s = ResultsStore(path)  # reopening: this process still owns "alive"
+    assert s.get_run("dead")["status"] == "interrupted"
+    assert {b["run_id"]: b["status"] for b in s.bench_runs()} == {"dead-bench": "interrupted"}
+    assert s.get_run("alive")["status"] == "running"
+    assert s.query("PRAGMA integrity_check") == [{"integrity_check": "ok"}]

@@ -64,7 +64,8 @@ def test_every_problem_is_one_line_naming_benchmark_and_field(tmp_path):
     f.write_text(BROKEN)
     with pytest.raises(SuiteError) as info:
         load_suite(f)
-    lines = str(info.value).splitlines()
+    lines = info.value.problems  # each problem names its benchmark and field
+    assert "\n" not in str(info.value)  # the CLI shows them on one line
     expect = [
         ("benchmark #2 'both'", "model/onnx", "give exactly one"),
         ("benchmark #2 'both'", "input_shape", "[1, 3]"),

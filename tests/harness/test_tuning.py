@@ -141,3 +141,18 @@ def test_tuning_in_task_groups_keeps_the_finished_groups_when_killed(tmp_path, m
     report = tuning_mod.tune_module(mod, target, tmp_path / "db", config)
     assert (report.tasks_total, report.tasks_from_db, report.tasks_tuned_now) == (2, 1, 1)
     assert tuning_mod.untuned_tasks(mod, target, tmp_path / "db") == (2, [])
+
+
+@pytest.mark.parametrize("content, kept", [
+    (b'["a", 1]\n["b", 2]\n["c", 3', b'["a", 1]\n["b", 2]\n'),  # killed mid-line: no newline
+    (b'["a", 1]\n["b", 2]\n["c", \n', b'["a", 1]\n["b", 2]\n'),  # a newline, but not JSON
+    (b'["a", 1]\n["b", 2]\n', b'["a", 1]\n["b", 2]\n'),  # intact: untouched
+    (b'["c", 3', b''),  # only a torn line
+])
+def test_torn_last_line_of_the_tuning_database_is_cut(tmp_path, content, kept):
+    from harness.compile.tuning import repair_torn_tail
+
+    path = tmp_path / "database_tuning_record.json"
+    path.write_bytes(content)
+    assert repair_torn_tail(path) == len(content) - len(kept)
+    assert path.read_bytes() == kept
