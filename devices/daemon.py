@@ -20,6 +20,7 @@ Requests (``id`` is echoed back as given; any JSON value)::
      "warmup":5,"number":10,"repeat":30,"min_repeat_ms":50,"seed":0,"num_threads":null}
     {"v":1,"id":..,"op":"time_func","lib":"/abs/x.so","args":[["float32",[1,8]],..],
      "number":3,"repeat":1,"min_repeat_ms":50,"seed":0}
+        optional "sha256": the library's digest (checked before loading), "remove": true (delete it once loaded)
         -> {"costs_s":[...]}: MetaSchedule's measurement of one tuning candidate
         (a TIR module's entry function, random arguments, the runtime's
         ``time_evaluator``), for the board-backed tuning runner.
@@ -775,6 +776,10 @@ def time_func(req: dict) -> dict:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise RequestError("bad_request", f"time_func: {name!r} must be an int >= {lo}, got {v!r}")
         opts[name] = v
+    want = req.get("sha256")
+    if want is not None and (not isinstance(want, str) or _sha256_file(lib_path) != want):
+        raise RequestError("load_failed", f"time_func: {lib_path} does not match the sha256 sent with the request "
+                                          "(a corrupted upload)")
     try:
         import tvm.runtime as rt  # noqa: PLC0415 - lazy, runtime-only API
 
@@ -782,6 +787,12 @@ def time_func(req: dict) -> dict:
         lib = rt.load_module(lib_path)
     except Exception as exc:  # noqa: BLE001
         raise RequestError("load_failed", f"cannot load {lib_path}: {type(exc).__name__}: {exc}") from None
+    finally:
+        if req.get("remove") is True:  # a loaded library stays mapped; the file is not needed any more
+            try:
+                os.unlink(lib_path)
+            except OSError:
+                pass
     try:
         rng = np.random.default_rng(opts["seed"])
         tensors = []

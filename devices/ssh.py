@@ -228,6 +228,7 @@ class SshSession:
         self.hello: dict | None = None
         self.uploaded: collections.OrderedDict[str, str] = collections.OrderedDict()  # key -> remote dir (LRU)
         self.link: LinkMonitor | None = None
+        self._sftp: paramiko.SFTPClient | None = None  # opened once per session (_sftp_client)
         self.hello_timeout_s = HELLO_TIMEOUT_S
         self.started_at = time.monotonic()  # of the running daemon (its watchdog's hard limit counts from here)
 
@@ -369,8 +370,36 @@ class SshSession:
             raise SshError(kind, f"{where}: {shlex.join(argv)[:200]} exited {rc}: {serr.strip()[-500:]}")
         return rc, sout, serr
 
-    def upload(self, files: list[tuple[Path, str]]) -> None:
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        """The session's SFTP channel, opened once (a tuning run uploads one candidate per trial).
+
+        Raises:
+            SshError: device_lost when it cannot be opened.
+        """
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise SshError(MeasureErrorKind.DEVICE_LOST,
+                               f"board {self.board.name!r}: cannot open SFTP: {exc!r}") from None
+        return self._sftp
+
+    def _drop_sftp(self) -> None:
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            try:
+                sftp.close()
+            except (paramiko.SSHException, OSError, EOFError):
+                pass
+
+    def upload(self, files: list[tuple[Path, str]], verify: bool = True) -> None:
         """SFTP ``(local, remote)`` files within ``upload_timeout_s``, then check sha256 on the board.
+
+        Args:
+            files: (local path, remote path) pairs.
+            verify: check the sha256 of every file on the board (one more command round trip).
+                ``False`` for a file whose reader checks it itself (the daemon's ``time_func``
+                gets the digest with the request).
 
         Raises:
             SshError: timeout, lost connection, or load_failed on a checksum mismatch.
@@ -382,21 +411,20 @@ class SshSession:
             if time.monotonic() > deadline:
                 raise TimeoutError("upload deadline")
 
-        try:
-            sftp = self.client.open_sftp()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: cannot open SFTP: {exc!r}") from None
+        sftp = self._sftp_client()
         try:
             sftp.get_channel().settimeout(self.board.upload_timeout_s)
             for local, remote in files:
                 sftp.put(str(local), remote, callback=check_deadline, confirm=True)
         except TimeoutError:
+            self._drop_sftp()
             raise SshError(MeasureErrorKind.TIMEOUT, f"{where}: upload took over "
                                                      f"{self.board.upload_timeout_s:g} s") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._drop_sftp()
             raise SshError(MeasureErrorKind.DEVICE_LOST, f"{where}: upload failed: {exc!r}") from None
-        finally:
-            sftp.close()
+        if not verify:
+            return
         want = {remote: _sha256(local) for local, remote in files}
         _, out, _ = self.run(["sha256sum", "--", *want])
         got = {}
@@ -521,6 +549,7 @@ class SshSession:
                 logger.warning("board %s: cleanup of %s failed: %s", self.board.name, self.tmp, exc)
         if self.link is not None:
             self.link.stop()
+        self._drop_sftp()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -708,21 +737,16 @@ class SshDevice(Device):
                 return Reply(error=err)
             s = self._session
             remote = f"{s.tmp}/tune-{hashlib.sha256(str(lib_path).encode()).hexdigest()[:16]}.so"
-            try:
-                s.upload([(Path(lib_path), remote)])
+            try:  # the daemon checks the digest and removes the file once loaded: no extra round trips
+                s.upload([(Path(lib_path), remote)], verify=False)
             except SshError as exc:
                 e = self._fail(exc)
                 if e.kind in (MeasureErrorKind.DEVICE_LOST, MeasureErrorKind.TIMEOUT):
                     self._drop_session(polite=False)
                 return Reply(error=e)
-            reply = self.call("time_func", timeout_s=timeout_s, lib=remote, args=args, number=number,
-                              repeat=repeat, min_repeat_ms=int(min_repeat_ms))
-            if self._session is s:
-                try:
-                    s.run(["rm", "-f", "--", remote], check=False)
-                except SshError:
-                    pass
-            return reply
+            return self.call("time_func", timeout_s=timeout_s, lib=remote, args=args, number=number,
+                             repeat=repeat, min_repeat_ms=int(min_repeat_ms), sha256=_sha256(Path(lib_path)),
+                             remove=True)
 
     def hello(self) -> dict:
         """The board daemon's hello (plus ``board``).

@@ -15,9 +15,11 @@ tunnel. Why:
   measurements, and boards tune in parallel (one candidate at a time each).
 
 The cost: each candidate is linked into a ``.so`` here (the builder's tar of
-object files, linked with ``g++`` or the cross ``aarch64-linux-gnu-g++``),
-uploaded (SFTP + a ``sha256sum`` round trip) and removed — a few ms on a LAN,
-negligible next to a candidate's build.
+object files, linked with ``g++`` or the cross ``aarch64-linux-gnu-g++``) —
+while the previous candidate is timed on its board (two jobs per board) — and
+uploaded over the session's one SFTP channel; the daemon checks its sha256 and
+deletes it once loaded, so a trial costs one upload and one request round trip
+(``benchmarks/board_tuning.py`` measures the overhead against LocalRunner).
 
 Use::
 
@@ -110,27 +112,28 @@ def make_board_runner(device: Any, target: Any, *, number: int = 3, repeat: int 
                 return RunnerResult([float(c) for c in reply.result["costs_s"]], None)
             return RunnerResult(None, f"BoardRunner {reply.error.kind.value}: {reply.error.message[:500]}")
 
+    def link_and_time(artifact_path: str, work: Path, args: list):
+        try:
+            lib = link_candidate(artifact_path, work, target.cross_cc)
+        except Exception as exc:  # noqa: BLE001 - a candidate that does not link is a failed candidate
+            raise RuntimeError(f"link failed: {exc}") from None
+        return device.time_function(lib, args, arch=target.arch, number=number, repeat=repeat,
+                                    min_repeat_ms=min_repeat_ms, timeout_s=timeout_s)
+
     @derived_object
     class BoardRunner(PyRunner):
         def __init__(self) -> None:
             super().__init__()
-            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="board-runner")
+            # twice the boards: a candidate links here while the previous one is timed on its board
+            self.pool = ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="board-runner")
 
         def run(self, runner_inputs):
             futures = []
             for inp in runner_inputs:
                 work = Path(tempfile.mkdtemp(prefix="hilprune-cand-"))
-                try:
-                    lib = link_candidate(inp.artifact_path, work, target.cross_cc)
-                except Exception as exc:  # noqa: BLE001
-                    done: Future = Future()
-                    done.set_exception(RuntimeError(f"link failed: {exc}"))
-                    futures.append(BoardRunnerFuture(done, work))
-                    continue
                 args = [[str(a[1]), [int(d) for d in a[2]]] for a in (x.as_json() for x in inp.args_info)]
-                fut = self.pool.submit(device.time_function, lib, args, arch=target.arch, number=number,
-                                       repeat=repeat, min_repeat_ms=min_repeat_ms, timeout_s=timeout_s)
-                futures.append(BoardRunnerFuture(fut, work))
+                futures.append(BoardRunnerFuture(self.pool.submit(link_and_time, inp.artifact_path, work, args),
+                                                 work))
             return futures
 
     return BoardRunner()

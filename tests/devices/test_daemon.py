@@ -257,3 +257,26 @@ def test_loaded_models_are_bounded_lru(tmp_path, tiny_artifact):
     assert len(d.cache) == 2
     assert measure(arts[0]) == 0.0 and measure(arts[1]) > 0.0  # a0 stayed, a1 was reloaded
     assert Daemon().max_loaded >= 4  # the default keeps interleaved A/B pairs (and more) loaded
+
+
+def test_time_func_checks_the_digest_sent_with_the_request_and_removes_the_library(raw, tmp_path):
+    """The board runner's trial: one upload and one request; the daemon checks the sha256 and deletes the file."""
+    import hashlib
+
+    import tvm
+    from tvm import te
+
+    n = 64
+    a = te.placeholder((n,), name="a", dtype="float32")
+    b = te.compute((n,), lambda i: a[i] * 2.0, name="b")
+    lib_path = tmp_path / "cand.so"
+    tvm.compile(te.create_prim_func([a, b]), target="llvm").export_library(str(lib_path))
+    digest = hashlib.sha256(lib_path.read_bytes()).hexdigest()
+    args = [["float32", [n]], ["float32", [n]]]
+    bad = raw.send(v=1, id=1, op="time_func", lib=str(lib_path), args=args, sha256="0" * 64, remove=True)
+    assert bad["error"]["kind"] == "load_failed" and "sha256" in bad["error"]["message"]
+    assert lib_path.exists()  # refused before loading: nothing removed
+    ok = raw.send(v=1, id=2, op="time_func", lib=str(lib_path), args=args, number=2, sha256=digest, remove=True)
+    assert ok["ok"], ok
+    assert len(ok["result"]["costs_s"]) == 1 and 0 < ok["result"]["costs_s"][0] < 1.0
+    assert not lib_path.exists()  # loaded, then deleted on the board
