@@ -263,3 +263,20 @@ def test_runs_of_a_dead_controller_are_interrupted(tmp_path):
     assert {b["run_id"]: b["status"] for b in s.bench_runs()} == {"dead-bench": "interrupted"}
     assert s.get_run("alive")["status"] == "running"
     assert s.query("PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+
+
+def test_a_cached_ratio_serves_only_its_own_reference_artifact_and_identity(tmp_path):
+    s = ResultsStore(tmp_path / "r.db")
+    key = dict(model="resnet20", arch_signature="8-8", device="local", target="host", backend="tvm",
+               tuning_key="ms:t8")
+    rid = s.add_ratio(**key, reference_signature="16-16", reference_sha256="ref-a", source="measured",
+                      device_identity=ME, ratio=0.83, ci_low=0.82, ci_high=0.84, confidence=0.95, pairs=24,
+                      stop_reason="converged", round_ratios=[0.82, 0.83, 0.84], latency_p50_ms=1.66,
+                      reference_p50_ms=2.0)
+    hit = s.find_ratio(**key, reference_sha256="ref-a", identity=ME)
+    assert hit["id"] == rid and hit["ratio"] == 0.83 and hit["round_ratios"] == [0.82, 0.83, 0.84]
+    # the same architecture against another build of the reference (other tuning, weights, compiler): a miss
+    assert s.find_ratio(**key, reference_sha256="ref-b", identity=ME) is None
+    # the same reference on another board or as a simulated answer: a miss
+    assert s.find_ratio(**key, reference_sha256="ref-a", identity=ME.replace("local@h", "pi-01")) is None
+    assert s.find_ratio(**key, reference_sha256="ref-a", identity="simulated|profile=host|version=1") is None
