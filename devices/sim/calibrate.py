@@ -352,3 +352,118 @@ def choose_channel_align(rows: Sequence[CalibrationRow], start: SimProfile, cand
     best = min(scores, key=scores.get)
     logger.info("channel_align by %d-fold CV: %s -> %d", folds, scores, best)
     return best, scores
+
+
+# ------------------------------------------------------------------ ranking vs the MACs proxy
+#: Field of a profile's ``fit`` that holds its leave-one-model-out ranking check
+#: (:func:`lomo_ranking`); :func:`devices.sim.profile.no_better_than_macs` reads it.
+RANKING_FIELD = "ranking"
+
+
+def ranking_scores(measured_ms: Sequence[float], predicted_ms: Sequence[float], macs: Sequence[float],
+                   threads: Sequence[int], train_scale: Sequence[float] | None = None) -> dict[str, Any]:
+    """Rank and error scores of held-out predictions beside the MACs proxy's.
+
+    Spearman's rho (``scipy.stats.spearmanr``: Pearson correlation of the
+    ranks, ties at their mean rank) is computed within each thread count (a
+    model at 1 and 4 threads is two latencies of one graph; pooling them would
+    reward getting the thread scaling right, not the ranking of networks),
+    then averaged over the thread counts weighted by their number of rows.
+
+    Args:
+        measured_ms: measured latency per row (ms, > 0).
+        predicted_ms: the simulator's held-out prediction per row (ms).
+        macs: MACs of each row's graph (the proxy).
+        threads: thread count per row.
+        train_scale: per row, ms per MAC of the proxy fitted WITHOUT that row's
+            model (the one global scale of a leave-one-model-out fit); None:
+            fitted on every row (in-sample) as exp(median(log(measured/MACs)))
+            per thread count.
+
+    Returns:
+        ``spearman_sim``, ``spearman_macs`` (row-weighted means over thread
+        counts; NaN where no thread count has >= 3 models), ``mape_sim`` (%,
+        the predictions as they are), ``mape_macs`` (%, MACs x its one global
+        scale), ``n_rows``, ``n_models`` (rows per thread count, largest) and
+        ``per_threads``: {threads: {``n``, ``spearman_sim``, ``spearman_macs``}}.
+
+    Raises:
+        ValueError: arrays of different lengths or a non-positive latency or MACs.
+    """
+    from scipy.stats import spearmanr
+
+    meas, pred = np.asarray(measured_ms, float), np.asarray(predicted_ms, float)
+    mac, thr = np.asarray(macs, float), np.asarray(threads, int)
+    if not (len(meas) == len(pred) == len(mac) == len(thr)):
+        raise ValueError("ranking_scores needs one measured, predicted, MACs and threads value per row")
+    if np.any(meas <= 0) or np.any(mac <= 0) or np.any(pred <= 0):
+        raise ValueError("ranking_scores needs latencies and MACs > 0")
+    if train_scale is None:
+        scale = np.empty_like(meas)
+        for t in np.unique(thr):
+            m = thr == t
+            scale[m] = math.exp(float(np.median(np.log(meas[m] / mac[m]))))
+    else:
+        scale = np.asarray(train_scale, float)
+    per, ws, s_sim, s_mac = {}, [], [], []
+    for t in np.unique(thr):
+        m = thr == t
+        n = int(m.sum())
+        if n < 3:
+            continue
+        a = float(spearmanr(pred[m], meas[m]).statistic)
+        b = float(spearmanr(mac[m], meas[m]).statistic)
+        per[int(t)] = {"n": n, "spearman_sim": a, "spearman_macs": b}
+        ws.append(n)
+        s_sim.append(a)
+        s_mac.append(b)
+    wavg = (lambda v: float(np.average(v, weights=ws))) if ws else (lambda v: float("nan"))
+    return {"spearman_sim": wavg(s_sim), "spearman_macs": wavg(s_mac),
+            "mape_sim": float(np.mean(100 * np.abs(pred - meas) / meas)),
+            "mape_macs": float(np.mean(100 * np.abs(mac * scale - meas) / meas)),
+            "n_rows": int(meas.size), "n_models": max((p["n"] for p in per.values()), default=0),
+            "per_threads": per}
+
+
+def lomo_ranking(rows: Sequence[CalibrationRow], start: SimProfile, **fit_kw: Any) -> dict[str, Any]:
+    """Leave-one-model-out check of a profile's ranking against the MACs proxy (never in-sample).
+
+    For each group (model) of ``rows``: fit the profile (:func:`fit_profile`,
+    ``start`` and ``fit_kw``) on the other groups' rows and predict the
+    held-out rows; fit the MACs proxy's one global scale (ms per MAC,
+    exp(median log(latency / MACs)) per thread count) on the same other
+    groups. Then :func:`ranking_scores` over every held-out row.
+
+    Returns:
+        :func:`ranking_scores`' dict plus ``beats_macs`` (True when the
+        simulator's Spearman is strictly above the proxy's), ``method``
+        (a one-line description) and ``rows`` (per held-out row: ``label``,
+        ``threads``, ``measured_ms``, ``predicted_ms``, ``macs``, ``macs_ms``).
+
+    Raises:
+        ValueError: fewer than two groups.
+    """
+    groups = sorted({r.group for r in rows})
+    if len(groups) < 2:
+        raise ValueError(f"leave-one-model-out needs >= 2 models, got {groups}")
+    meas, pred, mac, thr, scale, detail = [], [], [], [], [], []
+    for g in groups:
+        train = [r for r in rows if r.group != g]
+        fitted = fit_profile(train, start, **fit_kw).profile
+        for r in (r for r in rows if r.group == g):
+            same = [t for t in train if t.threads == r.threads] or train
+            s = math.exp(float(np.median([math.log(t.latency_ms / t.features.macs) for t in same])))
+            p = predict_latency_ms(r.features, fitted, threads=r.threads)
+            meas.append(r.latency_ms)
+            pred.append(p)
+            mac.append(r.features.macs)
+            thr.append(r.threads)
+            scale.append(s)
+            detail.append({"label": r.label, "threads": r.threads, "measured_ms": r.latency_ms, "predicted_ms": p,
+                           "macs": r.features.macs, "macs_ms": s * r.features.macs})
+    out = ranking_scores(meas, pred, mac, thr, train_scale=scale)
+    out["beats_macs"] = bool(out["spearman_sim"] > out["spearman_macs"])
+    out["method"] = ("leave-one-model-out: profile and MACs scale fitted without the held-out model; Spearman "
+                     "within each thread count, row-weighted mean")
+    out["rows"] = detail
+    return out

@@ -4,7 +4,8 @@ The graph is read with ``onnx.shape_inference.infer_shapes`` (strict mode, data
 propagation on) so every operator's input and output shapes are known; each
 costed operator becomes one row of :class:`GraphFeatures`:
 
-- ``op_class``: index into :data:`OP_CLASSES`;
+- ``op_class``: index into :data:`OP_CLASSES` (a grouped conv with wide
+  groups counts as ordinary convs: :data:`GROUPED_MIN_CHANNELS_AS_DENSE`);
 - ``work``: the operator's arithmetic work, in operations, batch included:
   MACs for ``conv1x1``, ``conv3x3s1``, ``conv_kxk``, ``depthwise``, ``grouped`` and
   ``dense`` (multiply-accumulates, never FLOPs); output elements x window
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "COST_FREE_OPS",
+    "GROUPED_MIN_CHANNELS_AS_DENSE",
     "GraphFeatures",
     "OP_CLASSES",
     "SimGraphError",
@@ -69,6 +71,18 @@ __all__ = [
 OP_CLASSES: tuple[str, ...] = ("conv1x1", "conv3x3s1", "conv_kxk", "depthwise", "grouped", "dense", "pooling",
                                "elementwise")
 _CLS = {name: i for i, name in enumerate(OP_CLASSES)}
+#: A grouped conv with at least this many input channels per group is costed
+#: as ``groups`` ordinary convs (class by kernel: ``conv1x1``, ``conv3x3s1``,
+#: ``conv_kxk``), not as ``grouped``. Why: runtimes run such a conv as one
+#: ordinary (GEMM / Winograd) kernel per group (ncnn's ConvolutionDepthWise
+#: with ``group < channels`` slices it into per-group Convolution layers; TVM's
+#: ``group_conv2d_nchw`` and ONNX Runtime's MLAS likewise loop over groups),
+#: so AlexNet's groups of 48-192 channels run at the dense rate, while
+#: RegNet's groups of 8 run near the depthwise rate. Lumping the two in one
+#: class made the rpi4 profile predict AlexNet 2.4x too slow when it was held
+#: out (issue 13). 16 = two NEON fp16 / AVX-512 fp32 vectors: below it a
+#: group's GEMM cannot fill the vector lanes of a pack8/NCHW16c kernel.
+GROUPED_MIN_CHANNELS_AS_DENSE = 16
 
 _POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax")
 _ELTWISE_OPS = (
@@ -79,7 +93,7 @@ _ELTWISE_OPS = (
 #: Operators that compilers turn into views or fold at build time: no cost, no row.
 COST_FREE_OPS: tuple[str, ...] = (
     "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Shape", "Constant", "ConstantOfShape",
-    "Gather", "Cast", "Dropout", "Slice", "Range", "Expand",
+    "Gather", "Cast", "Dropout", "Slice", "Split", "Range", "Expand",
 )
 #: Every operator type the simulator accepts.
 SUPPORTED_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul", *_POOL_OPS, *_ELTWISE_OPS, *COST_FREE_OPS)
@@ -258,7 +272,7 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
             ops = out_elems * w_shape[1] * math.prod(kernel)
             if group > 1 and group == c_in and w_shape[1] == 1:
                 klass = "depthwise"
-            elif group > 1:
+            elif group > 1 and w_shape[1] < GROUPED_MIN_CHANNELS_AS_DENSE:
                 klass = "grouped"
             elif all(k == 1 for k in kernel):
                 klass = "conv1x1"

@@ -43,6 +43,8 @@ __all__ = [
     "available_profiles",
     "layer_breakdown",
     "load_profile",
+    "macs_warning",
+    "no_better_than_macs",
     "predict_latency_ms",
 ]
 
@@ -178,6 +180,11 @@ class SimProfile:
             command, date, notes); free-form JSON.
         fit: fit error of the calibration (``n_rows``, ``mape``,
             ``rmse_log``, ``max_ape``...), or None for an uncalibrated prior.
+            ``fit["ranking"]`` holds the leave-one-model-out check against
+            the MACs proxy (:func:`devices.sim.calibrate.lomo_ranking`:
+            ``spearman_sim``, ``spearman_macs``, ``mape_sim``, ``mape_macs``,
+            ``beats_macs``...) and ``fit["no_better_than_macs"]`` its verdict
+            (:func:`no_better_than_macs`).
     """
 
     name: str
@@ -288,6 +295,33 @@ def load_profile(name_or_path: str | Path) -> SimProfile:
             return SimProfile.load(p)
     raise ValueError(f"unknown simulator profile {text!r}; available: {', '.join(available_profiles()) or 'none'} "
                      f"(or give a path to a profile .json)")
+
+
+def no_better_than_macs(profile: SimProfile) -> bool:
+    """True when the profile's leave-one-model-out Spearman is not above the MACs proxy's.
+
+    Read from ``profile.fit["ranking"]`` (written by ``hilprune sim
+    calibrate``); a profile with no such check (uncalibrated, or fitted on one
+    model) counts as no better: nothing shows it ranks better than MACs.
+    """
+    ranking = (profile.fit or {}).get("ranking")
+    if not isinstance(ranking, dict) or "beats_macs" not in ranking:
+        return True
+    return not bool(ranking["beats_macs"])
+
+
+def macs_warning(profile: SimProfile) -> str | None:
+    """One line warning that the profile ranks no better than MACs, or None when it ranks better."""
+    if not no_better_than_macs(profile):
+        return None
+    r = (profile.fit or {}).get("ranking")
+    if isinstance(r, dict) and "spearman_sim" in r:
+        why = (f"leave-one-model-out Spearman {r['spearman_sim']:.3f} vs MACs {r['spearman_macs']:.3f} on "
+               f"{r.get('n_models', '?')} models")
+    else:
+        why = "it was never checked leave-one-model-out against MACs"
+    return (f"simulator profile {profile.name!r} v{profile.version} ranks networks no better than MACs alone "
+            f"({why}); its latencies may mislead a search: prefer a measured board or its latency table")
 
 
 # ---------------------------------------------------------------------- costing
