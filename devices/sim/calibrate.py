@@ -361,7 +361,8 @@ RANKING_FIELD = "ranking"
 
 
 def ranking_scores(measured_ms: Sequence[float], predicted_ms: Sequence[float], macs: Sequence[float],
-                   threads: Sequence[int], train_scale: Sequence[float] | None = None) -> dict[str, Any]:
+                   threads: Sequence[int], train_scale: Sequence[float] | None = None,
+                   groups: Sequence[str] | None = None) -> dict[str, Any]:
     """Rank and error scores of held-out predictions beside the MACs proxy's.
 
     Spearman's rho (``scipy.stats.spearmanr``: Pearson correlation of the
@@ -379,6 +380,10 @@ def ranking_scores(measured_ms: Sequence[float], predicted_ms: Sequence[float], 
             model (the one global scale of a leave-one-model-out fit); None:
             fitted on every row (in-sample) as exp(median(log(measured/MACs)))
             per thread count.
+        groups: per row, its model; when given, Spearman is computed within
+            each (model, thread count) cell of >= 3 rows instead (the ranking
+            a search needs: pruned variants of one model), keys of
+            ``per_threads`` become ``"model@threads"``.
 
     Returns:
         ``spearman_sim``, ``spearman_macs`` (row-weighted means over thread
@@ -406,14 +411,18 @@ def ranking_scores(measured_ms: Sequence[float], predicted_ms: Sequence[float], 
     else:
         scale = np.asarray(train_scale, float)
     per, ws, s_sim, s_mac = {}, [], [], []
-    for t in np.unique(thr):
-        m = thr == t
+    if groups is None:
+        cells = [(int(t), thr == t) for t in np.unique(thr)]
+    else:
+        grp = np.asarray(groups, dtype=object)
+        cells = [(f"{g}@{int(t)}", (grp == g) & (thr == t)) for g in sorted(set(grp.tolist())) for t in np.unique(thr)]
+    for key, m in cells:
         n = int(m.sum())
         if n < 3:
             continue
         a = float(spearmanr(pred[m], meas[m]).statistic)
         b = float(spearmanr(mac[m], meas[m]).statistic)
-        per[int(t)] = {"n": n, "spearman_sim": a, "spearman_macs": b}
+        per[key] = {"n": n, "spearman_sim": a, "spearman_macs": b}
         ws.append(n)
         s_sim.append(a)
         s_mac.append(b)
@@ -425,17 +434,21 @@ def ranking_scores(measured_ms: Sequence[float], predicted_ms: Sequence[float], 
             "per_threads": per}
 
 
-def lomo_ranking(rows: Sequence[CalibrationRow], start: SimProfile, **fit_kw: Any) -> dict[str, Any]:
+def lomo_ranking(rows: Sequence[CalibrationRow], start: SimProfile, *, within_models: bool = False,
+                 **fit_kw: Any) -> dict[str, Any]:
     """Leave-one-model-out check of a profile's ranking against the MACs proxy (never in-sample).
 
     For each group (model) of ``rows``: fit the profile (:func:`fit_profile`,
     ``start`` and ``fit_kw``) on the other groups' rows and predict the
     held-out rows; fit the MACs proxy's one global scale (ms per MAC,
     exp(median log(latency / MACs)) per thread count) on the same other
-    groups. Then :func:`ranking_scores` over every held-out row.
+    groups. Then :func:`ranking_scores` over every held-out row: ranked
+    across models (within each thread count), or with ``within_models``
+    within each held-out model (its pruned variants: what a search ranks).
 
     Returns:
-        :func:`ranking_scores`' dict plus ``beats_macs`` (True when the
+        :func:`ranking_scores`' dict (``n_models``: the number of models
+        held out) plus ``beats_macs`` (True when the
         simulator's Spearman is strictly above the proxy's), ``method``
         (a one-line description) and ``rows`` (per held-out row: ``label``,
         ``threads``, ``measured_ms``, ``predicted_ms``, ``macs``, ``macs_ms``).
@@ -459,11 +472,15 @@ def lomo_ranking(rows: Sequence[CalibrationRow], start: SimProfile, **fit_kw: An
             mac.append(r.features.macs)
             thr.append(r.threads)
             scale.append(s)
-            detail.append({"label": r.label, "threads": r.threads, "measured_ms": r.latency_ms, "predicted_ms": p,
+            detail.append({"label": r.label, "group": r.group, "threads": r.threads, "measured_ms": r.latency_ms, "predicted_ms": p,
                            "macs": r.features.macs, "macs_ms": s * r.features.macs})
-    out = ranking_scores(meas, pred, mac, thr, train_scale=scale)
+    grp = [d["group"] for d in detail] if within_models else None
+    out = ranking_scores(meas, pred, mac, thr, train_scale=scale, groups=grp)
+    out["n_models"] = len(groups)
     out["beats_macs"] = bool(out["spearman_sim"] > out["spearman_macs"])
+    out["scope"] = "within each held-out model" if within_models else "across models"
     out["method"] = ("leave-one-model-out: profile and MACs scale fitted without the held-out model; Spearman "
-                     "within each thread count, row-weighted mean")
+                     + ("within each (held-out model, thread count)" if within_models else "within each thread count")
+                     + ", row-weighted mean")
     out["rows"] = detail
     return out

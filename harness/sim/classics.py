@@ -100,7 +100,7 @@ def _fire(cin: int, sq: int, ex: int) -> nn.Module:
 
 
 def _squeezenet() -> nn.Module:
-    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)
     return nn.Sequential(
         nn.Conv2d(3, 64, 3, 2), nn.ReLU(), pool(), _fire(64, 16, 64), _fire(128, 16, 64), pool(),
         _fire(128, 32, 128), _fire(256, 32, 128), pool(), _fire(256, 48, 192), _fire(384, 48, 192),
@@ -109,7 +109,7 @@ def _squeezenet() -> nn.Module:
 
 
 def _alexnet() -> nn.Module:
-    pool = lambda: nn.MaxPool2d(3, 2)  # noqa: E731
+    pool = lambda: nn.MaxPool2d(3, 2)
     return nn.Sequential(
         nn.Conv2d(3, 96, 11, 4), nn.ReLU(), pool(),
         nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(), pool(),
@@ -132,14 +132,14 @@ def _resnet50() -> nn.Module:
 
 
 def _inception(cin: int, c1: int, r3: int, c3: int, r5: int, c5: int, pp: int) -> nn.Module:
-    conv = lambda a, b, k: nn.Sequential(nn.Conv2d(a, b, k, padding=k // 2), nn.ReLU())  # noqa: E731
+    conv = lambda a, b, k: nn.Sequential(nn.Conv2d(a, b, k, padding=k // 2), nn.ReLU())
     return _Concat(conv(cin, c1, 1), nn.Sequential(conv(cin, r3, 1), conv(r3, c3, 3)),
                    nn.Sequential(conv(cin, r5, 1), conv(r5, c5, 5)),
                    nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(cin, pp, 1)))
 
 
 def _googlenet() -> nn.Module:
-    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)
     return nn.Sequential(
         nn.Conv2d(3, 64, 7, 2, 3), nn.ReLU(), pool(), nn.Conv2d(64, 64, 1), nn.ReLU(),
         nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), pool(),

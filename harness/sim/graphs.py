@@ -56,7 +56,7 @@ def ncnn_macs(path: Path = NCNN_MACS_JSON) -> dict[str, int]:
     """
     import json
 
-    return {d["model"]: int(round(float(d["gmacs"]) * 1e9)) for d in json.loads(Path(path).read_text())}
+    return {d["model"]: round(float(d["gmacs"]) * 1e9) for d in json.loads(Path(path).read_text())}
 
 
 def export_classics(out_dir: Path, names: tuple[str, ...] | None = None, *,
