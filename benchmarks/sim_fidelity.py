@@ -207,11 +207,14 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool, n
         report("on 8-grid", grid)
     every = [v for v in calib + evals]
     all_rows = [CalibrationRow(load_features(v.path), lat[v.label], 1, v.label, v.model) for v in every]
-    lomo = lomo_ranking(all_rows, start)
-    print(f"  leave-one-model-out over all {len(all_rows)} measured variants (fit on the other two models' "
-          f"variants): Spearman sim {lomo['spearman_sim']:.3f} vs MACs {lomo['spearman_macs']:.3f}; MAPE sim "
-          f"{lomo['mape_sim']:.1f}% vs MACs x one scale {lomo['mape_macs']:.1f}% -> "
-          + ("beats MACs" if lomo["beats_macs"] else "NO BETTER THAN MACS"))
+    for within in (True, False):  # within each held-out model (what a search ranks; the profile's verdict), across
+        lomo = lomo_ranking(all_rows, start, within_models=within)
+        print(f"  leave-one-model-out over all {len(all_rows)} measured variants (fit on the other two models' "
+              f"variants), ranked {lomo['scope']}: Spearman sim {lomo['spearman_sim']:.3f} vs MACs "
+              f"{lomo['spearman_macs']:.3f}; MAPE sim {lomo['mape_sim']:.1f}% vs MACs x one scale "
+              f"{lomo['mape_macs']:.1f}% -> " + ("beats MACs" if lomo["beats_macs"] else "NO BETTER THAN MACS"))
+        out["lomo_within" if within else "lomo_across"] = {k: v for k, v in lomo.items() if k not in ("rows",
+                                                                                                 "per_threads")}
     from scipy.stats import spearmanr as _sp
 
     per_model = {}
@@ -223,7 +226,7 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool, n
                             "spearman_macs": float(_sp([r["macs"] for r in rr], a).statistic)}
             print(f"    within {m:13} (held out) n={len(rr):3d}  Spearman sim {per_model[m]['spearman_sim']:6.3f}  "
                   f"MACs {per_model[m]['spearman_macs']:6.3f}")
-    out["lomo"] = {k: v for k, v in lomo.items() if k not in ("rows", "per_threads")} | {"within_model": per_model}
+    out["lomo_within_per_model"] = per_model
     try:
         committed = load_profile("host")
         pc = np.array([predict_latency_ms(load_features(v.path), committed, threads=1) for v in evals])
