@@ -81,7 +81,7 @@ def board_section(graph_dir: Path) -> dict:
     print("  Spearman within each thread count, row-weighted mean; MACs proxy = MACs x one global scale per thread "
           "count fitted without the held-out model")
     print(f"  {'profile':22} {'rows':>4} {'Spearman sim':>12} {'MACs':>6} {'MAPE sim %':>10} {'MACs %':>7} "
-          f"{'in-sample MAPE %':>16}  verdict   (committed profile's stored LOMO)")
+          f"{'in-sample MAPE %':>16}  verdict, bootstrap interval of the Spearman difference   (committed profile's stored LOMO)")
     out = {}
     for name in BOARDS:
         rows = ncnn_rows(NCNN_CSV, name, graphs)
@@ -95,6 +95,8 @@ def board_section(graph_dir: Path) -> dict:
         stored_txt = (f"v{load_profile(name).version}: {stored['spearman_sim']:.3f} vs {stored['spearman_macs']:.3f}"
                       if stored else "none")
         verdict = "beats MACs" if lomo["beats_macs"] else "NO BETTER"
+        ci = lomo["spearman_diff_ci95"]
+        verdict += f" sim-MACs 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
         print(f"  {name:22} {len(rows):>4} {lomo['spearman_sim']:>12.3f} {lomo['spearman_macs']:>6.3f} "
               f"{lomo['mape_sim']:>10.1f} {lomo['mape_macs']:>7.1f} {full.stats['mape']:>16.1f}  {verdict:10} ({stored_txt})")
         out[name] = {"rows": len(rows), "models": sorted(graphs), "in_sample_mape": full.stats["mape"],
@@ -212,7 +214,8 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool, n
         print(f"  leave-one-model-out over all {len(all_rows)} measured variants (fit on the other two models' "
               f"variants), ranked {lomo['scope']}: Spearman sim {lomo['spearman_sim']:.3f} vs MACs "
               f"{lomo['spearman_macs']:.3f}; MAPE sim {lomo['mape_sim']:.1f}% vs MACs x one scale "
-              f"{lomo['mape_macs']:.1f}% -> " + ("beats MACs" if lomo["beats_macs"] else "NO BETTER THAN MACS"))
+              f"{lomo['mape_macs']:.1f}% -> " + ("beats MACs" if lomo["beats_macs"] else "NO BETTER THAN MACS")
+              + " (sim-MACs 95%% CI [%+.3f, %+.3f])" % tuple(lomo["spearman_diff_ci95"]))
         out["lomo_within" if within else "lomo_across"] = {k: v for k, v in lomo.items() if k not in ("rows",
                                                                                                  "per_threads")}
     from scipy.stats import spearmanr as _sp

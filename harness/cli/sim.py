@@ -229,6 +229,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         r = stats[RANKING_FIELD]
         print(f"leave-one-model-out ({r['scope']}), n={r['n_rows']}: Spearman sim {r['spearman_sim']:.3f} vs MACs "
               f"{r['spearman_macs']:.3f}; MAPE sim {r['mape_sim']:.1f}% vs MACs x one scale {r['mape_macs']:.1f}%"
+              + (f"; 95% interval of the difference [{r['spearman_diff_ci95'][0]:+.3f}, "
+                 f"{r['spearman_diff_ci95'][1]:+.3f}]" if r.get("spearman_diff_ci95") else "")
               + ("" if r["beats_macs"] else "  -> NO BETTER THAN MACS (flagged in the profile)"))
     for r in report.rows:
         print(f"  {r['label']:40} {r['threads']:>2}t  measured {r['measured_ms']:10.3f} ms  "
@@ -254,12 +256,14 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
                     "lomo_spearman_sim": r.get("spearman_sim"), "lomo_spearman_macs": r.get("spearman_macs"),
                     "lomo_mape_sim": r.get("mape_sim"), "lomo_mape_macs": r.get("mape_macs"),
                     "lomo_n_models": r.get("n_models"), "lomo_scope": r.get("scope"),
+                    "lomo_spearman_diff_ci95": r.get("spearman_diff_ci95"),
                     "no_better_than_macs": no_better_than_macs(p)})
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"{'profile':26} {'ver':>4} {'thr':>3}  {'fit MAPE':>9}  {'LOMO Spearman sim / MACs':>24}  "
-          f"{'LOMO MAPE sim / MACs':>20}  {'models':>6}  verdict (leave-one-model-out, never in-sample)")
+          f"{'LOMO MAPE sim / MACs':>20}  {'models':>6}  {'sim-MACs 95% CI':>16}  "
+          "verdict (leave-one-model-out, never in-sample)")
     for r in out:
         fit = f"{r['mape']:8.1f}%" if r["mape"] is not None else "    prior"
         if r["lomo_spearman_sim"] is not None:
@@ -268,11 +272,13 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
             models = f"{r['lomo_n_models']:>6}"
         else:
             rank, err, models = f"{'unchecked':>24}", f"{'-':>20}", f"{'-':>6}"
+        ci = r["lomo_spearman_diff_ci95"]
+        ci_txt = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
         verdict = "NO BETTER THAN MACS" if r["no_better_than_macs"] else "beats MACs"
         if r["lomo_scope"] == "within each held-out model":
             verdict += " (ranked within each model)"
         print(f"sim:{r['name']:22} v{r['version']:<3} {r['threads']:>3}  {fit:>9}  {rank:>24}  {err:>20}  {models}  "
-              f"{verdict}")
+              f"{ci_txt:>16}  {verdict}")
     return 0
 
 

@@ -60,6 +60,18 @@ def test_ranking_scores_in_sample_scale_and_bad_input():
         ranking_scores([1, 0, 3], [1, 2, 3], [1, 2, 3], [1, 1, 1])
 
 
+def test_spearman_difference_interval():
+    meas = list(range(1, 11))
+    perfect, reversed_ = meas, meas[::-1]
+    s = ranking_scores(meas, perfect, reversed_, [1] * 10)
+    assert s["spearman_sim"] == pytest.approx(1.0) and s["spearman_macs"] == pytest.approx(-1.0)
+    lo, hi = s["spearman_diff_ci95"]
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)  # every resample keeps the perfect and the reversed order (ties alike)
+    same = ranking_scores(meas, [1, 3, 2, 4, 5, 7, 6, 8, 10, 9], [1, 3, 2, 4, 5, 7, 6, 8, 10, 9], [1] * 10)
+    assert same["spearman_diff_ci95"] == pytest.approx([0.0, 0.0])  # paired draws: equal rankings never differ
+    assert ranking_scores([1, 2], [1, 2], [1, 2], [1, 1])["spearman_diff_ci95"] is None  # no cell of >= 3 rows
+
+
 def _feat(name: str, macs: float, n_ops: int) -> GraphFeatures:
     """A graph of ``n_ops`` equal conv1x1 rows (class 0) holding ``macs`` MACs, compute-bound."""
     work = np.full(n_ops, macs / n_ops)
