@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from devices.sim.graph import OP_CLASSES, GraphFeatures
-from devices.sim.profile import SimParams, SimProfile, misaligned_mask, predict_latency_ms
+from devices.sim.profile import SimParams, SimProfile, effective_class, misaligned_mask, predict_latency_ms
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,14 @@ _CLASS_SHAPE = {"conv1x1": 0.6, "conv3x3s1": 1.0, "conv_kxk": 1.0, "depthwise": 
 
 def _prior(conv_kxk_gmacs_s: float, bandwidth_gb_s: float, layer_overhead_us: float,
            model_overhead_ms: float, thread_exponent: float = 0.8, winograd: float = 2.0,
-           channel_align: int = 4, misaligned_factor: float = 1.5) -> dict[str, Any]:
+           channel_align: int = 4, misaligned_factor: float = 1.5,
+           grouped_dense_min_channels: int = 16) -> dict[str, Any]:
     shape = _CLASS_SHAPE | {"conv3x3s1": winograd}
     return {"gops_s": {c: conv_kxk_gmacs_s * s for c, s in shape.items()},
             "bandwidth_gb_s": bandwidth_gb_s, "layer_overhead_us": layer_overhead_us,
             "model_overhead_ms": model_overhead_ms, "thread_exponent": thread_exponent,
-            "channel_align": channel_align, "misaligned_factor": misaligned_factor}
+            "channel_align": channel_align, "misaligned_factor": misaligned_factor,
+            "grouped_dense_min_channels": grouped_dense_min_channels}
 
 
 #: Datasheet priors (the start and the anchor of every calibration). The
@@ -91,13 +93,13 @@ PRIORS: dict[str, dict[str, Any]] = {
     "jetson-nano-gpu": {
         "description": "NVIDIA Jetson Nano, 128-core Maxwell GPU @ 921 MHz (ncnn Vulkan, fp16 storage)",
         "threads": 1, "cores": 1,
-        "params": _prior(60.0, 12.0, 50.0, 1.0, 1.0),
+        "params": _prior(60.0, 12.0, 50.0, 1.0, 1.0, grouped_dense_min_channels=0),
         "sources": "128 CUDA cores x 921 MHz = 118 GMAC/s fp32 (Jetson Nano datasheet); LPDDR4 25.6 GB/s shared",
     },
     "jetson-orin-nano-gpu": {
         "description": "NVIDIA Jetson Orin Nano, 1024-core Ampere GPU @ 625 MHz (ncnn Vulkan, fp16 storage)",
         "threads": 1, "cores": 1,
-        "params": _prior(300.0, 34.0, 30.0, 0.5, 1.0),
+        "params": _prior(300.0, 34.0, 30.0, 0.5, 1.0, grouped_dense_min_channels=0),
         "sources": "1024 CUDA cores x 625 MHz = 640 GMAC/s fp32 (Jetson Orin Nano datasheet); LPDDR5 68 GB/s shared",
     },
     "host": {
@@ -174,19 +176,20 @@ def _to_vec(p: SimParams) -> np.ndarray:
                                   p.misaligned_factor]))
 
 
-def _from_vec(x: np.ndarray, channel_align: int) -> SimParams:
+def _from_vec(x: np.ndarray, channel_align: int, grouped_dense_min_channels: int = 0) -> SimParams:
     v = np.exp(x)
     return SimParams(v[:_K].copy(), float(v[_K]), float(v[_K + 1]), float(v[_K + 2]), float(min(v[_K + 3], 1.0)),
-                     channel_align, np.maximum(v[_M:], 1.0))
+                     channel_align, np.maximum(v[_M:], 1.0), grouped_dense_min_channels)
 
 
 class _Stacked:
     """All rows' operators concatenated, for one vectorised prediction of every row."""
 
-    def __init__(self, rows: Sequence[CalibrationRow], cores: int, channel_align: int) -> None:
+    def __init__(self, rows: Sequence[CalibrationRow], cores: int, params: SimParams) -> None:
+        channel_align = params.channel_align
         self.work = np.concatenate([r.features.work for r in rows])
         self.bytes = np.concatenate([r.features.bytes for r in rows])
-        self.cls = np.concatenate([r.features.op_class for r in rows])
+        self.cls = np.concatenate([effective_class(r.features, params) for r in rows])
         counts = np.array([len(r.features) for r in rows])
         self.row = np.repeat(np.arange(len(rows)), counts)
         self.n_ops = counts.astype(np.float64)
@@ -241,7 +244,7 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
     if not np.all(np.isfinite(meas)) or np.any(meas <= 0):
         raise ValueError("every measured latency must be a finite number of ms > 0")
     align = start.params.channel_align
-    stacked = _Stacked(rows, start.cores, align)
+    stacked = _Stacked(rows, start.cores, start.params)
     anchor = _to_vec((prior or start).params)
     x0 = np.clip(_to_vec(start.params), _BOUNDS[0], _BOUNDS[1])
     if fit_thread_exponent is None:
@@ -275,7 +278,7 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
     sol = least_squares(residuals, np.clip(x0[free], lb + 1e-9, ub - 1e-9), bounds=(lb, ub), method="trf",
                         max_nfev=max_nfev, x_scale=1.0, xtol=1e-9, ftol=1e-10, gtol=1e-10)
     x = full(sol.x)
-    params = _from_vec(x, align)
+    params = _from_vec(x, align, start.params.grouped_dense_min_channels)
     pred = stacked.predict_ms(x)
     stats = fit_stats(pred, meas) | {"cost": float(sol.cost), "optimizer": str(sol.message),
                                      "prior_weight": prior_weight, "prior_sigma_log": prior_sigma_log,

@@ -4,8 +4,9 @@ The graph is read with ``onnx.shape_inference.infer_shapes`` (strict mode, data
 propagation on) so every operator's input and output shapes are known; each
 costed operator becomes one row of :class:`GraphFeatures`:
 
-- ``op_class``: index into :data:`OP_CLASSES` (a grouped conv with wide
-  groups counts as ordinary convs: :data:`GROUPED_MIN_CHANNELS_AS_DENSE`);
+- ``op_class``: index into :data:`OP_CLASSES`; ``dense_class``: the class
+  the row would have as an ordinary conv (by kernel), which a profile uses for
+  grouped convs with wide groups (``SimParams.grouped_dense_min_channels``);
 - ``work``: the operator's arithmetic work, in operations, batch included:
   MACs for ``conv1x1``, ``conv3x3s1``, ``conv_kxk``, ``depthwise``, ``grouped`` and
   ``dense`` (multiply-accumulates, never FLOPs); output elements x window
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "COST_FREE_OPS",
-    "GROUPED_MIN_CHANNELS_AS_DENSE",
     "GraphFeatures",
     "OP_CLASSES",
     "SimGraphError",
@@ -71,18 +71,6 @@ __all__ = [
 OP_CLASSES: tuple[str, ...] = ("conv1x1", "conv3x3s1", "conv_kxk", "depthwise", "grouped", "dense", "pooling",
                                "elementwise")
 _CLS = {name: i for i, name in enumerate(OP_CLASSES)}
-#: A grouped conv with at least this many input channels per group is costed
-#: as ``groups`` ordinary convs (class by kernel: ``conv1x1``, ``conv3x3s1``,
-#: ``conv_kxk``), not as ``grouped``. Why: runtimes run such a conv as one
-#: ordinary (GEMM / Winograd) kernel per group (ncnn's ConvolutionDepthWise
-#: with ``group < channels`` slices it into per-group Convolution layers; TVM's
-#: ``group_conv2d_nchw`` and ONNX Runtime's MLAS likewise loop over groups),
-#: so AlexNet's groups of 48-192 channels run at the dense rate, while
-#: RegNet's groups of 8 run near the depthwise rate. Lumping the two in one
-#: class made the rpi4 profile predict AlexNet 2.4x too slow when it was held
-#: out (issue 13). 16 = two NEON fp16 / AVX-512 fp32 vectors: below it a
-#: group's GEMM cannot fill the vector lanes of a pack8/NCHW16c kernel.
-GROUPED_MIN_CHANNELS_AS_DENSE = 16
 
 _POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceMax")
 _ELTWISE_OPS = (
@@ -136,6 +124,9 @@ class GraphFeatures:
         channels: int64 array (n, 2): (input channels per group, output
             channels) of conv rows, (0, 0) elsewhere — for the profile's
             channel-alignment penalty (SIMD blocking of NCHWc / pack4 layouts).
+        dense_class: int64 array (n,): the class of each row as an ordinary
+            conv (``conv1x1``, ``conv3x3s1`` or ``conv_kxk`` by kernel) for a
+            ``grouped`` row, ``op_class`` elsewhere (default: ``op_class``).
     """
 
     name: str
@@ -147,10 +138,13 @@ class GraphFeatures:
     macs: int
     input_shapes: dict[str, tuple[int, ...]]
     channels: np.ndarray | None = None
+    dense_class: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.channels is None:
             object.__setattr__(self, "channels", np.zeros((len(self.node_names), 2), dtype=np.int64))
+        if self.dense_class is None:
+            object.__setattr__(self, "dense_class", np.asarray(self.op_class, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.node_names)
@@ -230,7 +224,7 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
             raise SimGraphError(f"{name}: graph input {iname!r} has no static shape; export with a fixed "
                                 "batch and resolution (e.g. 1x3x224x224)")
 
-    names, types, cls, work, nbytes, chans = [], [], [], [], [], []
+    names, types, cls, work, nbytes, chans, dense_cls = [], [], [], [], [], [], []
     macs = 0
     for idx, node in enumerate(g.node):
         op = node.op_type
@@ -262,6 +256,7 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
         traffic = float(in_bytes + weights + out_elems * out_size)
 
         chan = (0, 0)
+        ordinary = None
         if op == "Conv":
             (x_shape, _), (w_shape, _) = shape_of(node.input[0], "input"), shape_of(node.input[1], "weight")
             if len(w_shape) < 3 or len(x_shape) != len(w_shape):
@@ -272,15 +267,18 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
             ops = out_elems * w_shape[1] * math.prod(kernel)
             if group > 1 and group == c_in and w_shape[1] == 1:
                 klass = "depthwise"
-            elif group > 1 and w_shape[1] < GROUPED_MIN_CHANNELS_AS_DENSE:
+            elif group > 1:
                 klass = "grouped"
-            elif all(k == 1 for k in kernel):
-                klass = "conv1x1"
+            else:
+                klass = None
+            if all(k == 1 for k in kernel):
+                ordinary = "conv1x1"
             elif (tuple(kernel) == (3, 3) and all(v == 1 for v in _attr(node, "strides", [1, 1]))
                   and all(v == 1 for v in _attr(node, "dilations", [1, 1]))):
-                klass = "conv3x3s1"
+                ordinary = "conv3x3s1"
             else:
-                klass = "conv_kxk"
+                ordinary = "conv_kxk"
+            klass = klass or ordinary
             # alignment channels: depthwise -> its width; an image stem (<= 4 input
             # channels per group) has its own first-layer kernels -> input ignored
             chan = (c_out, c_out) if klass == "depthwise" else (w_shape[1] if w_shape[1] > 4 else 0, c_out)
@@ -308,13 +306,14 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
         work.append(float(ops))
         nbytes.append(traffic)
         chans.append(chan)
+        dense_cls.append(_CLS[ordinary if klass == "grouped" else klass])
     if not names:
         raise SimGraphError(f"{name}: the graph has no costed operator (only {len(g.node)} shape-only nodes)")
     return GraphFeatures(
         name=name, node_names=tuple(names), op_types=tuple(types),
         op_class=np.asarray(cls, dtype=np.int64), work=np.asarray(work, dtype=np.float64),
         bytes=np.asarray(nbytes, dtype=np.float64), macs=int(macs), input_shapes=input_shapes,
-        channels=np.asarray(chans, dtype=np.int64).reshape(-1, 2),
+        channels=np.asarray(chans, dtype=np.int64).reshape(-1, 2), dense_class=np.asarray(dense_cls, dtype=np.int64),
     )
 
 

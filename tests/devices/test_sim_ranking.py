@@ -174,3 +174,36 @@ def test_sim_profiles_shows_both_spearmans_and_predict_warns(tmp_path):
     assert "ranks networks no better than MACs alone" in worse.stderr
     assert "no better than MACs" not in better.stderr
     assert json.loads(worse.stdout)[0]["latency_ms"] > 0
+
+
+def _grouped_conv_graph(groups: int):
+    """ONNX: one 3x3 stride-1 conv, 64 -> 64 channels at 8x8, ``groups`` groups (weights (64, 64/groups, 3, 3))."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((64, 64 // groups, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=groups, pads=[1, 1, 1, 1], name="conv")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 8, 8])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("groups", "g_min", "costed_as"), [
+    (2, 16, "conv3x3s1"),   # 32 channels per group >= 16: an ordinary conv per group (CPU runtimes)
+    (8, 16, "grouped"),     # 8 per group: the grouped rate
+    (2, 0, "grouped"),      # a GPU profile (0): every grouped conv at the grouped rate
+])
+def test_wide_groups_are_costed_as_ordinary_convs(groups, g_min, costed_as):
+    from devices.sim import OP_CLASSES, SimParams, SimProfile, features_from_model, predict_latency_ms
+    from devices.sim.profile import effective_class
+
+    f = features_from_model(_grouped_conv_graph(groups))
+    assert OP_CLASSES[int(f.op_class[0])] == "grouped" and OP_CLASSES[int(f.dense_class[0])] == "conv3x3s1"
+    macs = 64 * 8 * 8 * (64 // groups) * 9  # output elements x C_in/group x kH x kW
+    assert f.macs == macs
+    rates = np.arange(1.0, 9.0)  # GMAC/s per class, all different
+    params = SimParams(rates, 1e9, 0.0, 0.0, 1.0, 1, 1.0, g_min)
+    prof = SimProfile("t", 1, "", 1, 1, params)
+    assert OP_CLASSES[int(effective_class(f, params)[0])] == costed_as
+    expected_ms = 1e3 * macs / (rates[OP_CLASSES.index(costed_as)] * 1e9)  # compute-bound: bandwidth 1e9 GB/s
+    assert predict_latency_ms(f, prof, threads=1) == pytest.approx(expected_ms)
