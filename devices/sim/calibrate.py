@@ -32,8 +32,8 @@ from devices.sim.profile import SimParams, SimProfile, effective_class, misalign
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CalibrationRow", "FitReport", "PRIORS", "choose_channel_align", "fit_profile", "fit_stats",
-           "leave_one_group_out", "prior_profile"]
+__all__ = ["PRIORS", "RANKING_FIELD", "CalibrationRow", "FitReport", "choose_channel_align", "fit_profile",
+           "fit_stats", "leave_one_group_out", "lomo_ranking", "prior_profile", "ranking_scores"]
 
 #: Operator-class efficiency relative to ``conv_kxk`` used by every prior
 #: (dimensionless; typical of im2col/Winograd CPU kernels: 1x1 convs are

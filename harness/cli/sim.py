@@ -128,8 +128,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from devices.sim.calibrate import (PRIORS, RANKING_FIELD, choose_channel_align, fit_profile, leave_one_group_out,
-                                       lomo_ranking, prior_profile, ranking_scores)
+    from devices.sim.calibrate import (
+        PRIORS,
+        RANKING_FIELD,
+        choose_channel_align,
+        fit_profile,
+        leave_one_group_out,
+        lomo_ranking,
+        prior_profile,
+        ranking_scores,
+    )
     from devices.sim.profile import PROFILE_DIR, SimParams, load_profile
     from harness.sim import data as sim_data
 
@@ -244,7 +252,11 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
     Everything shown is read from the profile files (``fit``, ``fit["ranking"]``,
     written by ``sim calibrate``); nothing is recomputed.
     """
-    from devices.sim.profile import available_profiles, load_profile, no_better_than_macs
+    from devices.sim.profile import (
+        available_profiles,
+        load_profile,
+        no_better_than_macs,
+    )
 
     out = []
     for n in available_profiles():

@@ -178,7 +178,6 @@ def test_sim_profiles_shows_both_spearmans_and_predict_warns(tmp_path):
 
 def _grouped_conv_graph(groups: int):
     """ONNX: one 3x3 stride-1 conv, 64 -> 64 channels at 8x8, ``groups`` groups (weights (64, 64/groups, 3, 3))."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.zeros((64, 64 // groups, 3, 3), np.float32), "w")
@@ -194,7 +193,13 @@ def _grouped_conv_graph(groups: int):
     (2, 0, "grouped"),      # a GPU profile (0): every grouped conv at the grouped rate
 ])
 def test_wide_groups_are_costed_as_ordinary_convs(groups, g_min, costed_as):
-    from devices.sim import OP_CLASSES, SimParams, SimProfile, features_from_model, predict_latency_ms
+    from devices.sim import (
+        OP_CLASSES,
+        SimParams,
+        SimProfile,
+        features_from_model,
+        predict_latency_ms,
+    )
     from devices.sim.profile import effective_class
 
     f = features_from_model(_grouped_conv_graph(groups))
