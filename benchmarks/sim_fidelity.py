@@ -30,7 +30,14 @@ smallest block kept (interference only adds time). Measured here under load
 outlier 2x), while their p50s differ by 55 % median, 2.7x p90. Results are
 cached in ``--db`` (default results/sim_fidelity.db); ``--fresh`` re-measures.
 
+Issue 13 adds, for every profile, the leave-one-model-out Spearman of the
+simulator beside the MACs proxy's (and both MAPEs, the proxy after one global
+scale): boards on 11 ncnn classics (:mod:`harness.sim.classics`), the host over
+every measured variant, held out by model. ``--quick`` measures 3+3+3 variants
+per model (~10 min on 2 loaded cores).
+
 Usage: .venv/bin/python benchmarks/sim_fidelity.py [--n-eval 20] [--n-calib 20] [--n-grid 10] [--skip-boards]
+       [--quick] [--work DIR] [--db PATH]
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from devices.sim.calibrate import (  # noqa: E402
     choose_channel_align,
     fit_profile,
     fit_stats,
-    leave_one_group_out,
+    lomo_ranking,
     prior_profile,
 )
 from devices.sim.graph import OP_CLASSES, clear_cache, load_features  # noqa: E402
@@ -66,22 +73,35 @@ HOST_MODELS = ("resnet20", "resnet56", "mobilenet_v2")
 
 def board_section(graph_dir: Path) -> dict:
     from harness.sim.data import ncnn_rows
-    from harness.sim.graphs import export_classics
+    from harness.sim.graphs import export_classics, ncnn_macs
 
-    graphs = export_classics(graph_dir)
-    print(f"\n== board profiles: leave-one-model-out on ncnn classics {sorted(graphs)} "
-          f"(rows: every num_threads of the board; latency = avg_ms) ==")
-    print(f"{'profile':22} {'rows':>4} {'LOMO MAPE %':>11} {'in-sample MAPE %':>16}  held-out APE % by model")
+    graphs = export_classics(graph_dir, macs_reference=ncnn_macs())
+    print(f"\n== board profiles: leave-one-model-out on {len(graphs)} ncnn classics {sorted(graphs)} "
+          f"(rows: every num_threads of the board; latency = avg_ms; source: published ncnn measurements) ==")
+    print("  Spearman within each thread count, row-weighted mean; MACs proxy = MACs x one global scale per thread "
+          "count fitted without the held-out model")
+    print(f"  {'profile':22} {'rows':>4} {'Spearman sim':>12} {'MACs':>6} {'MAPE sim %':>10} {'MACs %':>7} "
+          f"{'in-sample MAPE %':>16}  verdict, bootstrap interval of the Spearman difference   (committed profile's stored LOMO)")
     out = {}
     for name in BOARDS:
         rows = ncnn_rows(NCNN_CSV, name, graphs)
         start = prior_profile(name)
-        lomo = leave_one_group_out(rows, start)
+        lomo = lomo_ranking(rows, start)
         full = fit_profile(rows, start)
-        per_model = {g["group"]: [round(r["ape"], 1) for r in g["rows"]] for g in lomo["groups"]}
-        print(f"{name:22} {len(rows):>4} {lomo['mape']:>11.1f} {full.stats['mape']:>16.1f}  {per_model}")
-        out[name] = {"rows": len(rows), "lomo_mape": lomo["mape"], "in_sample_mape": full.stats["mape"],
-                     "per_model": per_model}
+        try:
+            stored = (load_profile(name).fit or {}).get("ranking") or {}
+        except ValueError:
+            stored = {}
+        stored_txt = (f"v{load_profile(name).version}: {stored['spearman_sim']:.3f} vs {stored['spearman_macs']:.3f}"
+                      if stored else "none")
+        verdict = "beats MACs" if lomo["beats_macs"] else "NO BETTER"
+        ci = lomo["spearman_diff_ci95"]
+        verdict += f" sim-MACs 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        print(f"  {name:22} {len(rows):>4} {lomo['spearman_sim']:>12.3f} {lomo['spearman_macs']:>6.3f} "
+              f"{lomo['mape_sim']:>10.1f} {lomo['mape_macs']:>7.1f} {full.stats['mape']:>16.1f}  {verdict:10} ({stored_txt})")
+        out[name] = {"rows": len(rows), "models": sorted(graphs), "in_sample_mape": full.stats["mape"],
+                     **{k: v for k, v in lomo.items() if k not in ("rows", "per_threads")},
+                     "per_threads": {str(t): v for t, v in lomo["per_threads"].items()}}
     return out
 
 
@@ -187,6 +207,29 @@ def host_section(work: Path, db: Path, n_eval: int, n_calib: int, fresh: bool, n
     if grid.any():
         report("any width", ~grid)
         report("on 8-grid", grid)
+    every = [v for v in calib + evals]
+    all_rows = [CalibrationRow(load_features(v.path), lat[v.label], 1, v.label, v.model) for v in every]
+    for within in (True, False):  # within each held-out model (what a search ranks; the profile's verdict), across
+        lomo = lomo_ranking(all_rows, start, within_models=within)
+        print(f"  leave-one-model-out over all {len(all_rows)} measured variants (fit on the other two models' "
+              f"variants), ranked {lomo['scope']}: Spearman sim {lomo['spearman_sim']:.3f} vs MACs "
+              f"{lomo['spearman_macs']:.3f}; MAPE sim {lomo['mape_sim']:.1f}% vs MACs x one scale "
+              f"{lomo['mape_macs']:.1f}% -> " + ("beats MACs" if lomo["beats_macs"] else "NO BETTER THAN MACS")
+              + " (sim-MACs 95%% CI [%+.3f, %+.3f])" % tuple(lomo["spearman_diff_ci95"]))
+        out["lomo_within" if within else "lomo_across"] = {k: v for k, v in lomo.items() if k not in ("rows",
+                                                                                                 "per_threads")}
+    from scipy.stats import spearmanr as _sp
+
+    per_model = {}
+    for m in HOST_MODELS:
+        rr = [r for r in lomo["rows"] if r["label"].startswith(m + "-")]
+        if len(rr) >= 3:
+            a = [r["measured_ms"] for r in rr]
+            per_model[m] = {"n": len(rr), "spearman_sim": float(_sp([r["predicted_ms"] for r in rr], a).statistic),
+                            "spearman_macs": float(_sp([r["macs"] for r in rr], a).statistic)}
+            print(f"    within {m:13} (held out) n={len(rr):3d}  Spearman sim {per_model[m]['spearman_sim']:6.3f}  "
+                  f"MACs {per_model[m]['spearman_macs']:6.3f}")
+    out["lomo_within_per_model"] = per_model
     try:
         committed = load_profile("host")
         pc = np.array([predict_latency_ms(load_features(v.path), committed, threads=1) for v in evals])
@@ -231,11 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-calib", type=int, default=20, help="calibration variants per model (default %(default)s)")
     ap.add_argument("--n-grid", type=int, default=10,
                     help="calibration and evaluation variants per model with widths on multiples of 8 (default %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="3 calibration, 3 evaluation, 3+3 grid variants per model")
     ap.add_argument("--fresh", action="store_true", help="re-measure instead of using the cached measurements")
     ap.add_argument("--skip-boards", action="store_true")
     ap.add_argument("--skip-host", action="store_true")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n_calib, args.n_eval, args.n_grid = 3, 3, 3
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
     t0 = time.perf_counter()

@@ -28,12 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from devices.sim.graph import OP_CLASSES, GraphFeatures
-from devices.sim.profile import SimParams, SimProfile, misaligned_mask, predict_latency_ms
+from devices.sim.profile import SimParams, SimProfile, effective_class, misaligned_mask, predict_latency_ms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CalibrationRow", "FitReport", "PRIORS", "choose_channel_align", "fit_profile", "fit_stats",
-           "leave_one_group_out", "prior_profile"]
+__all__ = ["PRIORS", "RANKING_FIELD", "CalibrationRow", "FitReport", "choose_channel_align", "fit_profile",
+           "fit_stats", "leave_one_group_out", "lomo_ranking", "prior_profile", "ranking_scores"]
 
 #: Operator-class efficiency relative to ``conv_kxk`` used by every prior
 #: (dimensionless; typical of im2col/Winograd CPU kernels: 1x1 convs are
@@ -48,12 +48,14 @@ _CLASS_SHAPE = {"conv1x1": 0.6, "conv3x3s1": 1.0, "conv_kxk": 1.0, "depthwise": 
 
 def _prior(conv_kxk_gmacs_s: float, bandwidth_gb_s: float, layer_overhead_us: float,
            model_overhead_ms: float, thread_exponent: float = 0.8, winograd: float = 2.0,
-           channel_align: int = 4, misaligned_factor: float = 1.5) -> dict[str, Any]:
+           channel_align: int = 4, misaligned_factor: float = 1.5,
+           grouped_dense_min_channels: int = 16) -> dict[str, Any]:
     shape = _CLASS_SHAPE | {"conv3x3s1": winograd}
     return {"gops_s": {c: conv_kxk_gmacs_s * s for c, s in shape.items()},
             "bandwidth_gb_s": bandwidth_gb_s, "layer_overhead_us": layer_overhead_us,
             "model_overhead_ms": model_overhead_ms, "thread_exponent": thread_exponent,
-            "channel_align": channel_align, "misaligned_factor": misaligned_factor}
+            "channel_align": channel_align, "misaligned_factor": misaligned_factor,
+            "grouped_dense_min_channels": grouped_dense_min_channels}
 
 
 #: Datasheet priors (the start and the anchor of every calibration). The
@@ -91,13 +93,13 @@ PRIORS: dict[str, dict[str, Any]] = {
     "jetson-nano-gpu": {
         "description": "NVIDIA Jetson Nano, 128-core Maxwell GPU @ 921 MHz (ncnn Vulkan, fp16 storage)",
         "threads": 1, "cores": 1,
-        "params": _prior(60.0, 12.0, 50.0, 1.0, 1.0),
+        "params": _prior(60.0, 12.0, 50.0, 1.0, 1.0, grouped_dense_min_channels=0),
         "sources": "128 CUDA cores x 921 MHz = 118 GMAC/s fp32 (Jetson Nano datasheet); LPDDR4 25.6 GB/s shared",
     },
     "jetson-orin-nano-gpu": {
         "description": "NVIDIA Jetson Orin Nano, 1024-core Ampere GPU @ 625 MHz (ncnn Vulkan, fp16 storage)",
         "threads": 1, "cores": 1,
-        "params": _prior(300.0, 34.0, 30.0, 0.5, 1.0),
+        "params": _prior(300.0, 34.0, 30.0, 0.5, 1.0, grouped_dense_min_channels=0),
         "sources": "1024 CUDA cores x 625 MHz = 640 GMAC/s fp32 (Jetson Orin Nano datasheet); LPDDR5 68 GB/s shared",
     },
     "host": {
@@ -174,19 +176,20 @@ def _to_vec(p: SimParams) -> np.ndarray:
                                   p.misaligned_factor]))
 
 
-def _from_vec(x: np.ndarray, channel_align: int) -> SimParams:
+def _from_vec(x: np.ndarray, channel_align: int, grouped_dense_min_channels: int = 0) -> SimParams:
     v = np.exp(x)
     return SimParams(v[:_K].copy(), float(v[_K]), float(v[_K + 1]), float(v[_K + 2]), float(min(v[_K + 3], 1.0)),
-                     channel_align, np.maximum(v[_M:], 1.0))
+                     channel_align, np.maximum(v[_M:], 1.0), grouped_dense_min_channels)
 
 
 class _Stacked:
     """All rows' operators concatenated, for one vectorised prediction of every row."""
 
-    def __init__(self, rows: Sequence[CalibrationRow], cores: int, channel_align: int) -> None:
+    def __init__(self, rows: Sequence[CalibrationRow], cores: int, params: SimParams) -> None:
+        channel_align = params.channel_align
         self.work = np.concatenate([r.features.work for r in rows])
         self.bytes = np.concatenate([r.features.bytes for r in rows])
-        self.cls = np.concatenate([r.features.op_class for r in rows])
+        self.cls = np.concatenate([effective_class(r.features, params) for r in rows])
         counts = np.array([len(r.features) for r in rows])
         self.row = np.repeat(np.arange(len(rows)), counts)
         self.n_ops = counts.astype(np.float64)
@@ -241,7 +244,7 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
     if not np.all(np.isfinite(meas)) or np.any(meas <= 0):
         raise ValueError("every measured latency must be a finite number of ms > 0")
     align = start.params.channel_align
-    stacked = _Stacked(rows, start.cores, align)
+    stacked = _Stacked(rows, start.cores, start.params)
     anchor = _to_vec((prior or start).params)
     x0 = np.clip(_to_vec(start.params), _BOUNDS[0], _BOUNDS[1])
     if fit_thread_exponent is None:
@@ -275,7 +278,7 @@ def fit_profile(rows: Sequence[CalibrationRow], start: SimProfile, *, prior: Sim
     sol = least_squares(residuals, np.clip(x0[free], lb + 1e-9, ub - 1e-9), bounds=(lb, ub), method="trf",
                         max_nfev=max_nfev, x_scale=1.0, xtol=1e-9, ftol=1e-10, gtol=1e-10)
     x = full(sol.x)
-    params = _from_vec(x, align)
+    params = _from_vec(x, align, start.params.grouped_dense_min_channels)
     pred = stacked.predict_ms(x)
     stats = fit_stats(pred, meas) | {"cost": float(sol.cost), "optimizer": str(sol.message),
                                      "prior_weight": prior_weight, "prior_sigma_log": prior_sigma_log,
@@ -352,3 +355,171 @@ def choose_channel_align(rows: Sequence[CalibrationRow], start: SimProfile, cand
     best = min(scores, key=scores.get)
     logger.info("channel_align by %d-fold CV: %s -> %d", folds, scores, best)
     return best, scores
+
+
+# ------------------------------------------------------------------ ranking vs the MACs proxy
+#: Field of a profile's ``fit`` that holds its leave-one-model-out ranking check
+#: (:func:`lomo_ranking`); :func:`devices.sim.profile.no_better_than_macs` reads it.
+RANKING_FIELD = "ranking"
+
+
+def ranking_scores(measured_ms: Sequence[float], predicted_ms: Sequence[float], macs: Sequence[float],
+                   threads: Sequence[int], train_scale: Sequence[float] | None = None,
+                   groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """Rank and error scores of held-out predictions beside the MACs proxy's.
+
+    Spearman's rho (``scipy.stats.spearmanr``: Pearson correlation of the
+    ranks, ties at their mean rank) is computed within each thread count (a
+    model at 1 and 4 threads is two latencies of one graph; pooling them would
+    reward getting the thread scaling right, not the ranking of networks),
+    then averaged over the thread counts weighted by their number of rows.
+
+    Args:
+        measured_ms: measured latency per row (ms, > 0).
+        predicted_ms: the simulator's held-out prediction per row (ms).
+        macs: MACs of each row's graph (the proxy).
+        threads: thread count per row.
+        train_scale: per row, ms per MAC of the proxy fitted WITHOUT that row's
+            model (the one global scale of a leave-one-model-out fit); None:
+            fitted on every row (in-sample) as exp(median(log(measured/MACs)))
+            per thread count.
+        groups: per row, its model; when given, Spearman is computed within
+            each (model, thread count) cell of >= 3 rows instead (the ranking
+            a search needs: pruned variants of one model), keys of
+            ``per_threads`` become ``"model@threads"``.
+
+    Returns:
+        ``spearman_sim``, ``spearman_macs`` (row-weighted means over thread
+        counts; NaN where no thread count has >= 3 models), ``mape_sim`` (%,
+        the predictions as they are), ``mape_macs`` (%, MACs x its one global
+        scale), ``n_rows``, ``n_models`` (rows per thread count, largest) and
+        ``per_threads``: {threads: {``n``, ``spearman_sim``, ``spearman_macs``}}.
+
+    Raises:
+        ValueError: arrays of different lengths or a non-positive latency or MACs.
+    """
+    from scipy.stats import spearmanr
+
+    meas, pred = np.asarray(measured_ms, float), np.asarray(predicted_ms, float)
+    mac, thr = np.asarray(macs, float), np.asarray(threads, int)
+    if not (len(meas) == len(pred) == len(mac) == len(thr)):
+        raise ValueError("ranking_scores needs one measured, predicted, MACs and threads value per row")
+    if np.any(meas <= 0) or np.any(mac <= 0) or np.any(pred <= 0):
+        raise ValueError("ranking_scores needs latencies and MACs > 0")
+    if train_scale is None:
+        scale = np.empty_like(meas)
+        for t in np.unique(thr):
+            m = thr == t
+            scale[m] = math.exp(float(np.median(np.log(meas[m] / mac[m]))))
+    else:
+        scale = np.asarray(train_scale, float)
+    per, ws, s_sim, s_mac = {}, [], [], []
+    if groups is None:
+        cells = [(int(t), thr == t) for t in np.unique(thr)]
+    else:
+        grp = np.asarray(groups, dtype=object)
+        cells = [(f"{g}@{int(t)}", (grp == g) & (thr == t)) for g in sorted(set(grp.tolist())) for t in np.unique(thr)]
+    for key, m in cells:
+        n = int(m.sum())
+        if n < 3:
+            continue
+        a = float(spearmanr(pred[m], meas[m]).statistic)
+        b = float(spearmanr(mac[m], meas[m]).statistic)
+        per[key] = {"n": n, "spearman_sim": a, "spearman_macs": b}
+        ws.append(n)
+        s_sim.append(a)
+        s_mac.append(b)
+    wavg = (lambda v: float(np.average(v, weights=ws))) if ws else (lambda v: float("nan"))
+    diff_ci = _spearman_diff_ci(meas, pred, mac, [m for _, m in cells if int(m.sum()) >= 3], ws)
+    return {"spearman_sim": wavg(s_sim), "spearman_macs": wavg(s_mac), "spearman_diff_ci95": diff_ci,
+            "mape_sim": float(np.mean(100 * np.abs(pred - meas) / meas)),
+            "mape_macs": float(np.mean(100 * np.abs(mac * scale - meas) / meas)),
+            "n_rows": int(meas.size), "n_models": max((p["n"] for p in per.values()), default=0),
+            "per_threads": per}
+
+
+def _spearman_diff_ci(meas: np.ndarray, pred: np.ndarray, mac: np.ndarray, cells: list[np.ndarray],
+                      weights: list[int], n_resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95 % percentile bootstrap interval of the row-weighted (sim - MACs) Spearman difference.
+
+    Rows are resampled with replacement within each cell (stratified: a cell
+    keeps its size), the same draw for the simulator and the proxy (paired),
+    ``numpy.random.default_rng(seed)``; Efron & Tibshirani 1993, ch. 13
+    (percentile interval). With 11 models an interval of +-0.05 is usual: a
+    verdict from a smaller difference is a point estimate, not a finding.
+    """
+    from scipy.stats import spearmanr
+
+    if not cells:
+        return None
+    import warnings
+
+    from scipy.stats import ConstantInputWarning
+
+    rng = np.random.default_rng(seed)
+    idx = [np.flatnonzero(m) for m in cells]
+    diffs = np.empty(n_resamples)
+    for k in range(n_resamples):
+        d = []
+        for ix in idx:
+            pick = rng.choice(ix, size=ix.size, replace=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConstantInputWarning)
+                a = spearmanr(pred[pick], meas[pick]).statistic
+                b = spearmanr(mac[pick], meas[pick]).statistic
+            d.append(0.0 if np.isnan(a) or np.isnan(b) else a - b)  # a constant draw ranks nothing
+        diffs[k] = np.average(d, weights=weights)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def lomo_ranking(rows: Sequence[CalibrationRow], start: SimProfile, *, within_models: bool = False,
+                 **fit_kw: Any) -> dict[str, Any]:
+    """Leave-one-model-out check of a profile's ranking against the MACs proxy (never in-sample).
+
+    For each group (model) of ``rows``: fit the profile (:func:`fit_profile`,
+    ``start`` and ``fit_kw``) on the other groups' rows and predict the
+    held-out rows; fit the MACs proxy's one global scale (ms per MAC,
+    exp(median log(latency / MACs)) per thread count) on the same other
+    groups. Then :func:`ranking_scores` over every held-out row: ranked
+    across models (within each thread count), or with ``within_models``
+    within each held-out model (its pruned variants: what a search ranks).
+
+    Returns:
+        :func:`ranking_scores`' dict (``n_models``: the number of models
+        held out) plus ``beats_macs`` (True when the
+        simulator's Spearman is strictly above the proxy's), ``method``
+        (a one-line description) and ``rows`` (per held-out row: ``label``,
+        ``threads``, ``measured_ms``, ``predicted_ms``, ``macs``, ``macs_ms``).
+
+    Raises:
+        ValueError: fewer than two groups.
+    """
+    groups = sorted({r.group for r in rows})
+    if len(groups) < 2:
+        raise ValueError(f"leave-one-model-out needs >= 2 models, got {groups}")
+    meas, pred, mac, thr, scale, detail = [], [], [], [], [], []
+    for g in groups:
+        train = [r for r in rows if r.group != g]
+        fitted = fit_profile(train, start, **fit_kw).profile
+        for r in (r for r in rows if r.group == g):
+            same = [t for t in train if t.threads == r.threads] or train
+            s = math.exp(float(np.median([math.log(t.latency_ms / t.features.macs) for t in same])))
+            p = predict_latency_ms(r.features, fitted, threads=r.threads)
+            meas.append(r.latency_ms)
+            pred.append(p)
+            mac.append(r.features.macs)
+            thr.append(r.threads)
+            scale.append(s)
+            detail.append({"label": r.label, "group": r.group, "threads": r.threads, "measured_ms": r.latency_ms, "predicted_ms": p,
+                           "macs": r.features.macs, "macs_ms": s * r.features.macs})
+    grp = [d["group"] for d in detail] if within_models else None
+    out = ranking_scores(meas, pred, mac, thr, train_scale=scale, groups=grp)
+    out["n_models"] = len(groups)
+    out["beats_macs"] = bool(out["spearman_sim"] > out["spearman_macs"])
+    out["scope"] = "within each held-out model" if within_models else "across models"
+    out["method"] = ("leave-one-model-out: profile and MACs scale fitted without the held-out model; Spearman "
+                     + ("within each (held-out model, thread count)" if within_models else "within each thread count")
+                     + ", row-weighted mean")
+    out["rows"] = detail
+    return out

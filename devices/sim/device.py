@@ -22,7 +22,7 @@ from devices.interleaved import (InterleavedArtifact, InterleavedConfig, Interle
                                  check_artifact_dirs, read_artifact_manifest)
 from devices.manifest import ManifestError, read_manifest
 from devices.sim.graph import SimGraphError, load_features
-from devices.sim.profile import SimProfile, load_profile, predict_latency_ms
+from devices.sim.profile import SimProfile, load_profile, macs_warning, predict_latency_ms
 from devices.stats import LatencyStats, RatioEstimate
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,11 @@ class SimDevice(Device):
             ``"sim:" + profile.name``); the results store's latency cache is
             keyed by it, so simulated rows never answer for ``local``.
 
+    A profile whose leave-one-model-out ranking is no better than the MACs
+    proxy's (:func:`~devices.sim.profile.no_better_than_macs`) logs one
+    warning when the device is made (a search, ``predict``), and its hello
+    carries it (``macs_warning``).
+
     Raises:
         ValueError: unknown profile or bad profile file.
     """
@@ -53,13 +58,17 @@ class SimDevice(Device):
         self.profile = profile if isinstance(profile, SimProfile) else load_profile(profile)
         super().__init__(name or f"{SIM_PREFIX}{self.profile.name}")
         self._lock = threading.Lock()
+        #: the profile's "no better than MACs" warning (None when it ranks better), logged once here
+        self.macs_warning = macs_warning(self.profile)
+        if self.macs_warning:
+            logger.warning("%s", self.macs_warning)
 
     def hello(self) -> dict:
         """Simulator facts in place of a daemon's hello (never raises)."""
         p = self.profile
         return {"device": self.name, "simulator": True, "profile": p.name, "profile_version": p.version,
                 "threads": p.threads, "cores": p.cores, "description": p.description,
-                "fit": p.fit, "provenance": p.provenance}
+                "fit": p.fit, "provenance": p.provenance, "macs_warning": self.macs_warning}
 
     def predict(self, onnx_path: Path | str, num_threads: int | None = None) -> float:
         """Predicted latency of an ONNX file in ms.

@@ -4,7 +4,9 @@ The graph is read with ``onnx.shape_inference.infer_shapes`` (strict mode, data
 propagation on) so every operator's input and output shapes are known; each
 costed operator becomes one row of :class:`GraphFeatures`:
 
-- ``op_class``: index into :data:`OP_CLASSES`;
+- ``op_class``: index into :data:`OP_CLASSES`; ``dense_class``: the class
+  the row would have as an ordinary conv (by kernel), which a profile uses for
+  grouped convs with wide groups (``SimParams.grouped_dense_min_channels``);
 - ``work``: the operator's arithmetic work, in operations, batch included:
   MACs for ``conv1x1``, ``conv3x3s1``, ``conv_kxk``, ``depthwise``, ``grouped`` and
   ``dense`` (multiply-accumulates, never FLOPs); output elements x window
@@ -79,7 +81,7 @@ _ELTWISE_OPS = (
 #: Operators that compilers turn into views or fold at build time: no cost, no row.
 COST_FREE_OPS: tuple[str, ...] = (
     "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Shape", "Constant", "ConstantOfShape",
-    "Gather", "Cast", "Dropout", "Slice", "Range", "Expand",
+    "Gather", "Cast", "Dropout", "Slice", "Split", "Range", "Expand",
 )
 #: Every operator type the simulator accepts.
 SUPPORTED_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul", *_POOL_OPS, *_ELTWISE_OPS, *COST_FREE_OPS)
@@ -122,6 +124,9 @@ class GraphFeatures:
         channels: int64 array (n, 2): (input channels per group, output
             channels) of conv rows, (0, 0) elsewhere — for the profile's
             channel-alignment penalty (SIMD blocking of NCHWc / pack4 layouts).
+        dense_class: int64 array (n,): the class of each row as an ordinary
+            conv (``conv1x1``, ``conv3x3s1`` or ``conv_kxk`` by kernel) for a
+            ``grouped`` row, ``op_class`` elsewhere (default: ``op_class``).
     """
 
     name: str
@@ -133,10 +138,13 @@ class GraphFeatures:
     macs: int
     input_shapes: dict[str, tuple[int, ...]]
     channels: np.ndarray | None = None
+    dense_class: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.channels is None:
             object.__setattr__(self, "channels", np.zeros((len(self.node_names), 2), dtype=np.int64))
+        if self.dense_class is None:
+            object.__setattr__(self, "dense_class", np.asarray(self.op_class, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.node_names)
@@ -216,7 +224,7 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
             raise SimGraphError(f"{name}: graph input {iname!r} has no static shape; export with a fixed "
                                 "batch and resolution (e.g. 1x3x224x224)")
 
-    names, types, cls, work, nbytes, chans = [], [], [], [], [], []
+    names, types, cls, work, nbytes, chans, dense_cls = [], [], [], [], [], [], []
     macs = 0
     for idx, node in enumerate(g.node):
         op = node.op_type
@@ -248,6 +256,7 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
         traffic = float(in_bytes + weights + out_elems * out_size)
 
         chan = (0, 0)
+        ordinary = None
         if op == "Conv":
             (x_shape, _), (w_shape, _) = shape_of(node.input[0], "input"), shape_of(node.input[1], "weight")
             if len(w_shape) < 3 or len(x_shape) != len(w_shape):
@@ -260,13 +269,16 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
                 klass = "depthwise"
             elif group > 1:
                 klass = "grouped"
-            elif all(k == 1 for k in kernel):
-                klass = "conv1x1"
+            else:
+                klass = None
+            if all(k == 1 for k in kernel):
+                ordinary = "conv1x1"
             elif (tuple(kernel) == (3, 3) and all(v == 1 for v in _attr(node, "strides", [1, 1]))
                   and all(v == 1 for v in _attr(node, "dilations", [1, 1]))):
-                klass = "conv3x3s1"
+                ordinary = "conv3x3s1"
             else:
-                klass = "conv_kxk"
+                ordinary = "conv_kxk"
+            klass = klass or ordinary
             # alignment channels: depthwise -> its width; an image stem (<= 4 input
             # channels per group) has its own first-layer kernels -> input ignored
             chan = (c_out, c_out) if klass == "depthwise" else (w_shape[1] if w_shape[1] > 4 else 0, c_out)
@@ -294,13 +306,14 @@ def features_from_model(model: Any, name: str = "graph") -> GraphFeatures:
         work.append(float(ops))
         nbytes.append(traffic)
         chans.append(chan)
+        dense_cls.append(_CLS[ordinary if klass == "grouped" else klass])
     if not names:
         raise SimGraphError(f"{name}: the graph has no costed operator (only {len(g.node)} shape-only nodes)")
     return GraphFeatures(
         name=name, node_names=tuple(names), op_types=tuple(types),
         op_class=np.asarray(cls, dtype=np.int64), work=np.asarray(work, dtype=np.float64),
         bytes=np.asarray(nbytes, dtype=np.float64), macs=int(macs), input_shapes=input_shapes,
-        channels=np.asarray(chans, dtype=np.int64).reshape(-1, 2),
+        channels=np.asarray(chans, dtype=np.int64).reshape(-1, 2), dense_class=np.asarray(dense_cls, dtype=np.int64),
     )
 
 

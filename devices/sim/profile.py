@@ -41,8 +41,11 @@ __all__ = [
     "SimParams",
     "SimProfile",
     "available_profiles",
+    "effective_class",
     "layer_breakdown",
     "load_profile",
+    "macs_warning",
+    "no_better_than_macs",
     "predict_latency_ms",
 ]
 
@@ -94,6 +97,21 @@ class SimParams:
             Runtime's depthwise fallback is ~4x slower). Only conv classes
             use it. Source: fitted per class where the rows hold such convs
             (pruned variants on ``host``); prior 1.5.
+        grouped_dense_min_channels: a grouped (not depthwise) conv with at
+            least this many input channels per group is costed at the rate of
+            the ordinary conv of its kernel (``GraphFeatures.dense_class``);
+            0 = never (every grouped conv at the ``grouped`` rate). Not fitted:
+            a property of the runtime. CPU runtimes run such a conv as one
+            ordinary GEMM/Winograd kernel per group (ncnn's ARM
+            ConvolutionDepthWise slices ``group < channels`` into per-group
+            Convolution layers; ONNX Runtime's MLAS and TVM's
+            ``group_conv2d_nchw`` loop over groups), so AlexNet's groups of
+            48-192 channels run at the dense rate while RegNet's groups of 8
+            stay slow: 16 on CPU profiles (two fp16 NEON / one fp32 AVX-512
+            vector: below it a group's GEMM cannot fill a pack8/NCHW16c
+            kernel). ncnn's Vulkan path runs every grouped conv as one
+            group-conv shader: 0 on GPU profiles. Issue 13: with one
+            ``grouped`` class, rpi4 held AlexNet out at 2.4x its latency.
     """
 
     gops_s: np.ndarray
@@ -103,6 +121,7 @@ class SimParams:
     thread_exponent: float
     channel_align: int = 1
     misaligned_factor: np.ndarray | float = 1.0
+    grouped_dense_min_channels: int = 0
 
     def __post_init__(self) -> None:
         g = np.asarray(self.gops_s, dtype=np.float64).reshape(-1)
@@ -113,6 +132,9 @@ class SimParams:
         object.__setattr__(self, "gops_s", g)
         if isinstance(self.channel_align, bool) or not isinstance(self.channel_align, int) or self.channel_align < 1:
             raise ValueError(f"SimParams.channel_align must be an int >= 1, got {self.channel_align!r}")
+        g_min = self.grouped_dense_min_channels
+        if isinstance(g_min, bool) or not isinstance(g_min, int) or g_min < 0:
+            raise ValueError(f"SimParams.grouped_dense_min_channels must be an int >= 0, got {g_min!r}")
         mf = np.broadcast_to(np.asarray(self.misaligned_factor, dtype=np.float64), (len(OP_CLASSES),)).copy()
         mf.setflags(write=False)
         object.__setattr__(self, "misaligned_factor", mf)
@@ -139,6 +161,7 @@ class SimParams:
             "thread_exponent": self.thread_exponent,
             "channel_align": self.channel_align,
             "misaligned_factor": {c: float(v) for c, v in zip(OP_CLASSES, self.misaligned_factor)},
+            "grouped_dense_min_channels": self.grouped_dense_min_channels,
         }
 
     @classmethod
@@ -157,7 +180,8 @@ class SimParams:
             mf = np.array([float(mf.get(c, 1.0)) for c in OP_CLASSES]) if isinstance(mf, dict) else float(mf)
             return cls(np.array([float(rates[c]) for c in OP_CLASSES]), float(data["bandwidth_gb_s"]),
                        float(data["layer_overhead_us"]), float(data["model_overhead_ms"]),
-                       float(data["thread_exponent"]), int(data.get("channel_align", 1)), mf)
+                       float(data["thread_exponent"]), int(data.get("channel_align", 1)), mf,
+                       int(data.get("grouped_dense_min_channels", 0)))
         except KeyError as exc:
             raise ValueError(f"profile params lack {exc.args[0]!r}") from None
 
@@ -178,6 +202,11 @@ class SimProfile:
             command, date, notes); free-form JSON.
         fit: fit error of the calibration (``n_rows``, ``mape``,
             ``rmse_log``, ``max_ape``...), or None for an uncalibrated prior.
+            ``fit["ranking"]`` holds the leave-one-model-out check against
+            the MACs proxy (:func:`devices.sim.calibrate.lomo_ranking`:
+            ``spearman_sim``, ``spearman_macs``, ``mape_sim``, ``mape_macs``,
+            ``beats_macs``...) and ``fit["no_better_than_macs"]`` its verdict
+            (:func:`no_better_than_macs`).
     """
 
     name: str
@@ -290,6 +319,33 @@ def load_profile(name_or_path: str | Path) -> SimProfile:
                      f"(or give a path to a profile .json)")
 
 
+def no_better_than_macs(profile: SimProfile) -> bool:
+    """True when the profile's leave-one-model-out Spearman is not above the MACs proxy's.
+
+    Read from ``profile.fit["ranking"]`` (written by ``hilprune sim
+    calibrate``); a profile with no such check (uncalibrated, or fitted on one
+    model) counts as no better: nothing shows it ranks better than MACs.
+    """
+    ranking = (profile.fit or {}).get("ranking")
+    if not isinstance(ranking, dict) or "beats_macs" not in ranking:
+        return True
+    return not bool(ranking["beats_macs"])
+
+
+def macs_warning(profile: SimProfile) -> str | None:
+    """One line warning that the profile ranks no better than MACs, or None when it ranks better."""
+    if not no_better_than_macs(profile):
+        return None
+    r = (profile.fit or {}).get("ranking")
+    if isinstance(r, dict) and "spearman_sim" in r:
+        why = (f"leave-one-model-out Spearman {r['spearman_sim']:.3f} vs MACs {r['spearman_macs']:.3f} on "
+               f"{r.get('n_models', '?')} models")
+    else:
+        why = "it was never checked leave-one-model-out against MACs"
+    return (f"simulator profile {profile.name!r} v{profile.version} ranks networks no better than MACs alone "
+            f"({why}); its latencies may mislead a search: prefer a measured board or its latency table")
+
+
 # ---------------------------------------------------------------------- costing
 def _rates(profile: SimProfile, threads: int | None) -> tuple[np.ndarray, float, float, float]:
     """(seconds per operation per class (8,), seconds per byte, overhead s per op, model overhead s)."""
@@ -309,10 +365,27 @@ def misaligned_mask(channels: np.ndarray, align: int) -> np.ndarray:
     return ((c[:, 0] % align) != 0) | ((c[:, 1] % align) != 0)
 
 
-def _misaligned(features: GraphFeatures, p: SimParams) -> np.ndarray | float:
+_GROUPED = OP_CLASSES.index("grouped")
+
+
+def effective_class(features: GraphFeatures, params: SimParams) -> np.ndarray:
+    """int64 array (n,): each row's class for costing on ``params``.
+
+    ``features.op_class``, except that a ``grouped`` conv with at least
+    ``params.grouped_dense_min_channels`` input channels per group takes
+    ``features.dense_class`` (see :class:`SimParams`).
+    """
+    g_min = params.grouped_dense_min_channels
+    if g_min <= 0:
+        return features.op_class
+    wide = (features.op_class == _GROUPED) & (features.channels[:, 0] >= g_min)
+    return np.where(wide, features.dense_class, features.op_class)
+
+
+def _misaligned(features: GraphFeatures, p: SimParams, cls: np.ndarray) -> np.ndarray | float:
     if p.channel_align <= 1:
         return 1.0
-    return np.where(misaligned_mask(features.channels, p.channel_align), p.misaligned_factor[features.op_class], 1.0)
+    return np.where(misaligned_mask(features.channels, p.channel_align), p.misaligned_factor[cls], 1.0)
 
 
 def predict_latency_ms(features: GraphFeatures, profile: SimProfile, threads: int | None = None) -> float:
@@ -327,7 +400,8 @@ def predict_latency_ms(features: GraphFeatures, profile: SimProfile, threads: in
         ValueError: ``threads < 1``.
     """
     inv_rate, inv_bw, ovh_s, const_s = _rates(profile, threads)
-    t = np.maximum(features.work * inv_rate[features.op_class] * _misaligned(features, profile.params),
+    cls = effective_class(features, profile.params)
+    t = np.maximum(features.work * inv_rate[cls] * _misaligned(features, profile.params, cls),
                    features.bytes * inv_bw)
     return float(1e3 * (t.sum() + ovh_s * len(features.work) + const_s))
 
@@ -344,13 +418,14 @@ def layer_breakdown(features: GraphFeatures, profile: SimProfile, threads: int |
         sum to :func:`predict_latency_ms`.
     """
     inv_rate, inv_bw, ovh_s, _ = _rates(profile, threads)
-    comp = features.work * inv_rate[features.op_class] * _misaligned(features, profile.params) * 1e3
+    cls = effective_class(features, profile.params)
+    comp = features.work * inv_rate[cls] * _misaligned(features, profile.params, cls) * 1e3
     mem = features.bytes * inv_bw * 1e3
     rows = []
     for i, (node, op) in enumerate(zip(features.node_names, features.op_types)):
         c, m = float(comp[i]), float(mem[i])
         rows.append({
-            "node": node, "op_type": op, "op_class": OP_CLASSES[int(features.op_class[i])],
+            "node": node, "op_type": op, "op_class": OP_CLASSES[int(cls[i])],
             "work": float(features.work[i]), "bytes": float(features.bytes[i]), "compute_ms": c,
             "memory_ms": m, "overhead_ms": ovh_s * 1e3, "latency_ms": max(c, m) + ovh_s * 1e3,
             "bound": "compute" if c >= m else "memory",

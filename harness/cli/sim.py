@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from harness.cli.args import Parser, pos_int
@@ -71,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--gpu-device", type=int, default=None, help="--from ncnn table: -1 CPU, 0 GPU (default: the profile's)")
     c.add_argument("--graphs", default=None,
                    help=f"--from ncnn table: folder of NAME.onnx graphs (default: export the zoo's into {CLASSICS_DIR})")
+    c.add_argument("--macs-json", default="/work/shared/data/ncnn_model_macs.json",
+                   help="--from ncnn table: MACs of ncnn's graphs; a graph off by more than 5%% is left out "
+                        "(default %(default)s; skipped when absent)")
     c.add_argument("--start", choices=("current", "prior"), default="current",
                    help="start from the current profile file (default) or the datasheet prior")
     c.add_argument("--channel-align", default=None,
@@ -124,7 +128,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from devices.sim.calibrate import PRIORS, choose_channel_align, fit_profile, leave_one_group_out, prior_profile
+    from devices.sim.calibrate import (
+        PRIORS,
+        RANKING_FIELD,
+        choose_channel_align,
+        fit_profile,
+        leave_one_group_out,
+        lomo_ranking,
+        prior_profile,
+        ranking_scores,
+    )
     from devices.sim.profile import PROFILE_DIR, SimParams, load_profile
     from harness.sim import data as sim_data
 
@@ -151,12 +164,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if not csv_path.is_file():
             raise FileNotFoundError(f"{csv_path} does not exist")
         if sim_data.is_ncnn_csv(csv_path):
-            if args.graphs:
-                graphs = {p.stem: p for p in Path(args.graphs).glob("*.onnx")}
-            else:
-                from harness.sim.graphs import export_classics
+            from harness.sim.graphs import MACS_TOLERANCE, export_classics, ncnn_macs
 
-                graphs = export_classics(Path(CLASSICS_DIR))
+            reference = ncnn_macs() if Path(args.macs_json).is_file() else None
+            if args.graphs:
+                from devices.sim.graph import load_features
+
+                graphs = {p.stem: p for p in sorted(Path(args.graphs).glob("*.onnx"))}
+                for stem, p in list(graphs.items()):  # a graph stands for ncnn's only with its MACs
+                    if reference and stem in reference and abs(load_features(p).macs / reference[stem] - 1) > MACS_TOLERANCE:
+                        logger.warning("left out %s: its MACs differ from ncnn's by more than %.0f%%", p,
+                                       100 * MACS_TOLERANCE)
+                        del graphs[stem]
+            else:
+                graphs = export_classics(Path(CLASSICS_DIR), macs_reference=reference)
             rows = sim_data.ncnn_rows(csv_path, name, graphs, board=args.board, gpu_device=args.gpu_device)
             board, gpu = sim_data.NCNN_BOARDS.get(name, (args.board, args.gpu_device))
             source = {"kind": "ncnn-benchmark-table", "csv": str(csv_path), "board": args.board or board,
@@ -184,6 +205,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if len({r.group for r in rows}) >= 2:
         lomo = leave_one_group_out(rows, start, prior=prior, prior_weight=args.prior_weight)
         stats["leave_one_group_out_mape"] = lomo["mape"]
+        # several graphs per model (pruned variants, as --from-db gives): the verdict ranks within a
+        # model, as a search does; one graph per model (the ncnn table): across models
+        within = min(Counter(r.group for r in rows).values()) >= 3
+        ranking = lomo_ranking(rows, start, within_models=within, prior=prior, prior_weight=args.prior_weight)
+        stats[RANKING_FIELD] = {k: v for k, v in ranking.items() if k != "rows"} | {
+            "per_threads": {str(t): v for t, v in ranking["per_threads"].items()}}
+        if within:
+            across = ranking_scores([r["measured_ms"] for r in ranking["rows"]],
+                                    [r["predicted_ms"] for r in ranking["rows"]], [r["macs"] for r in ranking["rows"]],
+                                    [r["threads"] for r in ranking["rows"]],
+                                    train_scale=[r["macs_ms"] / r["macs"] for r in ranking["rows"]])
+            stats[RANKING_FIELD]["across_models"] = {k: across[k] for k in ("spearman_sim", "spearman_macs")}
+    stats["no_better_than_macs"] = not stats.get(RANKING_FIELD, {}).get("beats_macs", False)
     profile = report.profile.with_params(report.profile.params, fit=stats, provenance={
         "calibrated": True, "source": source, "rows": report.rows,
         "command": "hilprune " + " ".join(getattr(args, "argv", None) or sys.argv[1:]),
@@ -199,6 +233,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({name} v{profile.version}) from {len(rows)} rows: MAPE {stats['mape']:.1f}%, "
           f"max {stats['max_ape']:.1f}%, rmse(log) {stats['rmse_log']:.3f}"
           + (f", leave-one-group-out MAPE {stats['leave_one_group_out_mape']:.1f}%" if "leave_one_group_out_mape" in stats else ""))
+    if RANKING_FIELD in stats:
+        r = stats[RANKING_FIELD]
+        print(f"leave-one-model-out ({r['scope']}), n={r['n_rows']}: Spearman sim {r['spearman_sim']:.3f} vs MACs "
+              f"{r['spearman_macs']:.3f}; MAPE sim {r['mape_sim']:.1f}% vs MACs x one scale {r['mape_macs']:.1f}%"
+              + (f"; 95% interval of the difference [{r['spearman_diff_ci95'][0]:+.3f}, "
+                 f"{r['spearman_diff_ci95'][1]:+.3f}]" if r.get("spearman_diff_ci95") else "")
+              + ("" if r["beats_macs"] else "  -> NO BETTER THAN MACS (flagged in the profile)"))
     for r in report.rows:
         print(f"  {r['label']:40} {r['threads']:>2}t  measured {r['measured_ms']:10.3f} ms  "
               f"predicted {r['predicted_ms']:10.3f} ms  ({r['ape']:.1f}%)")
@@ -206,19 +247,50 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
-    from devices.sim.profile import available_profiles, load_profile
+    """List the profiles with their fit and their leave-one-model-out ranking beside the MACs proxy's.
+
+    Everything shown is read from the profile files (``fit``, ``fit["ranking"]``,
+    written by ``sim calibrate``); nothing is recomputed.
+    """
+    from devices.sim.profile import (
+        available_profiles,
+        load_profile,
+        no_better_than_macs,
+    )
 
     out = []
     for n in available_profiles():
         p = load_profile(n)
+        fit = p.fit or {}
+        r = fit.get("ranking") or {}
         out.append({"name": n, "version": p.version, "threads": p.threads, "description": p.description,
-                    "mape": (p.fit or {}).get("mape"), "n_rows": (p.fit or {}).get("n_rows")})
+                    "mape": fit.get("mape"), "n_rows": fit.get("n_rows"),
+                    "lomo_spearman_sim": r.get("spearman_sim"), "lomo_spearman_macs": r.get("spearman_macs"),
+                    "lomo_mape_sim": r.get("mape_sim"), "lomo_mape_macs": r.get("mape_macs"),
+                    "lomo_n_models": r.get("n_models"), "lomo_scope": r.get("scope"),
+                    "lomo_spearman_diff_ci95": r.get("spearman_diff_ci95"),
+                    "no_better_than_macs": no_better_than_macs(p)})
     if args.json:
         print(json.dumps(out))
-    else:
-        for r in out:
-            fit = f"fit MAPE {r['mape']:.1f}% on {r['n_rows']} rows" if r["mape"] is not None else "uncalibrated"
-            print(f"sim:{r['name']:22} v{r['version']:<3} {r['threads']}t  {fit:28} {r['description']}")
+        return 0
+    print(f"{'profile':26} {'ver':>4} {'thr':>3}  {'fit MAPE':>9}  {'LOMO Spearman sim / MACs':>24}  "
+          f"{'LOMO MAPE sim / MACs':>20}  {'models':>6}  {'sim-MACs 95% CI':>16}  "
+          "verdict (leave-one-model-out, never in-sample)")
+    for r in out:
+        fit = f"{r['mape']:8.1f}%" if r["mape"] is not None else "    prior"
+        if r["lomo_spearman_sim"] is not None:
+            rank = f"{r['lomo_spearman_sim']:11.3f} / {r['lomo_spearman_macs']:.3f}"
+            err = f"{r['lomo_mape_sim']:8.1f}% / {r['lomo_mape_macs']:.1f}%"
+            models = f"{r['lomo_n_models']:>6}"
+        else:
+            rank, err, models = f"{'unchecked':>24}", f"{'-':>20}", f"{'-':>6}"
+        ci = r["lomo_spearman_diff_ci95"]
+        ci_txt = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
+        verdict = "NO BETTER THAN MACS" if r["no_better_than_macs"] else "beats MACs"
+        if r["lomo_scope"] == "within each held-out model":
+            verdict += " (ranked within each model)"
+        print(f"sim:{r['name']:22} v{r['version']:<3} {r['threads']:>3}  {fit:>9}  {rank:>24}  {err:>20}  {models}  "
+              f"{ci_txt:>16}  {verdict}")
     return 0
 
 

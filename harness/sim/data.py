@@ -65,8 +65,9 @@ def ncnn_rows(path: Path, profile: str, graphs: Mapping[str, Path], *, board: st
 
     Returns:
         One row per (model, num_threads) with ``latency_ms = avg_ms``,
-        ``threads = num_threads`` (1 for GPU rows: threads do not scale a
-        GPU), ``group`` = model name.
+        ``threads = num_threads`` (for GPU rows too: the CPU threads of
+        the run; a GPU profile's ``cores=1`` caps it, so it only separates
+        the rows when a ranking is scored), ``group`` = model name.
 
     Raises:
         ValueError: unknown profile without ``board``, or no matching row.
@@ -83,7 +84,9 @@ def ncnn_rows(path: Path, profile: str, graphs: Mapping[str, Path], *, board: st
         for rec in csv.DictReader(f):
             if rec["device"] != board or int(rec["gpu_device"]) != gpu_device or rec["model"] not in graphs:
                 continue
-            threads = 1 if gpu_device >= 0 else int(rec["num_threads"])
+            # a GPU profile has cores=1, so its prediction ignores the count; it is kept so that a
+            # ranking is scored within one thread count (devices.sim.calibrate.ranking_scores)
+            threads = int(rec["num_threads"])
             rows.append(CalibrationRow(load_features(graphs[rec["model"]]), float(rec["avg_ms"]), threads,
                                        label=f"{rec['model']}@{rec['num_threads']}t", group=rec["model"]))
     if not rows:
