@@ -429,6 +429,8 @@ def tune_tasks(tasks, db_dir: Path, config: TuningConfig, *,
                 for first in range(0, len(new_tasks), step):  # each call's records reach disk at its end
                     with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
                         _tune(new_tasks[first:first + step], db, config)
+                    # its handlers write to the log file just closed: the next call makes new ones
+                    _drop_meta_schedule_handlers()
                     if progress is not None:
                         progress(min(first + step, len(new_tasks)), len(new_tasks))
             finally:
