@@ -25,7 +25,9 @@ stage widths on grid 8 has 2·4·5·2³·4³·5³ ≈ 10⁷ of them):
    widths must appear in at least one architecture. A greedy covering-array
    construction (AETG, Cohen et al., IEEE TSE 1997: each new row covers as
    many uncovered combinations as it can) needs about max |W_a|·|W_b| rows:
-   25 for ResNet-20 with stage widths on grid 8, instead of ~10⁷.
+   for ResNet-20 with every group on grid 8, 26 with the search's widths (the
+   bound is 5·5 = 25) and 64 with every multiple of 8 (the bound, 8·8),
+   instead of ~10⁷ architectures.
 4. **Task extraction.** Each covering architecture is rebuilt, exported to
    ONNX and lowered exactly as a candidate is (:func:`harness.compile.build.lower_onnx`),
    and MetaSchedule extracts its tasks; the union, deduplicated by
@@ -33,9 +35,19 @@ stage widths on grid 8 has 2·4·5·2³·4³·5³ ≈ 10⁷ of them):
    ``module_equality="structural"``, as the ``JSONDatabase`` keys them), is
    the grid's task set.
 
-Counted here (target ``host``, 1x1x28x28; tests/harness/test_grid.py checks
-random grid architectures against the set and a brute-force enumeration on a
-small grid): see :data:`NOTES` and the report of issue 13.
+Counted here (ResNet-20, 1x1x28x28, target ``host``, grid 8; conv tasks / all
+tasks, the rest being pooling, classifier and bias/flatten reshapes):
+
+    groups pruned    every multiple of 8     the search's widths (step 25 %)
+    inner convs      43 / 55                 34 / 44
+    all (+ stages)   250 / 290               148 / 174
+
+43 and 250 are DESIGN.md §4's conv-workload counts: a conv's fused task is the
+same wherever the layer's shapes and epilogue are (the three conv2 of a stage
+share one). The search's widths are fewer because its actions step by 25 % of
+the unpruned width (64 -> 48 -> 32 -> 16 -> 8: 56, 40 and 24 never occur).
+tests/harness/test_grid.py checks these against random architectures the env
+proposes and a brute-force enumeration of a small grid.
 
 The set is cached per (model, input shape, classes, build options, target, grid
 spec, TVM version) at ``cache_dir/grids/<key>.json`` (TIR of every task,
@@ -271,9 +283,10 @@ def covering_specs(widths: Sequence[Sequence[int]], requirements: Sequence[Seque
     requirement's groups occurs at least once: a covering array (greedy, AETG-style).
 
     The first architecture is the unpruned one (every group at ``widths[g][0]``). Each next
-    one starts from the uncovered combination of the requirement with most left, then fixes
-    the other groups requirement by requirement (most uncovered first) to an uncovered
-    combination consistent with what is fixed; groups left free stay at their first width.
+    one fixes the groups requirement by requirement (most uncovered combinations first) to the
+    uncovered combination, consistent with what is fixed, that completes the most uncovered
+    combinations of all requirements (first in sorted order on ties); groups left free stay at
+    their first width.
 
     Args:
         widths: per group, its widths (first = unpruned).
@@ -300,12 +313,18 @@ def covering_specs(widths: Sequence[Sequence[int]], requirements: Sequence[Seque
         order = sorted(reqs, key=lambda k: (-len(reqs[k]), k))
         for key in order:
             options = sorted(c for c in reqs[key] if all(fixed.get(g, v) == v for g, v in zip(key, c)))
-            if options:
-                fixed.update(zip(key, options[0]))
+            if options:  # AETG's choice: the option that completes most uncovered combinations elsewhere
+                fixed.update(zip(key, max(options, key=lambda c: _gain(reqs, {**fixed, **dict(zip(key, c))}))))
         row = tuple(fixed.get(g, widths[g][0]) for g in range(len(widths)))
         cover(row)
         rows.append(row)
     return rows
+
+
+def _gain(reqs: dict[tuple[int, ...], set[tuple[int, ...]]], fixed: dict[int, int]) -> int:
+    """Uncovered combinations that the (partial) assignment ``fixed`` covers completely."""
+    return sum(1 for key, left in reqs.items()
+               if all(g in fixed for g in key) and tuple(fixed[g] for g in key) in left)
 
 
 def architecture_tasks(model_name: str, channels: Sequence[int], input_shape: Sequence[int], target: TargetSpec,
