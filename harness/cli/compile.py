@@ -66,6 +66,9 @@ __all__ = ["BENCH_JSON_KEYS", "DEFAULT_TUNE_TRIALS", "parse_input_shape", "regis
 
 #: ``tune --grid-widths`` values (harness.compile.grid.GRID_WIDTHS; repeated here to keep --help light).
 GRID_WIDTHS_CHOICES = ("search", "grid")
+#: Default trials per task of a grid warm-up (``tune --grid``), chosen from benchmarks/warmup_budget.py's
+#: curve (ResNet-20 at 1x1x28x28 on this host; figures in README.md and the issue 13 note).
+GRID_TUNE_TRIALS = 32
 #: Tasks per MetaSchedule call of a grid warm-up: a killed warm-up keeps every finished group.
 GRID_TASKS_PER_CALL = 4
 #: Default MetaSchedule trials per task of compile/bench/tune: the search's default
@@ -155,8 +158,9 @@ def register(subparsers) -> None:
                               description="MetaSchedule-tune the tasks of a model that the target's database "
                                           "lacks, then build and (for this machine) measure the tuned artifact.")
     _add_source_args(t)
-    t.add_argument("--trials", type=pos_int, default=DEFAULT_TUNE_TRIALS,
-                   help=f"trials per new task (default {DEFAULT_TUNE_TRIALS})")
+    t.add_argument("--trials", type=pos_int, default=None,
+                   help=f"trials per new task (default {DEFAULT_TUNE_TRIALS}; with --grid {GRID_TUNE_TRIALS}: "
+                        "a warm-up is paid once per target, benchmarks/warmup_budget.py)")
     t.add_argument("--device", default=None,
                    help="where tuning trials are timed and the tuned latency measured: local (default for a target "
                         "this machine runs), ssh:BOARD or farm:TAG (needs --inventory; a farm's boards tune in "
@@ -513,6 +517,8 @@ def _tune_impl(args: argparse.Namespace) -> int:
                              "for an ONNX file drop --grid")
         if not 0 < args.step_fraction < 1:
             raise ValueError(f"--step-fraction {args.step_fraction} must be in (0, 1), e.g. 0.25")
+    if args.trials is None:
+        args.trials = GRID_TUNE_TRIALS if args.grid is not None else DEFAULT_TUNE_TRIALS
     device = _open_device(name, args.inventory, target)
     if args.grid is not None:
         try:

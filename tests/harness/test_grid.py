@@ -231,3 +231,15 @@ def test_search_on_the_warm_grid_database_tunes_nothing(warm, monkeypatch, tmp_p
     export_onnx(model.eval(), SHAPE, tmp_path / "off.onnx")
     res = compile_onnx(tmp_path / "off.onnx", resolve_target("host"), root / "cache", TuningConfig(trials_per_task=1))
     assert res.ok and res.artifact.manifest.tuning["tasks_tuned_now"] >= 1 and len(calls) >= 1
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--onnx", "m.onnx"], "--grid needs --model NAME"),
+    (["--model", "resnet20", "--step-fraction", "1.5"], "--step-fraction 1.5 must be in (0, 1)"),
+    (["--model", "resnet20", "--device", "sim:rpi4"], "simulator"),
+])
+def test_tune_grid_bad_input_is_one_line_exit_2(capsys, tmp_path, extra, needle):
+    code = main(["tune", "--target", "host", "--grid", "8", "--cache-dir", str(tmp_path / "c"), *extra])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.strip().count("\n") == 0 and needle in err, err
+    assert not (tmp_path / "c").exists()  # refused before any work
