@@ -647,8 +647,7 @@ def _tune_grid(args: argparse.Namespace, target, device) -> int:
     before = database_info(db_dir)
     try:
         with stdout_to_stderr():
-            grid = grid_tasks(args.model, shape, pipeline.target, spec, cache_dir=cache_dir,
-                              build_kwargs={"seed": args.seed},
+            grid = grid_tasks(args.model, shape, pipeline.target, spec, cache_dir=cache_dir,  # weights: no matter
                               progress=lambda d, n: progress("enumerating", d, n))
         progress.close()
         progress.line(f"{args.model} grid {args.grid} ({args.grid_widths} widths): {grid.total} tasks "
