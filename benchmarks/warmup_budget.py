@@ -22,7 +22,12 @@ empty database of its own:
    alternately, ``--rounds`` rounds, the order swapped every round (A B, B A, ...):
    the per-round ratio TVM p50 / ORT p50 and its median (DESIGN.md §5: ratios
    measured side by side, since the absolute p50 of one artifact drifts by tens of
-   percent over minutes on a shared machine).
+   percent over minutes on a shared machine);
+4. at the end, every budget's library and ONNX Runtime in one session, each round
+   timing all of them in a rotated order: the headline TVM/ORT ratios, taken under
+   one load. (Measured here: ONNX Runtime's p50 moves with the load far more than a
+   TVM library's, 0.26 ms idle vs 0.65-1.1 ms at load 3-4.5 on 2 cores, so ratios
+   taken minutes apart are not comparable across budgets.)
 
 Every figure is ``measured`` on this host except the estimated warm-up times.
 The load average at the start and end of each budget is printed beside it.
@@ -89,10 +94,15 @@ def one_budget(trials: int, tasks, grid_total: int, onnx: Path, root: Path, roun
     print(f"[{time.strftime('%H:%M:%S')}] {trials} trials per task: tuning {len(tasks)} tasks "
           f"({'the whole grid' if full_grid else 'the unpruned model'}), {row['load_before']}", flush=True)
     report = tune_tasks(tasks, db, tuning)
-    per_task = report.seconds / max(report.tasks_tuned_now, 1)
-    row.update(tasks_tuned=report.tasks_tuned_now, tune_s=round(report.seconds, 1), s_per_task=round(per_task, 2),
-               records=database_info(db).records)
-    if full_grid:
+    if not report.tasks_tuned_now:  # a work dir reused from an earlier run: its tuning figures are in its output
+        per_task = None
+    else:
+        per_task = report.seconds / report.tasks_tuned_now
+    row.update(tasks_tuned=report.tasks_tuned_now, tune_s=round(report.seconds, 1),
+               s_per_task=None if per_task is None else round(per_task, 2), records=database_info(db).records)
+    if per_task is None:
+        row.update(grid_warmup_s=None, grid_warmup_source="not tuned in this run")
+    elif full_grid:
         row.update(grid_warmup_s=round(report.seconds, 1), grid_warmup_source="measured")
     else:
         row.update(grid_warmup_s=round(per_task * grid_total, 1), grid_warmup_source="estimated")
@@ -103,15 +113,55 @@ def one_budget(trials: int, tasks, grid_total: int, onnx: Path, root: Path, roun
         if isinstance(prepared, PipelineError):
             raise SystemExit(f"{trials} trials: {prepared.kind}: {prepared.message}")
         row["tasks_tuned_at_build"] = prepared.manifest.tuning.get("tasks_tuned_now")
-        row.update(side_by_side(pipeline, prepared, rounds))
+        row["artifact"] = str(prepared.path)
+        if rounds:
+            row.update(side_by_side(pipeline, prepared, rounds))
     finally:
         device.close()
     row["load_after"] = load()
-    print(f"    tuned {row['tasks_tuned']} tasks in {row['tune_s']} s ({row['s_per_task']} s/task); grid warm-up "
-          f"{row['grid_warmup_s'] / 60:.1f} min ({row['grid_warmup_source']}); TVM p50 {row['tvm_p50_ms']} ms, "
-          f"ORT p50 {row['ort_p50_ms']} ms, TVM/ORT per round {row['ratio_rounds']} -> median "
-          f"{row['ratio_median']} (measured); {row['load_after']}", flush=True)
+    if per_task is None:
+        line = "    nothing to tune: the database of this budget is already warm (tuning figures: the earlier run)"
+    else:
+        line = (f"    tuned {row['tasks_tuned']} tasks in {row['tune_s']} s ({row['s_per_task']} s/task); grid "
+                f"warm-up {row['grid_warmup_s'] / 60:.1f} min ({row['grid_warmup_source']})")
+    if rounds:
+        line += (f"; TVM p50 {row['tvm_p50_ms']} ms, ORT p50 {row['ort_p50_ms']} ms, TVM/ORT per round "
+                 f"{row['ratio_rounds']} -> median {row['ratio_median']} (measured)")
+    print(f"{line}; {row['load_after']}", flush=True)
     return row
+
+
+def all_side_by_side(rows: list[dict], root: Path, rounds: int) -> dict:
+    """Every budget's TVM library and ONNX Runtime in one session: each round times all of them once,
+    the order rotated by one every round, so a change of load hits every budget alike (the per-budget
+    figures above were taken minutes apart, under whatever load each had). Ratios per round against
+    that round's ONNX Runtime p50."""
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig
+    from harness.pipeline import Pipeline, Prepared
+
+    items = [("ort", Prepared.at(rows[0]["artifact"]), "onnxruntime")]
+    items += [(f"tvm-{r['trials_per_task']}", Prepared.at(r["artifact"]), "tvm") for r in rows]
+    p50s: dict[str, list[float]] = {name: [] for name, _, _ in items}
+    device = LocalDevice()
+    try:
+        pipe = Pipeline.for_device(device, resolve_target("host"), TuningConfig(trials_per_task=0), MEASURE,
+                                   root / "cache")
+        for r in range(rounds):
+            for name, prepared, backend in items[r % len(items):] + items[:r % len(items)]:
+                res = pipe.measure(prepared, backend=backend)
+                if not res.ok:
+                    raise SystemExit(f"measuring {name}: {res.error.kind}: {res.error.message}")
+                p50s[name].append(res.p50_ms)
+    finally:
+        device.close()
+    out = {"ort_p50_ms": round(statistics.median(p50s["ort"]), 4), "load_after": load(), "budgets": {}}
+    for name, _, _ in items[1:]:
+        ratios = [t / o for t, o in zip(p50s[name], p50s["ort"])]
+        out["budgets"][name] = {"tvm_p50_ms": round(statistics.median(p50s[name]), 4),
+                                "ratio_rounds": [round(x, 3) for x in ratios],
+                                "ratio_median": round(statistics.median(ratios), 3)}
+    return out
 
 
 def main() -> int:
@@ -120,6 +170,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved TVM/ORT rounds per budget (default 7)")
     ap.add_argument("--grid", type=int, default=8, help="the grid (round-to) whose task count is warmed (default 8)")
     ap.add_argument("--full-grid", action="store_true", help="tune every grid task per budget (measured warm-up)")
+    ap.add_argument("--rounds-each", type=int, default=None,
+                    help="interleaved TVM/ORT rounds right after each budget's tuning (default --rounds; 0 = none)")
     ap.add_argument("--quick", action="store_true", help="budgets 8,16 and 3 rounds")
     ap.add_argument("--cache-dir", default=None, help="work directory (default: a new temp dir)")
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -151,16 +203,26 @@ def main() -> int:
           f"model {len(unpruned)}; budgets {budgets}, {rounds} interleaved rounds; {load()}", flush=True)
     for trials in budgets:
         figures["budgets"].append(one_budget(trials, grid.tasks if args.full_grid else unpruned, grid.total, onnx,
-                                             root, rounds, args.full_grid))
+                                             root, rounds if args.rounds_each is None else args.rounds_each,
+                                             args.full_grid))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
-    print(f"\n{'trials':>6} {'tune s':>7} {'s/task':>7} {'grid warm-up':>16} {'TVM ms':>7} {'ORT ms':>7} "
-          f"{'TVM/ORT':>8} {'rounds min..max':>16}")
+    print(f"[{time.strftime('%H:%M:%S')}] all budgets and ONNX Runtime side by side, {rounds} rounds; {load()}",
+          flush=True)
+    joint = figures["side_by_side"] = all_side_by_side(figures["budgets"], root, rounds)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    print(f"\nside by side in one session (ORT p50 {joint['ort_p50_ms']:.3f} ms; {joint['load_after']}); "
+          "tuning figures from each budget's own run")
+    print(f"{'trials':>6} {'tune s':>7} {'s/task':>7} {'grid warm-up':>16} {'TVM ms':>7} {'TVM/ORT':>8} "
+          f"{'rounds min..max':>16}")
     for r in figures["budgets"]:
-        lo, hi = min(r["ratio_rounds"]), max(r["ratio_rounds"])
-        print(f"{r['trials_per_task']:>6} {r['tune_s']:>7.0f} {r['s_per_task']:>7.1f} "
-              f"{r['grid_warmup_s'] / 60:>6.1f} min {r['grid_warmup_source'][:4]:>5} {r['tvm_p50_ms']:>7.3f} "
-              f"{r['ort_p50_ms']:>7.3f} {r['ratio_median']:>8.2f} {lo:>7.2f}..{hi:<7.2f}")
+        j = joint["budgets"][f"tvm-{r['trials_per_task']}"]
+        lo, hi = min(j["ratio_rounds"]), max(j["ratio_rounds"])
+        tuned = (f"{r['tune_s']:>7.0f} {r['s_per_task']:>7.1f} {r['grid_warmup_s'] / 60:>6.1f} min "
+                 f"{r['grid_warmup_source'][:4]:>5}") if r["s_per_task"] is not None else f"{'(earlier run)':>32}"
+        print(f"{r['trials_per_task']:>6} {tuned} {j['tvm_p50_ms']:>7.3f} "
+              f"{j['ratio_median']:>8.2f} {lo:>7.2f}..{hi:<7.2f}")
     return 0
 
 
