@@ -634,7 +634,12 @@ def _tune_grid(args: argparse.Namespace, target, device) -> int:
     from devices.base import MeasureConfig
     from harness.compile.build import stdout_to_stderr
     from harness.compile.grid import GridSpec, grid_tasks
-    from harness.compile.tuning import database_dir_for, database_info, tasks_with_records, tune_tasks
+    from harness.compile.tuning import (
+        database_dir_for,
+        database_info,
+        tasks_with_records,
+        tune_tasks,
+    )
     from harness.models import default_input_shape
 
     shape = parse_input_shape(args.input_shape) if args.input_shape else default_input_shape(args.model)

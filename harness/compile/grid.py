@@ -297,7 +297,7 @@ def covering_specs(widths: Sequence[Sequence[int]], requirements: Sequence[Seque
     """
     reqs: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
     for r in requirements:
-        key = tuple(sorted(set(int(g) for g in r if len(widths[g]) > 1)))
+        key = tuple(sorted({int(g) for g in r if len(widths[g]) > 1}))
         if key and key not in reqs:
             reqs[key] = set(itertools.product(*(widths[g] for g in key)))
     first = tuple(w[0] for w in widths)
@@ -448,7 +448,7 @@ def grid_tasks(model_name: str, input_shape: Sequence[int], target: TargetSpec, 
         cache_path = Path(cache_dir) / "grids" / f"{_cache_key(model_name, shape, num_classes, build_kwargs, target, spec)}.json"
         loaded = _load(cache_path, target) if cache_path.is_file() else None
         if loaded is not None:
-            tasks, meta = loaded
+            tasks, _meta = loaded
             log.info("grid tasks of %s from %s (%d tasks)", model_name, cache_path, len(tasks))
             return GridTasks(tuple(tasks), tuple(widths), combos, 0, _count_conv(tasks), True,
                              time.perf_counter() - t0, cache_path)

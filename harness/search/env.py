@@ -45,7 +45,7 @@ import numpy as np
 from harness.pruning import ArchSpec, PruneGroup
 from harness.search.reward import RewardTerms, RewardWeights, compute_reward
 
-__all__ = ["EnvConfig", "PruningEnv", "CandidateSource", "next_width", "reachable_widths"]
+__all__ = ["CandidateSource", "EnvConfig", "PruningEnv", "next_width", "reachable_widths"]
 
 #: The group-kind feature of the observation (harness.pruning.GROUP_KINDS).
 _KIND_FEATURE = {"residual": 1.0, "depthwise": 0.5, "conv": 0.0}

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.compile.grid import (GridSpec, TaskSet, architecture_tasks, covering_specs, grid_tasks, group_widths,
-                                  layer_dependencies)
+from harness.compile.grid import (
+    GridSpec,
+    TaskSet,
+    architecture_tasks,
+    covering_specs,
+    grid_tasks,
+    group_widths,
+    layer_dependencies,
+)
 from harness.compile.targets import resolve_target
 from harness.pruning import ArchSpec
 from harness.search.env import EnvConfig, PruningEnv, reachable_widths
@@ -47,8 +53,9 @@ def test_env_stepping_reaches_exactly_the_chain():
     class Source:
         def evaluate(self, spec):
             c = np.array(spec.channels)
-            return type("R", (), dict(ok=True, top1=0.9, macs=int((c ** 2).sum()), latency_p50_ms=float(c.sum()),
-                                      error_kind=None, error_message=None))()
+            return type("R", (), {"ok": True, "top1": 0.9, "macs": int((c ** 2).sum()),
+                                      "latency_p50_ms": float(c.sum()), "error_kind": None,
+                                      "error_message": None})()
 
     from harness.pruning import PruneGroup
 
@@ -173,7 +180,7 @@ def _json_out(capsys):
 
 @pytest.mark.slow
 def test_tune_grid_covers_every_task_then_a_second_call_tunes_and_extracts_nothing(warm, capsys, monkeypatch):
-    root, argv, code = warm
+    _root, argv, code = warm
     assert code == 0
     # by hand: stage-3 stream S and inner widths i in {64, 32}: conv2 (i -> S, shared by the 3 blocks) 4,
     # conv1 of blocks 1-2 (S -> i) 4, block 0's conv1 (32 -> i, stride 2) 2, projection (32 -> S) 2,
