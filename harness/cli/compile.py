@@ -64,6 +64,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BENCH_JSON_KEYS", "DEFAULT_TUNE_TRIALS", "parse_input_shape", "register"]
 
+#: ``tune --grid-widths`` values (harness.compile.grid.GRID_WIDTHS; repeated here to keep --help light).
+GRID_WIDTHS_CHOICES = ("search", "grid")
+#: Default trials per task of a grid warm-up (``tune --grid``), chosen from benchmarks/warmup_budget.py's
+#: curve (ResNet-20 at 1x1x28x28 on this host, all budgets timed side by side with ONNX Runtime in one
+#: session: TVM p50 1.06 / 1.35 / 1.03 / 0.76 ms at 8 / 16 / 32 / 64 trials, ORT 0.27 ms): 64 is the only
+#: budget clearly better than the search's 8 (-28 %), and a warm-up is paid once per target.
+GRID_TUNE_TRIALS = 64
+#: Tasks per MetaSchedule call of a grid warm-up: a killed warm-up keeps every finished group.
+GRID_TASKS_PER_CALL = 4
 #: Default MetaSchedule trials per task of compile/bench/tune: the search's default
 #: (``SearchConfig.tune_trials``), so a bench number is comparable with a search's.
 DEFAULT_TUNE_TRIALS = 8
@@ -151,8 +160,9 @@ def register(subparsers) -> None:
                               description="MetaSchedule-tune the tasks of a model that the target's database "
                                           "lacks, then build and (for this machine) measure the tuned artifact.")
     _add_source_args(t)
-    t.add_argument("--trials", type=pos_int, default=DEFAULT_TUNE_TRIALS,
-                   help=f"trials per new task (default {DEFAULT_TUNE_TRIALS})")
+    t.add_argument("--trials", type=pos_int, default=None,
+                   help=f"trials per new task (default {DEFAULT_TUNE_TRIALS}; with --grid {GRID_TUNE_TRIALS}: "
+                        "a warm-up is paid once per target, benchmarks/warmup_budget.py)")
     t.add_argument("--device", default=None,
                    help="where tuning trials are timed and the tuned latency measured: local (default for a target "
                         "this machine runs), ssh:BOARD or farm:TAG (needs --inventory; a farm's boards tune in "
@@ -162,6 +172,16 @@ def register(subparsers) -> None:
                    help="tasks tuned per MetaSchedule call: records of finished calls survive a kill, so a long "
                         "tuning resumes where it stopped (default: all at once locally, 4 on boards)")
     t.add_argument("--repeat", type=pos_int, default=20, help="timed blocks of the latency check (default 20)")
+    t.add_argument("--grid", type=pos_int, default=None, metavar="N",
+                   help="grid warm-up: tune every task that any architecture the search can propose with widths "
+                        "on multiples of N produces (--model only; the search's --round-to), resumably, and "
+                        "report coverage; no latency check")
+    t.add_argument("--grid-widths", choices=GRID_WIDTHS_CHOICES, default="search",
+                   help="with --grid: 'search' (default: the widths the search's prune actions reach) or 'grid' "
+                        "(every multiple of N: what random grid architectures can take)")
+    t.add_argument("--step-fraction", type=float, default=0.25,
+                   help="with --grid: share of a group's filters one search action removes (the search's "
+                        "--step-fraction, default 0.25)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_tune)
 
@@ -493,7 +513,20 @@ def _tune_impl(args: argparse.Namespace) -> int:
     elif name.startswith("sim:"):
         raise ValueError(f"--device {name} is a simulator: it cannot time tuning trials; pass local, ssh:BOARD "
                          "or farm:TAG")
+    if args.grid is not None:
+        if not args.model:
+            raise ValueError("--grid needs --model NAME (a zoo model: the grid is over its prunable groups); "
+                             "for an ONNX file drop --grid")
+        if not 0 < args.step_fraction < 1:
+            raise ValueError(f"--step-fraction {args.step_fraction} must be in (0, 1), e.g. 0.25")
+    if args.trials is None:
+        args.trials = GRID_TUNE_TRIALS if args.grid is not None else DEFAULT_TUNE_TRIALS
     device = _open_device(name, args.inventory, target)
+    if args.grid is not None:
+        try:
+            return _tune_grid(args, target, device)
+        finally:
+            device.close()
     is_board = device.is_board
     tasks_per_call = args.tasks_per_call or (4 if is_board else None)
     tuning = _tuning(args.trials, args.threads, tasks_per_call)
@@ -549,4 +582,121 @@ def _tune_impl(args: argparse.Namespace) -> int:
     else:
         print(f"tuned latency: not measured ({row['latency_note']})")
     print(f"artifact {row['artifact_dir']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- tune --grid
+
+
+class _TuneProgress:
+    """Progress of a grid warm-up on stderr: a tqdm bar on a terminal (tasks done / total, ETA),
+    time-stamped lines otherwise (logs, cron), nothing with ``mode="off"``."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.bar = None
+        self.t0 = time.monotonic()
+        self.stage = ""
+
+    def line(self, message: str) -> None:
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+        elif self.mode == "lines":
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.t0 = stage, time.monotonic()
+            if self.mode == "bar" and total:
+                from tqdm import tqdm
+
+                unit = "arch" if stage == "enumerating" else "task"
+                self.bar = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif self.mode == "lines" and total:
+            elapsed = time.monotonic() - self.t0
+            eta = f", ETA {elapsed / done * (total - done):.0f} s" if done else ""
+            what = "architectures" if stage == "enumerating" else "tasks"
+            self.line(f"{stage}: {done}/{total} {what}, {elapsed:.0f} s{eta}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _tune_grid(args: argparse.Namespace, target, device) -> int:
+    """``tune --grid N``: enumerate the grid's tasks (:mod:`harness.compile.grid`), tune the missing ones."""
+    from devices.base import MeasureConfig
+    from harness.compile.build import stdout_to_stderr
+    from harness.compile.grid import GridSpec, grid_tasks
+    from harness.compile.tuning import (
+        database_dir_for,
+        database_info,
+        tasks_with_records,
+        tune_tasks,
+    )
+    from harness.models import default_input_shape
+
+    shape = parse_input_shape(args.input_shape) if args.input_shape else default_input_shape(args.model)
+    spec = GridSpec(round_to=args.grid, widths=args.grid_widths, step_fraction=args.step_fraction)
+    tasks_per_call = args.tasks_per_call or GRID_TASKS_PER_CALL
+    tuning = _tuning(args.trials, args.threads, tasks_per_call)
+    cache_dir = _cache_dir(args)
+    pipeline = _pipeline(device, target, tuning, MeasureConfig(num_threads=args.threads), cache_dir)
+    db_dir = database_dir_for(cache_dir, pipeline.target.canonical_json(), pipeline.tuning)
+    progress = _TuneProgress("bar" if sys.stderr.isatty() and not args.json else "lines")
+    t0 = time.perf_counter()
+    before = database_info(db_dir)
+    try:
+        with stdout_to_stderr():
+            grid = grid_tasks(args.model, shape, pipeline.target, spec, cache_dir=cache_dir,  # weights: no matter
+                              progress=lambda d, n: progress("enumerating", d, n))
+        progress.close()
+        progress.line(f"{args.model} grid {args.grid} ({args.grid_widths} widths): {grid.total} tasks "
+                      f"({grid.conv_tasks} conv)" + (" (task list cached)" if grid.cache_hit else
+                                                      f" from {grid.architectures} covering architectures"))
+        with stdout_to_stderr():
+            report = tune_tasks(grid.tasks, db_dir, pipeline.tuning, progress=lambda d, n: progress("tuning", d, n))
+    except Exception as exc:  # MetaSchedule failed: the finished task groups are in the database
+        if isinstance(exc, (ValueError, _Failure)):
+            raise
+        raise _Failure(f"tune_failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}; the task "
+                       "groups tuned before are kept: run the same command again to resume") from None
+    finally:
+        progress.close()
+    missing = 0
+    if report.tasks_tuned_now:
+        missing = sum(1 for ok in tasks_with_records(grid.tasks, db_dir) if not ok)
+    after = database_info(db_dir)
+    row: dict[str, Any] = {
+        "model": args.model, "input_shape": list(shape), "target": pipeline.target.name,
+        "target_dict": pipeline.target.target, "grid": args.grid, "grid_widths": args.grid_widths,
+        "step_fraction": args.step_fraction, "group_widths": [list(w) for w in grid.group_widths],
+        "trials_per_task": args.trials, "tuned_on": device.name, "tasks_per_call": tasks_per_call,
+        "database": str(db_dir), "tasks_total": grid.total, "conv_tasks": grid.conv_tasks,
+        "tasks_in_db": report.tasks_from_db, "tasks_tuned_now": report.tasks_tuned_now, "tasks_missing": missing,
+        "architectures": grid.architectures, "grid_cache_hit": grid.cache_hit,
+        "enumerate_s": round(grid.enumerate_s, 3), "tune_s": round(report.seconds, 3),
+        "wall_s": round(time.perf_counter() - t0, 3), "db_records_before": before.records,
+        "db_records_after": after.records,
+    }
+    if args.json:
+        print(json.dumps(row, sort_keys=True))
+    else:
+        print(f"{row['model']} {'x'.join(map(str, shape))} for {row['target']}, grid {args.grid} "
+              f"({args.grid_widths} widths): {row['trials_per_task']} trials per new task timed on "
+              f"{row['tuned_on']}, database {row['database']}")
+        print(f"coverage: {row['tasks_total']} tasks total, {row['tasks_in_db']} in the database, "
+              f"{row['tasks_tuned_now']} tuned now, {missing} still missing "
+              f"({row['enumerate_s']:.1f} s enumerating, {row['tune_s']:.1f} s tuning)")
+        print(f"database records: {before.records} -> {after.records}")
+    if missing:
+        print(f"hilprune: error: {missing} tasks have no valid tuning record after tuning (see tuning.log in "
+              f"{db_dir}); run the command again or raise --trials", file=sys.stderr)
+        return 1
     return 0

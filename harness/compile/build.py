@@ -106,7 +106,10 @@ class CompileResult:
         return self.artifact is not None
 
 
-class _Failed(Exception):
+class CompileFailed(Exception):
+    """An expected compile failure raised inside this module (and by :func:`lower_onnx`);
+    ``error`` holds the :class:`CompileError` value, ``str()`` its one-line message."""
+
     def __init__(self, kind: str, cause: BaseException | str) -> None:
         text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
         text = " ".join(str(text).split())[:500]
@@ -206,7 +209,7 @@ def compile_onnx(
                 shutil.rmtree(tmp, ignore_errors=True)
                 return CompileResult(_load_manifest(final), None)
             raise
-    except _Failed as failed:
+    except CompileFailed as failed:
         shutil.rmtree(tmp, ignore_errors=True)
         logger.warning("compile failed (%s): %s", failed.error.kind, failed.error.message)
         return CompileResult(None, failed.error)
@@ -221,13 +224,13 @@ def _io_signature(onnx_model) -> tuple[dict[str, Any], dict[str, Any]]:
     initializers = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(graph.output) != 1:
-        raise _Failed("import_failed", f"need 1 input and 1 output, got {len(inputs)} and {len(graph.output)}")
+        raise CompileFailed("import_failed", f"need 1 input and 1 output, got {len(inputs)} and {len(graph.output)}")
 
     def sig(value_info) -> dict[str, Any]:
         ttype = value_info.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
         if any(d <= 0 for d in dims):
-            raise _Failed("import_failed", f"{value_info.name!r} has a dynamic shape {dims}")
+            raise CompileFailed("import_failed", f"{value_info.name!r} has a dynamic shape {dims}")
         return {"name": value_info.name, "shape": dims, "dtype": _ONNX_DTYPES.get(ttype.elem_type, str(ttype.elem_type))}
 
     out = sig(graph.output[0])
@@ -235,15 +238,40 @@ def _io_signature(onnx_model) -> tuple[dict[str, Any], dict[str, Any]]:
     return sig(inputs[0]), out
 
 
-def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Path,
-           tuning: TuningConfig, out_dir: Path) -> Manifest:
+@dataclass(frozen=True, slots=True)
+class Lowered:
+    """An ONNX graph lowered to the fused Relax module that tuning and the build work on.
+
+    Attributes:
+        mod: ``tvm.IRModule`` after ``DecomposeOpsForInference``, ``CanonicalizeBindings`` and the
+            ``"zero"`` pipeline (LegalizeOps, FuseOps, FuseTIR): its fused TIR functions are the tuning
+            tasks and the tuning database's keys.
+        weights: the detached parameters, in ``main()``'s order after the input (float32 numpy arrays).
+        input_sig, output_sig: ``{"name", "shape", "dtype"}`` of the graph's input and output
+            (the output has no name).
+    """
+
+    mod: Any
+    weights: list
+    input_sig: dict[str, Any]
+    output_sig: dict[str, Any]
+
+
+def lower_onnx(onnx_bytes: bytes, target: TargetSpec) -> Lowered:
+    """Import an ONNX graph into Relax and lower it for ``target`` up to (not including) tuning.
+
+    The one lowering of the project: :func:`compile_onnx` builds from it and the grid warm-up
+    (:mod:`harness.compile.grid`) extracts its tasks from it, so both see the same workloads.
+
+    Raises:
+        CompileFailed: ``import_failed`` (unreadable ONNX, not one static input and output, refused by the
+            frontend) or ``build_failed`` (a lowering pass raised); ``str()`` is one line.
+    """
     import onnx
-    import tvm
     from tvm import relax
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
 
-    start = time.monotonic()
     try:
         onnx_model = onnx.load_from_string(onnx_bytes)
         input_sig, output_sig = _io_signature(onnx_model)
@@ -254,22 +282,33 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
             keep_params_in_input=True,
         )
         mod, params = detach_params(mod)
-    except _Failed:
+    except CompileFailed:
         raise
     except Exception as exc:
-        raise _Failed("import_failed", exc) from exc
+        raise CompileFailed("import_failed", exc) from exc
     weights = [p.numpy() for p in params.get("main", [])]
-
-    tvm_target = target.tvm_target()
-    tune_report: TuneReport | None = None
-    db_dir = database_dir_for(cache_dir, target.canonical_json(), tuning) if tuning.tuned else None
     try:
-        with tvm_target:
+        with target.tvm_target():
             mod = relax.transform.DecomposeOpsForInference()(mod)
             mod = relax.transform.CanonicalizeBindings()(mod)
             mod = relax.get_pipeline("zero")(mod)  # no database current: legalize + fuse only
     except Exception as exc:
-        raise _Failed("build_failed", exc) from exc
+        raise CompileFailed("build_failed", exc) from exc
+    return Lowered(mod, weights, input_sig, output_sig)
+
+
+def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Path,
+           tuning: TuningConfig, out_dir: Path) -> Manifest:
+    import tvm
+    from tvm import relax
+
+    start = time.monotonic()
+    lowered = lower_onnx(onnx_bytes, target)
+    mod, weights, input_sig, output_sig = lowered.mod, lowered.weights, lowered.input_sig, lowered.output_sig
+
+    tvm_target = target.tvm_target()
+    tune_report: TuneReport | None = None
+    db_dir = database_dir_for(cache_dir, target.canonical_json(), tuning) if tuning.tuned else None
 
     untuned: list[str] = []
     tasks_total = 0
@@ -277,7 +316,7 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
         try:
             tasks_total, untuned = untuned_tasks(mod, tvm_target, db_dir)
         except Exception as exc:
-            raise _Failed("build_failed", exc) from exc
+            raise CompileFailed("build_failed", exc) from exc
         if untuned:
             logger.warning("%s: %d of %d tasks have no tuning record in %s and get the default schedule "
                            "(untuned): nothing here can time %s code; tune on a board with "
@@ -288,7 +327,7 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
             tune_report = tune_module(mod, tvm_target, db_dir, tuning)
         except Exception as exc:
             logger.debug("tuning raised", exc_info=True)
-            raise _Failed("tune_failed", exc) from exc
+            raise CompileFailed("tune_failed", exc) from exc
         tasks_total = tune_report.tasks_total
 
     try:
@@ -300,7 +339,7 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             executable = tvm.compile(mod, target=tvm_target)
     except Exception as exc:
-        raise _Failed("build_failed", exc) from exc
+        raise CompileFailed("build_failed", exc) from exc
 
     lib_path = out_dir / LIBRARY_FILE
     try:
@@ -309,7 +348,7 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
         else:
             executable.export_library(str(lib_path))
     except Exception as exc:
-        raise _Failed("link_failed", exc) from exc
+        raise CompileFailed("link_failed", exc) from exc
 
     if weights:
         np.savez(out_dir / PARAMS_FILE, **{f"p{i:04d}": w for i, w in enumerate(weights)})

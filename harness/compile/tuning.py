@@ -47,7 +47,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,13 +380,24 @@ def _has_valid_record(db, task) -> bool:
     return len(db.get_top_k(workload, 1)) > 0
 
 
+def _prepare_tensor_intrin(target) -> None:
+    """Register the tensor intrinsics a TuneContext of ``target`` needs (CPU only for llvm; see above)."""
+    if target.kind.name == "llvm":
+        _import_cpu_tensor_intrin()
+    else:  # works whether or not the CPU-only registration ran before
+        import importlib
+
+        importlib.import_module("tvm.s_tir.tensor_intrin.cuda")
+
+
 def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
     """Tune the tasks of a legalized, fused Relax module that the database lacks.
 
     Args:
         mod: ``tvm.IRModule`` after ``DecomposeOpsForInference`` and the
             ``"zero"`` pipeline (LegalizeOps + FuseOps + FuseTIR), i.e. the exact
-            TIR that ``MetaScheduleApplyDatabase`` will look up later.
+            TIR that ``MetaScheduleApplyDatabase`` will look up later
+            (:func:`harness.compile.build.lower_onnx`).
         target: ``tvm.target.Target``.
         db_dir: database directory (created if missing; locked during the call).
         config: a tuned ``TuningConfig`` (``trials_per_task > 0``).
@@ -401,13 +412,41 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
     if not config.tuned:
         raise ValueError("tune_module needs trials_per_task > 0")
     start = time.monotonic()
-    if target.kind.name == "llvm":
-        _import_cpu_tensor_intrin()
-    else:  # works whether or not the CPU-only registration ran before
-        import importlib
-
-        importlib.import_module("tvm.s_tir.tensor_intrin.cuda")
+    _prepare_tensor_intrin(target)
     tasks = ms.relax_integration.extract_tasks(mod, target)
+    return tune_tasks(tasks, db_dir, config, start=start)
+
+
+def tune_tasks(tasks, db_dir: Path, config: TuningConfig, *,
+               progress: Callable[[int, int], None] | None = None, start: float | None = None) -> TuneReport:
+    """Tune the given MetaSchedule tasks that the database at ``db_dir`` lacks.
+
+    The sibling of :func:`tune_module` for a list of tasks gathered elsewhere (the grid warm-up,
+    :mod:`harness.compile.grid`, collects the tasks of many architectures). Tasks are tuned
+    ``config.tasks_per_call`` at a time; each call's records reach disk at its end, so a killed
+    run keeps every finished group and the next run tunes only what is still missing.
+
+    Args:
+        tasks: ``tvm.s_tir.meta_schedule.ExtractedTask`` list (their ``target`` is used).
+        db_dir: database directory (created if missing; locked during the call).
+        config: a tuned ``TuningConfig``; its ``runner`` times the trials (None = this host).
+        progress: called as ``progress(done, to_tune)`` with the number of new tasks tuned so far
+            (0 first, then after each call), from the calling thread.
+        start: ``time.monotonic()`` the report's ``seconds`` count from (default: now).
+
+    Returns:
+        A :class:`TuneReport`; ``tasks_tuned_now == 0`` means MetaSchedule was not called.
+
+    Raises:
+        ValueError: ``config`` is untuned.
+        Exception: whatever MetaSchedule raises (the finished groups' records stay on disk).
+    """
+    if not config.tuned:
+        raise ValueError("tune_tasks needs trials_per_task > 0")
+    start = time.monotonic() if start is None else start
+    tasks = list(tasks)
+    if tasks:
+        _prepare_tensor_intrin(tasks[0].target)
     with locked(db_dir):
         db = open_database(db_dir)
         new_tasks = [t for t in tasks if not _has_valid_record(db, t)]
@@ -415,6 +454,8 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
             "tuning: %d tasks, %d in database %s, %d to tune",
             len(tasks), len(tasks) - len(new_tasks), db_dir, len(new_tasks),
         )
+        if progress is not None:
+            progress(0, len(new_tasks))
         if new_tasks:
             # MetaSchedule's console handler writes to sys.stdout (tvm/s_tir/meta_schedule/logging.py,
             # "ext://sys.stdout"), which would corrupt `--json` output: send it to a log beside the database.
@@ -430,6 +471,10 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
                 for first in range(0, len(new_tasks), step):  # each call's records reach disk at its end
                     with open(db_dir / TUNING_LOG, "a") as log_file, contextlib.redirect_stdout(log_file):
                         _tune(new_tasks[first:first + step], db, config)
+                    # its handlers write to the log file just closed: the next call makes new ones
+                    _drop_meta_schedule_handlers()
+                    if progress is not None:
+                        progress(min(first + step, len(new_tasks)), len(new_tasks))
             finally:
                 _drop_meta_schedule_handlers()
                 for handler in kept:
@@ -443,6 +488,18 @@ def tune_module(mod, target, db_dir: Path, config: TuningConfig) -> TuneReport:
     )
     logger.info("tuning done in %.1f s: %s", report.seconds, report)
     return report
+
+
+def tasks_with_records(tasks, db_dir: Path) -> list[bool]:
+    """For each task, whether the database at ``db_dir`` holds a valid record of its workload.
+
+    Raises nothing for an absent database (every entry False)."""
+    tasks = list(tasks)
+    if tasks and tasks[0].target.kind.name == "llvm":
+        _import_cpu_tensor_intrin()
+    with locked(db_dir):
+        db = open_database(db_dir)
+        return [_has_valid_record(db, t) for t in tasks]
 
 
 def untuned_tasks(mod, target, db_dir: Path) -> tuple[int, list[str]]:

@@ -45,7 +45,7 @@ import numpy as np
 from harness.pruning import ArchSpec, PruneGroup
 from harness.search.reward import RewardTerms, RewardWeights, compute_reward
 
-__all__ = ["EnvConfig", "PruningEnv", "CandidateSource"]
+__all__ = ["CandidateSource", "EnvConfig", "PruningEnv", "next_width", "reachable_widths"]
 
 #: The group-kind feature of the observation (harness.pruning.GROUP_KINDS).
 _KIND_FEATURE = {"residual": 1.0, "depthwise": 0.5, "conv": 0.0}
@@ -98,6 +98,42 @@ class EnvConfig:
             raise ValueError(f"latency_target={self.latency_target} must be in (0, 1], e.g. 0.8 for 20% faster")
         if self.target_metric not in ("latency", "macs"):
             raise ValueError(f"target_metric={self.target_metric!r} must be 'latency' or 'macs'")
+
+
+def next_width(kept: int, channels: int, config: EnvConfig) -> int | None:
+    """The width (channels) a group has after one prune action, or None when the action is impossible.
+
+    The rule of the action (module docstring): remove ``round(step_fraction x channels)`` filters
+    (at least one) from ``kept``, round down to a multiple of ``round_to``, and never go below
+    ``min_channels`` nor below ``round_to`` (with a grid the smallest width is a grid point too).
+    An action that would not shrink the group is impossible.
+
+    Args:
+        kept: the group's current width (channels).
+        channels: its unpruned width (channels).
+        config: step fraction, grid and minimum width.
+    """
+    step = max(1, int(round(config.step_fraction * channels)))
+    new = kept - step
+    r = config.round_to
+    if r > 1:
+        new = (new // r) * r
+    new = max(new, config.min_channels, r)
+    return new if new < kept else None
+
+
+def reachable_widths(channels: int, config: EnvConfig) -> tuple[int, ...]:
+    """Every width a group of ``channels`` filters can take in an episode, widest first.
+
+    Each action changes one group only, so a group's widths form a chain from ``channels`` down
+    by :func:`next_width`; the widths the search can propose for the group are exactly this chain
+    (used by the grid warm-up, :mod:`harness.compile.grid`). E.g. ``step_fraction=0.25``,
+    ``round_to=8``: 64 -> (64, 48, 32, 16, 8), 32 -> (32, 24, 16, 8), 16 -> (16, 8).
+    """
+    chain = [int(channels)]
+    while (nxt := next_width(chain[-1], int(channels), config)) is not None:
+        chain.append(nxt)
+    return tuple(chain)
 
 
 class PruningEnv(gym.Env):
@@ -205,14 +241,7 @@ class PruningEnv(gym.Env):
 
     def _pruned_width(self, g: int) -> int | None:
         """The width group g would have after one action, or None if impossible."""
-        step = max(1, int(round(self.config.step_fraction * self.orig[g])))
-        new = int(self.kept[g]) - step
-        r = self.config.round_to
-        if r > 1:
-            new = (new // r) * r
-        # with a grid, the smallest width is a grid point too
-        new = max(new, self.config.min_channels, r)
-        return new if new < self.kept[g] else None
+        return next_width(int(self.kept[g]), int(self.orig[g]), self.config)
 
     def _any_possible(self) -> bool:
         return any(self._pruned_width(g) is not None for g in range(len(self.groups)))

@@ -111,7 +111,9 @@ class SearchConfig:
         train_epochs: epochs of the baseline (cached by model, dataset, seed, epochs).
         finetune_epochs: epochs of fine-tuning for the best candidate (0 = none).
         step_fraction: share of a group's original filters one action removes.
-        round_to: kept widths stay on multiples of this (1 = off).
+        round_to: kept widths stay on multiples of this (channels; 1 = off). Default 8: a finite set
+            of tuning tasks that ``hilprune tune --grid 8`` warms once per target, after which no
+            candidate tunes (:mod:`harness.compile.grid`; DESIGN.md §4).
         importance: group magnitude criterion (``l1``).
         reinforce: ``per_step`` (the seed's update) or ``episodic`` (discounted returns).
         discount: γ of the episodic return.
@@ -150,7 +152,7 @@ class SearchConfig:
     train_epochs: int = 3
     finetune_epochs: int = 1
     step_fraction: float = 0.25
-    round_to: int = 1
+    round_to: int = 8
     importance: str = "l1"
     reinforce: str = "per_step"
     discount: float = 0.99
