@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Iterable, Mapping
 
