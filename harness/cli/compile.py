@@ -486,7 +486,8 @@ def _print_bench(r: dict[str, Any]) -> None:
     print(f"{r['latency_p50_ms']:10.3f} {r['latency_p90_ms']:10.3f} {r['latency_mean_ms']:10.3f} "
           f"{r['latency_min_ms']:10.3f} {r['latency_cov']:7.3f} {r['n']:4d}"
           + ("  UNSTABLE" if r["unstable"] else ""))
-    print(f"artifact {r['artifact_dir']} ({'cache hit' if r['compile_cache_hit'] else 'built'}); "
+    kind = "graph-only artifact (ONNX file, no TVM library)" if r["artifact_sha256"] is None else "artifact"
+    print(f"{kind} {r['artifact_dir']} ({'cache hit' if r['compile_cache_hit'] else 'built'}); "
           f"stored as measurement {r['measurement_id']} in {r['db']}")
 
 

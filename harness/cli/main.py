@@ -146,6 +146,11 @@ def _print_search(s: dict) -> None:
         return "-" if x is None else format(x, spec)
 
     print(f"run {s['run_id']}  ({s['candidates']} candidates, {s['wall_s']:.0f} s)  -> {s['run_dir']}")
+    if s.get("latency_source"):
+        switched = s.get("source_switch")
+        print(f"latencies: {s['latency_source']} on {s.get('measured_on') or s.get('device')}, target {s.get('target')}"
+              + (f" (switched from {switched['from']} at episode {switched['episode']} step {switched['step']}: "
+                 "no healthy board left)" if switched else ""))
     print(f"{'':10} {'test top-1':>10} {'MACs':>12} {'params':>9} {'p50 ms':>9}")
     print(f"{'baseline':10} {fmt(b['top1'])} {b['macs']:>12,} {b['params']:>9,} {fmt(b['latency_p50_ms'], '9.3f')}")
     if best is None:
@@ -154,7 +159,9 @@ def _print_search(s: dict) -> None:
     print(f"{'best':10} {fmt(best['top1'])} {best['macs']:>12,} {best['params']:>9,} {fmt(best['latency_p50_ms'], '9.3f')}")
     rounds = best.get("speedup_rounds") or []
     ci = best.get("speedup_ci")
-    spread = (f" [{ci[0]:.2f}, {ci[1]:.2f}] over {best.get('final_pairs')} interleaved pairs" if ci
+    simulated = s.get("latency_source") == "simulated"
+    spread = (" (simulated: a ratio of two predictions, no interval)" if simulated and ci
+              else f" [{ci[0]:.2f}, {ci[1]:.2f}] over {best.get('final_pairs')} interleaved pairs" if ci
               else f" (rounds {min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else "")
     print(f"speedup {fmt(best['speedup'], '.2f')}x{spread}, top-1 drop {fmt(100 * best['top1_drop'], '.2f')} points, "
           f"spec {best['arch_signature']}")

@@ -318,7 +318,7 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
         except Exception as exc:
             raise CompileFailed("build_failed", exc) from exc
         if untuned:
-            logger.warning("%s: %d of %d tasks have no tuning record in %s and get the default schedule "
+            logger.info("%s: %d of %d tasks have no tuning record in %s and get the default schedule "
                            "(untuned): nothing here can time %s code; tune on a board with "
                            "`hilprune tune --device ssh:BOARD|farm:TAG`", target.name, len(untuned), tasks_total,
                            db_dir, target.arch)
@@ -371,7 +371,8 @@ def _build(onnx_path: Path, onnx_bytes: bytes, target: TargetSpec, cache_dir: Pa
         tvm_version=tvm.__version__,
         build_s=round(time.monotonic() - start, 3),
         tuning={
-            "tuned": tuning.tuned,
+            # a database applied to a build none of whose tasks it holds tuned nothing
+            "tuned": tuning.tuned and not (tasks_total and len(untuned) == tasks_total),
             "trials_per_task": tuning.trials_per_task,
             "database": str(db_dir) if db_dir is not None else None,
             "tasks_total": tasks_total,

@@ -307,14 +307,15 @@ def compare_all(results: list[dict[str, Any]], rule: CompareRule = CompareRule()
         by_run[r["run_id"]].append(r)
     seen: dict[tuple, list[float]] = defaultdict(list)
     seen_ratio: dict[tuple, list[float]] = defaultdict(list)
+    seen_ref: dict[tuple, list[float]] = defaultdict(list)  # the reference's p50 in each ratio's session
     out: dict[str, list[Comparison]] = {}
     for run_id in _run_order(results):
         rows = by_run[run_id]
         absolute = [_judge(r, seen[history_key(r)][-rule.baseline_runs:], rule) for r in rows]
-        refs = {}  # (device, target, source) -> the reference's own absolute judgement in this run
+        refs = {}  # (device, target, backend, source) -> the reference's own absolute judgement in this run
         for r, v in zip(rows, absolute):
             if r.get("reference_benchmark") and r["benchmark"] == r["reference_benchmark"] and r["status"] == "ok":
-                refs.setdefault((r["device"], r["target"], r["source"]), v)
+                refs.setdefault((r["device"], r["target"], r["backend"], r["source"]), v)
         judged = []
         for r, v in zip(rows, absolute):
             reference = r.get("reference_benchmark")
@@ -323,7 +324,12 @@ def compare_all(results: list[dict[str, Any]], rule: CompareRule = CompareRule()
                 judged.append(dataclasses.replace(v, verdict=_verdict(v, None, is_ref)))
                 continue
             ratio = _judge_ratio(r, seen_ratio[ratio_key(r)][-rule.baseline_runs:], rule)
-            ref = refs.get((r["device"], r["target"], r["source"]))
+            ref = refs.get((r["device"], r["target"], r["backend"], r["source"]))
+            if ref is None and r.get("ratio_reference_p50_ms") is not None:
+                # the reference timed with another backend than its own row (e.g. ONNX Runtime beside a TVM
+                # reference): judge the reference's p50 of the ratio's own sessions against their history
+                ref = _judge({**r, "latency_p50_ms": r["ratio_reference_p50_ms"], "latency_cov": None},
+                             seen_ref[ratio_key(r)][-rule.baseline_runs:], rule)
             v = dataclasses.replace(v, ratio=ratio, reference_status=ref.status if ref else None,
                                     reference_delta=ref.delta if ref else None)
             judged.append(dataclasses.replace(v, verdict=_verdict(v, ref, False)))
@@ -333,6 +339,8 @@ def compare_all(results: list[dict[str, Any]], rule: CompareRule = CompareRule()
                 seen[history_key(r)].append(float(r["latency_p50_ms"]))
                 if r.get("latency_ratio") is not None:
                     seen_ratio[ratio_key(r)].append(float(r["latency_ratio"]))
+                if r.get("ratio_reference_p50_ms") is not None:
+                    seen_ref[ratio_key(r)].append(float(r["ratio_reference_p50_ms"]))
     return out
 
 

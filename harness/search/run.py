@@ -782,7 +782,8 @@ class _Run:
             test_after = evaluate(model, self.splits.test)
             macs, params = count_macs_params(model, self.input_shape)
             self.say("final measurement: the fine-tuned best interleaved with the unpruned model"
-                     + (" (then ONNX Runtime the same way)" if c.backend == "tvm" else ""))
+                     + (" (then ONNX Runtime the same way)" if c.backend == "tvm" and self.baseline.source == "measured"
+                        else ""))
             final = ev.prepare(self.best_spec, model)
             measured = reference = None
             if isinstance(final, PipelineError):
@@ -792,7 +793,8 @@ class _Run:
                     measured = self._final_ratio(final)
                     if (c.backend == "tvm" and measured.ok and self.baseline.source == "measured"):
                         ort = self._final_ratio(final, backend="onnxruntime")
-                        reference = self._speedup(ort) if ort.ok else {"error": f"{ort.error.kind}: {ort.error.message}"}
+                        reference = (self._speedup(ort) if ort.ok
+                                     else {"error": f"{ort.error.kind}: {ort.error.message}"})
                 final_error = None if measured.ok else f"{measured.error.kind}: {measured.error.message}"
                 self._save_best(model, self.best_spec, final.path)
             figures = self._speedup(measured) if measured is not None and measured.ok else {

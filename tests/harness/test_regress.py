@@ -316,3 +316,52 @@ def test_no_ratio_history_falls_back_to_the_absolute_rule(tmp_path):
             for r in rows if r["run_id"] == "old-2"]
     _, verdicts = compare_run(rows + last)
     assert {(v.verdict, v.ratio.status) for v in verdicts} == {("regression", "new")}
+
+
+def _add_ort_beside_tvm_reference(store: ResultsStore, rng: np.random.Generator, run_id: str, ort_night: float):
+    """One night of a TVM reference and an ONNX Runtime benchmark timed against the reference's ONNX Runtime
+    build: ``ort_night`` scales every ONNX Runtime timing (the benchmark's and the reference's in its ratio's
+    session), TVM's stay put (ORT moves with load far more than TVM on this host)."""
+    store.create_bench_run(run_id, suite_name="nightly", suite_path="/x/nightly.toml", suite_sha256="0" * 64,
+                           metadata={"reference": {"benchmark": "ref"}})
+    stats = lambda v: dict(p50=v, p90=v, mean=v, std=0.0, min=v, max=v, cov=0.0, n=20, unstable=False)  # noqa: E731
+    ref_ms = 2.0 * (1 + 0.005 * rng.standard_normal())
+    mid = store.add_measurement(model="ref", arch_signature="zoo", device="local", target="host", backend="tvm",
+                                tuning_key="untuned", source="measured", stats=stats(ref_ms), latency_raw_ms=[ref_ms],
+                                device_identity="measured:test")
+    store.add_bench_result(run_id, benchmark="ref", device="local", target="host", backend="tvm",
+                           tuning_key="untuned", source="measured", status="ok", measurement_id=mid,
+                           reference_benchmark="ref")
+    ort_ref, ratio = 0.25 * ort_night * (1 + 0.005 * rng.standard_normal()), 2.0 * (1 + 0.002 * rng.standard_normal())
+    mid = store.add_measurement(model="o", arch_signature="zoo", device="local", target="host",
+                                backend="onnxruntime", tuning_key="untuned", source="measured",
+                                stats=stats(ort_ref * ratio), latency_raw_ms=[ort_ref * ratio],
+                                device_identity="measured:test")
+    rid = store.add_ratio(model="o", arch_signature="zoo", reference_signature="zoo", reference_sha256="e" * 64,
+                          device="local", target="host", backend="onnxruntime", tuning_key="untuned",
+                          source="measured", device_identity="measured:test", ratio=ratio, ci_low=ratio * 0.995,
+                          ci_high=ratio * 1.005, confidence=0.95, pairs=16, stop_reason="converged",
+                          round_ratios=[ratio] * 4, latency_p50_ms=ort_ref * ratio, reference_p50_ms=ort_ref)
+    store.add_bench_result(run_id, benchmark="o", device="local", target="host", backend="onnxruntime",
+                           tuning_key="untuned", source="measured", status="ok", measurement_id=mid,
+                           reference_benchmark="ref", ratio_id=rid, latency_ratio=ratio,
+                           ratio_ci=(ratio * 0.995, ratio * 1.005))
+    store.finish_bench_run(run_id, "finished")
+
+
+def test_a_benchmark_on_another_backend_is_judged_against_its_own_sessions_reference(tmp_path):
+    """An ONNX Runtime benchmark's ratio is against the reference timed with ONNX Runtime: when ORT got 30 %
+    slower across the board (the reference too, in the ratio's sessions) while the TVM reference row did not,
+    that is a machine night, not an absolute step of the model."""
+    from harness.nightly.regress import compare_all
+
+    store = ResultsStore(tmp_path / "r.db")
+    rng = np.random.default_rng(3)
+    for night in range(8):
+        _add_ort_beside_tvm_reference(store, rng, f"night-{night:02d}", 1.0)
+    _add_ort_beside_tvm_reference(store, rng, "night-08", 1.3)
+    last = _by_bench(compare_all(store.bench_results())["night-08"])
+    store.close()
+    assert last["ref"].status == "ok"  # the TVM reference did not move
+    assert (last["o"].status, last["o"].ratio.status) == ("regression", "ok")
+    assert last["o"].reference_status == "regression" and last["o"].verdict == "machine_night"
