@@ -274,7 +274,7 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     print(f"{'profile':26} {'ver':>4} {'thr':>3}  {'fit MAPE':>9}  {'LOMO Spearman sim / MACs':>24}  "
-          f"{'LOMO MAPE sim / MACs':>20}  {'models':>6}  {'sim-MACs 95% CI':>16}  "
+          f"{'LOMO MAPE sim / MACs':>20}  {'models':>6}  {'Spearman sim-MACs 95% CI':>24}  "
           "verdict (leave-one-model-out, never in-sample)")
     for r in out:
         fit = f"{r['mape']:8.1f}%" if r["mape"] is not None else "    prior"
@@ -287,10 +287,12 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
         ci = r["lomo_spearman_diff_ci95"]
         ci_txt = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "-"
         verdict = "NO BETTER THAN MACS" if r["no_better_than_macs"] else "beats MACs"
+        if ci and ci[0] <= 0.0 <= ci[1]:  # the point estimates decide; say when their difference is noise
+            verdict += " (within noise: the interval holds 0)"
         if r["lomo_scope"] == "within each held-out model":
             verdict += " (ranked within each model)"
         print(f"sim:{r['name']:22} v{r['version']:<3} {r['threads']:>3}  {fit:>9}  {rank:>24}  {err:>20}  {models}  "
-              f"{ci_txt:>16}  {verdict}")
+              f"{ci_txt:>24}  {verdict}")
     return 0
 
 
