@@ -485,18 +485,7 @@ class Daemon:
         repeat = _field(req, "repeat")
         min_repeat_ms = float(_field(req, "min_repeat_ms"))
         seed = _field(req, "seed")
-        num_threads = req.get("num_threads")
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                        or num_threads < 1):
-            raise RequestError("bad_request", f"measure: field 'num_threads' must be null or an int >= 1, "
-                                              f"got {num_threads!r}")
-        if backend == "tvm" and num_threads is not None and str(num_threads) != os.environ.get("TVM_NUM_THREADS"):
-            if "tvm" in sys.modules:
-                raise RequestError("bad_request", f"measure: num_threads={num_threads} but this daemon's TVM "
-                                                  f"runtime started with TVM_NUM_THREADS="
-                                                  f"{os.environ.get('TVM_NUM_THREADS')}; start a daemon with "
-                                                  f"TVM_NUM_THREADS={num_threads} in its environment")
-            os.environ["TVM_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(num_threads)
+        num_threads = _request_threads("measure", req.get("num_threads"), backend)
 
         loaded, load_s = self.load(artifact, backend, seed, num_threads)
 
@@ -610,7 +599,7 @@ class Daemon:
         if order_kind not in ("rotate", "shuffle"):
             raise RequestError("bad_request", f"measure_interleaved: 'order' must be 'rotate' or 'shuffle', "
                                               f"got {order_kind!r}")
-        num_threads = _interleaved_threads(req.get("num_threads"), backend)
+        num_threads = _request_threads("measure_interleaved", req.get("num_threads"), backend)
 
         loaded_all, load_s = [], []
         for artifact in arts:
@@ -731,8 +720,8 @@ class Daemon:
         return {"slept_s": s}
 
 
-def _interleaved_threads(num_threads, backend: str):
-    """Check ``num_threads`` of a ``measure_interleaved`` request and apply it as ``measure`` does.
+def _request_threads(op: str, num_threads, backend: str):
+    """Check ``num_threads`` of a ``measure`` or ``measure_interleaved`` request (``op``) and apply it.
 
     TVM reads TVM_NUM_THREADS once, at import: a request for other threads
     than the running runtime's is refused (the controller then starts a daemon
@@ -743,11 +732,11 @@ def _interleaved_threads(num_threads, backend: str):
     """
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
-        raise RequestError("bad_request", f"measure_interleaved: field 'num_threads' must be null or an int "
-                                          f">= 1, got {num_threads!r}")
+        raise RequestError("bad_request", f"{op}: field 'num_threads' must be null or an int >= 1, "
+                                          f"got {num_threads!r}")
     if backend == "tvm" and num_threads is not None and str(num_threads) != os.environ.get("TVM_NUM_THREADS"):
         if "tvm" in sys.modules:
-            raise RequestError("bad_request", f"measure_interleaved: num_threads={num_threads} but this daemon's "
+            raise RequestError("bad_request", f"{op}: num_threads={num_threads} but this daemon's "
                                               f"TVM runtime started with TVM_NUM_THREADS="
                                               f"{os.environ.get('TVM_NUM_THREADS')}; start a daemon with "
                                               f"TVM_NUM_THREADS={num_threads} in its environment")
