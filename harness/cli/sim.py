@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=pos_int, default=None, help="thread count (default: the profile's)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {model, latency_ms, ...}")
     p.add_argument("--layers", action="store_true", help="per-layer breakdown")
+    p.add_argument("--table", metavar="TARGET", default=None,
+                   help="answer from the tuning database of TARGET instead (the board's own latency table: "
+                        "Σ weight × recorded time of the model's tasks; labelled predicted; needs TVM)")
+    p.add_argument("--cache-dir", default=None, help="with --table: the cache holding the tuning databases "
+                                                     "(default results/cache or $HILPRUNE_CACHE)")
     p.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sim", help="simulator profiles: calibrate, list", description="Latency simulator profiles.")
@@ -98,7 +103,40 @@ def _sim_device(name: str):
     return SimDevice(name[len(SIM_PREFIX):], name=name)
 
 
+def _predict_table(args: argparse.Namespace) -> int:
+    """``predict --table TARGET``: Σ weight × recorded time from the target's tuning database (predicted)."""
+    from harness.compile.build import CompileFailed
+    from harness.compile.table import table_prediction
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig, database_dir_for
+    from harness.paths import default_cache_dir
+
+    target = resolve_target(args.table)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    db = database_dir_for(cache, target.canonical_json(), TuningConfig())
+    out = []
+    for m in args.models:
+        if not Path(m).is_file():
+            raise FileNotFoundError(f"ONNX file {m!r} not found; pass an existing .onnx file")
+        try:
+            p = table_prediction(Path(m), target, db)
+        except CompileFailed as exc:
+            raise ValueError(f"{m}: {exc}") from None
+        out.append({"model": m, "tasks_ms": p.tasks_ms, "tasks": len(p.tasks), "missing": list(p.missing),
+                    "complete": p.complete, "target": target.name, "database": str(db), "source": "predicted"})
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for rec in out:
+        gap = f", {len(rec['missing'])} WITHOUT A RECORD (not in the sum)" if rec["missing"] else ""
+        print(f"{rec['tasks_ms']:10.4f} ms  Σ weight × recorded time of {rec['tasks']} tasks{gap}  {rec['model']}  "
+              f"({rec['target']} table {rec['database']}, predicted; per-call overhead not fitted)")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if getattr(args, "table", None):
+        return _predict_table(args)
     from devices.sim.graph import load_features
     from devices.sim.profile import layer_breakdown, predict_latency_ms
 
