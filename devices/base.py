@@ -276,16 +276,19 @@ class Device(abc.ABC):
         Raises:
             RuntimeError: the device is closed.
         """
-        with self._executor_lock:
-            if self._closing:
-                raise RuntimeError(f"device {self.name!r} is closed")
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{self.name}")
-            return self._executor.submit(self.measure, Path(artifact_dir), config)
+        return self._queue(self.measure, Path(artifact_dir), config)
 
     def submit_interleaved(self, artifact_dirs: Sequence[Path],
                            config: "InterleavedConfig") -> "Future[InterleavedResult]":
         """Queue :meth:`measure_interleaved` on this device's single worker (after queued measurements).
+
+        Raises:
+            RuntimeError: the device is closed.
+        """
+        return self._queue(self.measure_interleaved, [Path(d) for d in artifact_dirs], config)
+
+    def _queue(self, fn, *args) -> Future:
+        """``fn(*args)`` on this device's single worker thread (made on first use).
 
         Raises:
             RuntimeError: the device is closed.
@@ -295,7 +298,7 @@ class Device(abc.ABC):
                 raise RuntimeError(f"device {self.name!r} is closed")
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{self.name}")
-            return self._executor.submit(self.measure_interleaved, [Path(d) for d in artifact_dirs], config)
+            return self._executor.submit(fn, *args)
 
     def close(self) -> None:
         """Wait for queued measurements, then release the device. Idempotent."""

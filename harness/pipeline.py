@@ -387,7 +387,7 @@ class Pipeline:
         """Re-read the identity at the next use (after a farm's run moved to another board)."""
         self._identity = None
 
-    def cached(self, key: StoreKey, *, backend: str | None = None, min_id: int = 0) -> dict | None:
+    def cached(self, key: StoreKey, *, backend: str | None = None) -> dict | None:
         """The latency cache: the first stored measurement of ``key`` by a device of this identity.
 
         Rows of another source, board, machine or simulator profile version —
@@ -405,7 +405,7 @@ class Pipeline:
         return self.store.find_measurement(
             model=key.model, arch_signature=key.arch_signature, device=self.device.name, target=self.target.name,
             backend=backend or self.measure_config.backend, tuning_key=self.tuning_key, identity=identity,
-            min_id=min_id)
+)
 
     def measure(self, prepared: Prepared, key: StoreKey | None = None, *, backend: str | None = None,
                 expect_source: str | None = None) -> PipelineResult:

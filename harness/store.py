@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS cache_windows (  -- schema 3: where the latency cache
     target TEXT NOT NULL,
     backend TEXT NOT NULL,
     tuning_key TEXT NOT NULL,
-    min_id INTEGER NOT NULL,            -- measurements with a smaller id are history, not cache
+    min_id INTEGER NOT NULL,            -- schema 3 only: no longer read since schema 4 (identities)
     reason TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -557,29 +557,9 @@ class ResultsStore:
             artifact_sha256=artifact_sha256, onnx_sha256=onnx_sha256, metadata=meta,
             device_identity=identity_of(m.hello or {}, default_name=m.device))
 
-    def latency_cache_floor(self, *, model: str, device: str, target: str, backend: str, tuning_key: str) -> int:
-        """The smallest measurement id the latency cache of this key may serve (0 = all).
-
-        Raised by :meth:`reset_latency_cache` when a run finds the device drifted, so later
-        runs do not go back to latencies measured before the change.
-        """
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT MAX(min_id) FROM cache_windows WHERE model=? AND device=? AND target=? AND backend=? "
-                "AND tuning_key=?", (model, device, target, backend, tuning_key)).fetchone()
-        return int(row[0] or 0)
-
-    def reset_latency_cache(self, *, model: str, device: str, target: str, backend: str, tuning_key: str,
-                            min_id: int, reason: str) -> None:
-        """From now on, the latency cache of this key serves only measurements with id >= ``min_id``."""
-        with self._tx() as c:
-            c.execute("INSERT INTO cache_windows (created_at, model, device, target, backend, tuning_key, min_id, "
-                      "reason) VALUES (?,?,?,?,?,?,?,?)",
-                      (time.time(), model, device, target, backend, tuning_key, min_id, reason))
-
     def find_measurement(
         self, *, model: str, arch_signature: str, device: str, target: str, backend: str, tuning_key: str,
-        identity: str, min_id: int = 0,
+        identity: str,
     ) -> dict | None:
         """The first measurement of this (architecture, device, target, backend, tuning), or None.
 
@@ -596,15 +576,12 @@ class ResultsStore:
         or simulator profile and version) are served; a simulated row never
         answers a measured run, nor one board's row another board, and rows
         stored before identities were recorded (NULL) are never served.
-
-        ``min_id``: ignore measurements with a smaller id (a run that found the
-        device drifted since they were taken caches only from its own on).
         """
         with self._lock:
             row = self._conn.execute(
                 "SELECT * FROM measurements WHERE model=? AND arch_signature=? AND device=? AND target=? "
-                "AND backend=? AND tuning_key=? AND device_identity=? AND id >= ? ORDER BY id ASC LIMIT 1",
-                (model, arch_signature, device, target, backend, tuning_key, identity, min_id),
+                "AND backend=? AND tuning_key=? AND device_identity=? ORDER BY id ASC LIMIT 1",
+                (model, arch_signature, device, target, backend, tuning_key, identity),
             ).fetchone()
         if row is None:
             return None

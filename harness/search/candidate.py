@@ -126,8 +126,6 @@ class CandidateEvaluator:
         work_dir: where ONNX files of this run go.
         eval_samples: validation images used per candidate (None = all).
         importance: ``"l1"`` or ``"l2"`` group magnitude.
-        cache_min_id: the absolute-latency cache of the unpruned model serves only measurements with an
-            id >= this (0 = the whole store).
         reference, reference_spec: the unpruned model's artifact and spec (:meth:`set_reference`): every
             other candidate is timed interleaved with it, its latency a ratio against it.
         on_exhausted: called with the error message when an evaluation failed because the
@@ -149,7 +147,6 @@ class CandidateEvaluator:
     eval_samples: int | None = 2000
     importance: str = "l1"
     timer: StageTimer = field(default_factory=StageTimer)
-    cache_min_id: int = 0
     on_exhausted: Callable[[str], bool] | None = None
     on_board_change: Callable[[dict[str, Any]], None] | None = None
     reference: Prepared | None = None
@@ -264,7 +261,7 @@ class CandidateEvaluator:
                 pruned = self.prune(spec)
             return self._compile_and_measure_ratio(spec, pruned, top1, macs, params)
         if not fresh and model is None:
-            hit = self.pipeline.cached(self.key(spec), min_id=self.cache_min_id)
+            hit = self.pipeline.cached(self.key(spec))
             if hit is not None:
                 self.stats["latency_cache_hits"] += 1
                 return CandidateResult(

@@ -77,9 +77,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 #: How a run shows progress: a tqdm bar, plain time-stamped lines (logs), or nothing.
 PROGRESS_MODES = ("bar", "lines", "off")
-#: Relative change of the unpruned model's p50 beyond which cached latencies of earlier runs
-#: are not reused (the device, its load or its firmware changed): 10 %, the CoV threshold
-#: of an unstable measurement (pyperf's rule, devices/stats.py).
+#: Relative change of the unpruned model's absolute p50 since it was cached beyond which a run says the
+#: machine changed (load, firmware, clock): 10 %, the CoV threshold of an unstable measurement (pyperf's
+#: rule, devices/stats.py). Reported only: the reward ranks on ratios measured side by side.
 DRIFT_TOLERANCE = 0.10
 
 
@@ -124,9 +124,10 @@ class SearchConfig:
         ratio_width: a candidate's latency ratio against the unpruned model is timed interleaved until
             its bootstrap interval is narrower than ± this fraction of the ratio (0.01 = ±1 %) ...
         max_pairs: ... or at this many interleaved pairs (the cap; ``devices.interleaved``).
-        cache_drift_tolerance: reuse latencies cached by earlier runs only while the unpruned
-            model's fresh p50 is within this fraction of its cached one (DRIFT_TOLERANCE);
-            ``inf`` always reuses them.
+        cache_drift_tolerance: the run reports (``latency_cache_drift``) and says when the unpruned
+            model's fresh absolute p50 is off its cached one by more than this fraction
+            (DRIFT_TOLERANCE); cached ratios are reused either way (they are against the same
+            reference artifact, measured side by side).
         out: run directories go to ``out/RUN_ID``.
         db: results store path.
         cache_dir: baselines, artifacts, tuning databases (None = default_cache_dir()).
@@ -431,10 +432,6 @@ class _Run:
             on_exhausted=self._on_exhausted, on_board_change=self._on_board_change,
         )
         self.base_spec = full_spec(self.groups)
-        if ckpt is not None:  # a resumed run keeps the cache window it started with: same numbers
-            self.evaluator.cache_min_id = ckpt.get("cache_min_id", 0)
-        else:
-            self.evaluator.cache_min_id = self.store.latency_cache_floor(**self.cache_window)
         self._set_reference()
         self.say(f"unpruned model: compiling for {self.target.name} ({c.tune_trials} tuning trials per new task) "
                  f"and measuring on {c.device}")
@@ -454,13 +451,6 @@ class _Run:
             weights=RewardWeights(c.alpha, c.beta, c.gamma)))
         self.agent = ReinforceAgent(self.env.observation_space, self.env.action_space, ReinforceConfig(
             seed=c.seed, mode=c.reinforce, discount=c.discount, baseline=c.baseline))
-
-    @property
-    def cache_window(self) -> dict:
-        """The latency cache key without the architecture: model, device, target, backend, tuning."""
-        p = self.evaluator.pipeline if hasattr(self, "evaluator") else self._pipeline
-        return dict(model=self.config.model, device=p.device.name, target=p.target.name,
-                    backend=p.measure_config.backend, tuning_key=p.tuning_key)
 
     def _set_reference(self) -> None:
         """Compile the unpruned model: every candidate is timed interleaved with this artifact (its ΔH is a
@@ -542,7 +532,6 @@ class _Run:
         record = self._switch_record(why)
         ev = self.evaluator
         ev.pipeline = self._sim_pipeline()
-        ev.cache_min_id = 0
         self._set_reference()
         record["to"] = ev.device.name
         self.source_switch = record
@@ -731,7 +720,6 @@ class _Run:
             "kept": [int(k) for k in env.kept], "env_steps": env.steps,
             "current_spec": None if env.current is self.baseline else list(env.current.spec.channels),
             "agent": self.agent.state_dict(), "timer": dict(self.timer.seconds),
-            "cache_min_id": self.evaluator.cache_min_id,
             "board": self.board, "board_changes": self.board_changes, "source_switch": self.source_switch,
             "best_spec": list(self.best_spec.channels) if self.best_spec is not None else None,
             "best_key": list(self.best_key) if self.best_key is not None else None,
