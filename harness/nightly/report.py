@@ -95,6 +95,18 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(parts))[:150]
 
 
+def absolute_mark(verdict: Comparison | None) -> str | None:
+    """How the absolute-p50 history plot marks a result: ``regression`` (red), ``improvement`` (green),
+    ``not_the_model`` (orange: the absolute p50 regressed but its ratio to the interleaved reference did not,
+    the verdicts ``machine_night`` / ``absolute_only`` of :mod:`harness.nightly.regress`), or None.
+    The plot then says what the table's verdict says."""
+    if verdict is None or verdict.status not in ("regression", "improvement"):
+        return None
+    if verdict.status == "regression" and verdict.ratio is not None and verdict.verdict not in EXIT_VERDICTS:
+        return "not_the_model"
+    return verdict.status
+
+
 def _history_plot(key: tuple, rows: list[dict], verdicts: dict[int, Comparison], path: Path) -> None:
     import matplotlib
 
@@ -130,11 +142,12 @@ def _history_plot(key: tuple, rows: list[dict], verdicts: dict[int, Comparison],
         p90 = [r["latency_p90_ms"] if r["latency_p90_ms"] is not None else r["latency_p50_ms"] for r in ok]
         ax.fill_between(x, p50, p90, color="tab:blue", alpha=0.2, label="p50–p90")
         ax.plot(x, p50, "o-", color="tab:blue", ms=3, lw=1.2, label="p50")
-        for status, marker, color in (("regression", "^", "tab:red"), ("improvement", "v", "tab:green")):
-            pts = [(when(r), r["latency_p50_ms"]) for r in ok if verdicts.get(r["id"]) and
-                   verdicts[r["id"]].status == status]
+        for status, marker, color, label in (("regression", "^", "tab:red", "regression"),
+                                             ("improvement", "v", "tab:green", "improvement"),
+                                             ("not_the_model", "^", "tab:orange", "slower, ratio unchanged")):
+            pts = [(when(r), r["latency_p50_ms"]) for r in ok if absolute_mark(verdicts.get(r["id"])) == status]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=color, ms=9, label=status)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, color=color, ms=9, label=label)
         ax.set_ylim(bottom=0)
     if failed:
         ax.plot([when(r) for r in failed], [0] * len(failed), "x", color="grey", ms=8, clip_on=False,

@@ -124,3 +124,21 @@ def test_report_without_suite_runs_says_so_in_words_and_lists_single_benches(
     assert "test top-1 0.9188 after 1 fine-tuning epoch (validation top-1 during the search 0.8000)" in html
     assert "p50 2.394 ms re-measured at the end (2.410 ms during the search)" in html
     assert "chosen (starred)" in html and len(out["plots"]) == 1
+
+
+def test_absolute_plot_marks_a_machine_night_apart_from_a_model_regression():
+    """The history plot's red triangle means what the table's verdict means: a regression of the model."""
+    from harness.nightly.regress import Comparison, RatioComparison
+    from harness.nightly.report import absolute_mark
+
+    def comparison(status: str, verdict: str, ratio_status: str | None) -> Comparison:
+        ratio = None if ratio_status is None else RatioComparison("ref", ratio_status, latency_ratio=1.0)
+        return Comparison("net", "local", "host", "tvm", "t", "measured", status, 11.0, 10.0, 0.1, 0.05, 0.01, 0.01,
+                          5, False, None, verdict=verdict, ratio=ratio)
+
+    assert absolute_mark(comparison("regression", "machine_night", "ok")) == "not_the_model"
+    assert absolute_mark(comparison("regression", "absolute_only", "ok")) == "not_the_model"
+    assert absolute_mark(comparison("regression", "model_regression", "regression")) == "regression"
+    assert absolute_mark(comparison("regression", "regression", None)) == "regression"  # no reference in the suite
+    assert absolute_mark(comparison("improvement", "improvement", "improvement")) == "improvement"
+    assert absolute_mark(comparison("ok", "ok", "ok")) is None and absolute_mark(None) is None
