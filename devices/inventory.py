@@ -284,10 +284,13 @@ def _board(f: _Fields, base: Path, dead_link_s: float = 30.0) -> Board:
                                     f"board's /etc/ssh/ssh_host_*_key.pub") from None
     kh = _path(base, known_hosts) if known_hosts is not None else None
     if kh is not None and not kh.is_file():
-        raise f.err("known_hosts", f"file {kh} does not exist")
+        raise f.err("known_hosts", f"file {kh} does not exist; create it with `ssh-keyscan -p PORT HOST > {kh}` "
+                                   "(checking the key out of band), or pin the board's key with host_key")
     ident = _path(base, f.str("identity_file"))
     if not ident.is_file():
-        raise f.err("identity_file", f"file {ident} does not exist")
+        raise f.err("identity_file", f"file {ident} does not exist; point it at the private key that logs in to the "
+                                     f"board, or make one (`ssh-keygen -t ed25519 -N '' -f {ident}`) and append its "
+                                     ".pub to the board's ~/.ssh/authorized_keys")
     target = f.str("target", pattern=_NAME_RE, hint="must be a target preset name such as 'rpi4' or 'host'")
     arch_default = PRESET_ARCH.get(target, host_arch() if target == "host" else None)
     arch = f.str("arch", arch_default)
