@@ -84,6 +84,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -765,6 +766,11 @@ def time_func(req: dict) -> dict:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise RequestError("bad_request", f"time_func: {name!r} must be an int >= {lo}, got {v!r}")
         opts[name] = v
+    if req.get("remove") is True and not (re.fullmatch(r"tune-[0-9a-f]{16}\.so", os.path.basename(lib_path))
+                                          and not os.path.islink(lib_path)):
+        # the runner uploads trials as tune-<16 hex>.so into the session's temp dir; nothing else may be deleted
+        raise RequestError("bad_request", f"time_func: 'remove' deletes only an uploaded trial library "
+                                          f"(tune-<16 hex>.so, not a link), got {lib_path!r}")
     want = req.get("sha256")
     if want is not None and (not isinstance(want, str) or _sha256_file(lib_path) != want):
         raise RequestError("load_failed", f"time_func: {lib_path} does not match the sha256 sent with the request "

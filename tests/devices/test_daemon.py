@@ -269,10 +269,14 @@ def test_time_func_checks_the_digest_sent_with_the_request_and_removes_the_libra
     n = 64
     a = te.placeholder((n,), name="a", dtype="float32")
     b = te.compute((n,), lambda i: a[i] * 2.0, name="b")
-    lib_path = tmp_path / "cand.so"
+    lib_path = tmp_path / "tune-0123456789abcdef.so"  # the name the SSH device uploads a trial under
     tvm.compile(te.create_prim_func([a, b]), target="llvm").export_library(str(lib_path))
     digest = hashlib.sha256(lib_path.read_bytes()).hexdigest()
     args = [["float32", [n]], ["float32", [n]]]
+    other = tmp_path / "precious.so"  # any other file: 'remove' is refused and the file stays
+    other.write_bytes(lib_path.read_bytes())
+    refused = raw.send(v=1, id=0, op="time_func", lib=str(other), args=args, remove=True)
+    assert refused["error"]["kind"] == "bad_request" and "tune-" in refused["error"]["message"] and other.exists()
     bad = raw.send(v=1, id=1, op="time_func", lib=str(lib_path), args=args, sha256="0" * 64, remove=True)
     assert bad["error"]["kind"] == "load_failed" and "sha256" in bad["error"]["message"]
     assert lib_path.exists()  # refused before loading: nothing removed
