@@ -5,8 +5,9 @@ Devices", ECCV 2018, §3.1–3.3 (issue 14; DESIGN.md §3 "Later: AMC-style cont
 per-layer keep ratio").
 
 Episode: one step per prunable group, in group order (``harness.pruning.find_groups``);
-step t chooses group t's keep ratio a_t ∈ [min_keep, 1] (AMC §3.2: a continuous action,
-"the sparsity ratio", here its complement). Width w_t = round(a_t · c_t), then rounded to
+step t chooses group t's keep ratio a_t ∈ [0, 1], clipped to [min_keep, 1] (AMC §3.2: a
+continuous action in [0, 1], "the sparsity ratio", here its complement, clipped to AMC's bounds;
+the space is [0, 1] rather than [min_keep, 1] as gymnasium and SB3 recommend). Width w_t = round(a_t · c_t), then rounded to
 the ``round_to`` grid (``harness.pruning.round_spec``, "nearest") and kept ≥ ``min_channels``
 and ≤ c_t. After the last group the spec is evaluated through ``source.evaluate`` (the same
 source, cache and devices as ``PruningEnv``) and rewarded with the same
@@ -37,7 +38,7 @@ when the table does not know them (a source without a model, e.g. a test's fake)
 Constrained action (AMC §3.3 "resource-constrained compression", optional,
 ``LayerwiseConfig.constrain_macs``, only with ``target_metric == "macs"``): at step t the width
 is lowered, if needed, to the widest legal width such that the target MACs stay reachable
-when every later group is pruned to its smallest width (AMC: "if the FLOPs would exceed the
+when every later group is pruned to ``min_keep`` (AMC: "if the FLOPs would exceed the
 budget even when all following layers are pruned to the maximum, the current layer is pruned
 more"). Latency targets are not constrained (latency has no per-layer table here).
 
@@ -246,7 +247,7 @@ class LayerwiseEnv(gym.Env):
         self.layers = layers
         self.orig = np.array([g.channels for g in self.groups], dtype=np.int64)
         n = len(self.groups)
-        self.action_space = gym.spaces.Box(low=np.float32(layerwise.min_keep), high=np.float32(1.0), shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(low=0.0, high=1.0, shape=(1,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(OBS_DIM,), dtype=np.float32)
         self.macs_full = self.layers.macs(np.ones(n))
         # static features per group: kind, width, feature-map size, stride, kernel, MACs share
@@ -274,7 +275,7 @@ class LayerwiseEnv(gym.Env):
         """Set group t's keep ratio; evaluate the spec after the last group.
 
         Args:
-            action: float array [1] (or a float), the keep ratio; values outside [min_keep, 1] are clipped.
+            action: float array [1] (or a float), the keep ratio in [0, 1]; clipped to [min_keep, 1].
 
         Returns:
             (obs, reward, terminated, truncated, info); reward 0 until the last group.
@@ -329,11 +330,11 @@ class LayerwiseEnv(gym.Env):
         return max(w, self._widths(t)[-1])
 
     def _ratios(self, t_next: int, rest: str) -> np.ndarray:
-        """Keep ratios: chosen for groups < t_next, the rest at full (``"full"``) or smallest (``"min"``) width."""
+        """Keep ratios: chosen for groups < t_next, the rest at full (``"full"``) or at ``min_keep`` (``"min"``) width."""
         r = self.kept / self.orig.astype(np.float64)
         if rest == "min":
             for g in range(t_next, len(self.groups)):
-                r[g] = self._widths(g)[-1] / float(self.orig[g])
+                r[g] = self._legal_width(g, self.layerwise.min_keep) / float(self.orig[g])
         else:
             r[t_next:] = 1.0
         return r
@@ -341,11 +342,12 @@ class LayerwiseEnv(gym.Env):
     def _constrained_width(self, t: int, width: int) -> int:
         """The widest legal width ≤ ``width`` that keeps the MACs target reachable (AMC §3.3)."""
         target = self.target_ratio * self.macs_full
-        for w in [x for x in self._widths(t) if x <= width]:
+        smallest = self._legal_width(t, self.layerwise.min_keep)
+        for w in [x for x in self._widths(t) if smallest <= x <= width]:
             self.kept[t] = w
             if self.layers.macs(self._ratios(t + 1, "min")) <= target:
                 return w
-        return self._widths(t)[-1]
+        return smallest  # the target is out of reach: prune as far as allowed (AMC)
 
     def _terms(self, result: Any) -> RewardTerms:
         """R = αΔP − βΔC − γΔH of ``result``, on exactly the terms of ``PruningEnv._terms``."""
