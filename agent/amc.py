@@ -42,7 +42,13 @@ from stable_baselines3 import TD3
 from stable_baselines3.common.noise import ActionNoise
 
 from agent.base import Budget, SearchMethod
-from agent.sb3_common import BudgetCallback, model_from_bytes, model_to_bytes, rng_state, set_rng_state
+from agent.sb3_common import (
+    BudgetCallback,
+    model_from_bytes,
+    model_to_bytes,
+    rng_state,
+    set_rng_state,
+)
 
 __all__ = ["AMCCallback", "DecayingNormalNoise", "TD3Config", "TD3Method"]
 

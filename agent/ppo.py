@@ -31,9 +31,15 @@ import numpy as np
 from sb3_contrib import MaskablePPO
 
 from agent.base import Budget, SearchMethod
-from agent.sb3_common import BudgetCallback, model_from_bytes, model_to_bytes, rng_state, set_rng_state
+from agent.sb3_common import (
+    BudgetCallback,
+    model_from_bytes,
+    model_to_bytes,
+    rng_state,
+    set_rng_state,
+)
 
-__all__ = ["InfoActionMasks", "PPOConfig", "MaskablePPOMethod"]
+__all__ = ["InfoActionMasks", "MaskablePPOMethod", "PPOConfig"]
 
 
 class InfoActionMasks(gym.Wrapper):

@@ -17,7 +17,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agent.base import Budget
 
-__all__ = ["BudgetCallback", "model_to_bytes", "model_from_bytes", "rng_state", "set_rng_state"]
+__all__ = ["BudgetCallback", "model_from_bytes", "model_to_bytes", "rng_state", "set_rng_state"]
 
 
 class BudgetCallback(BaseCallback):

@@ -55,8 +55,9 @@ more"). Latency targets are not constrained (latency has no per-layer table here
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -329,7 +330,7 @@ class LayerwiseEnv(gym.Env):
     def _legal_width(self, t: int, keep: float) -> int:
         """round(keep · c_t) moved onto the grid, never below min_channels (nor above c_t)."""
         c = int(self.orig[t])
-        w = min(c, max(1, int(round(keep * c))))
+        w = min(c, max(1, round(keep * c)))
         w = round_spec(ArchSpec((w,)), [self.groups[t]], self.config.round_to).channels[0]
         return max(w, self._widths(t)[-1])
 

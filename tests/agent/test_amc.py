@@ -8,7 +8,12 @@ import torch
 
 from agent.amc import DecayingNormalNoise, TD3Config, TD3Method
 from agent.base import Budget
-from tests.agent.toy_search import ChargingWrapper, make_layerwise_env, make_pruning_env, mean
+from tests.agent.toy_search import (
+    ChargingWrapper,
+    make_layerwise_env,
+    make_pruning_env,
+    mean,
+)
 
 SMALL = TD3Config(learning_starts=15, batch_size=16)
 

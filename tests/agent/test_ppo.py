@@ -8,7 +8,12 @@ import torch
 
 from agent.base import Budget
 from agent.ppo import InfoActionMasks, MaskablePPOMethod, PPOConfig
-from tests.agent.toy_search import ChargingWrapper, make_layerwise_env, make_pruning_env, mean
+from tests.agent.toy_search import (
+    ChargingWrapper,
+    make_layerwise_env,
+    make_pruning_env,
+    mean,
+)
 
 SMALL = PPOConfig(n_steps=16, batch_size=8, n_epochs=2)
 
@@ -71,11 +76,11 @@ def test_saved_policy_reloaded_acts_identically():
 
 
 def test_resume_continues_the_run():
-    method, budget, _, _ = search(0, 20)
+    method, _, _, _ = search(0, 20)
     state = method.state_dict()
     fresh = MaskablePPOMethod()
     fresh.load_state_dict(state)
-    env, src = make_pruning_env(max_steps=8, latency_target=0.1)
+    env, _ = make_pruning_env(max_steps=8, latency_target=0.1)
     budget2 = Budget(15)
     fresh.run(ChargingWrapper(env, budget2), budget2)
     assert budget2.spent == 15 and fresh.model.num_timesteps >= method.model.num_timesteps + 15

@@ -19,7 +19,12 @@ import numpy as np
 
 from agent.base import Budget
 from harness.pruning import ArchSpec, PruneGroup
-from harness.search.amc_env import LayerRecord, LayerTable, LayerwiseConfig, LayerwiseEnv
+from harness.search.amc_env import (
+    LayerRecord,
+    LayerTable,
+    LayerwiseConfig,
+    LayerwiseEnv,
+)
 from harness.search.env import EnvConfig, PruningEnv
 
 GROUPS = [PruneGroup(0, "conv0", 16, ("conv0",), "conv"), PruneGroup(1, "conv1", 16, ("conv1",), "conv"),

@@ -8,7 +8,14 @@ from gymnasium.utils.env_checker import check_env
 from harness.pruning import ArchSpec, apply_spec, count_macs_params, find_groups
 from harness.search.amc_env import OBS_DIM, LayerwiseConfig, LayerwiseEnv, layer_table
 from harness.search.reward import RewardWeights
-from tests.agent.toy_search import GROUPS, ToyResult, ToySource, make_layerwise_env, make_pruning_env, toy_macs
+from tests.agent.toy_search import (
+    GROUPS,
+    ToyResult,
+    ToySource,
+    make_layerwise_env,
+    make_pruning_env,
+    toy_macs,
+)
 from tests.harness.small_net import INPUT_SHAPE, small_net
 
 BASE_MACS = 576 * (16 + 16 * 16 + 16 * 32)  # 451,584
@@ -62,7 +69,7 @@ def test_info_has_pruning_env_keys_but_no_mask():
 
 
 def test_widths_rounded_to_grid_and_min_channels_clipped():
-    env, src = make_layerwise_env(round_to=8)
+    env, _ = make_layerwise_env(round_to=8)
     env.reset(seed=0)
     *_, info = act(env, 0.3, 1.0, 0.0)  # 4.8 → 5 → grid {8, 16}: 8; 32·0.2 (min_keep) = 6.4 → 8
     assert info["spec"].channels == (8, 16, 8)
@@ -74,7 +81,7 @@ def test_widths_rounded_to_grid_and_min_channels_clipped():
 
 def test_constrained_action_reaches_the_macs_target():
     # target 0.3 · 784 = 235.2 units of 576 MACs; later groups at min_keep 0.25: (4, 4, 8)
-    env, src = make_layerwise_env(LayerwiseConfig(min_keep=0.25, constrain_macs=True), target_metric="macs", latency_target=0.3)
+    env, _ = make_layerwise_env(LayerwiseConfig(min_keep=0.25, constrain_macs=True), target_metric="macs", latency_target=0.3)
     env.reset(seed=0)
     *_, info = act(env, 1.0, 1.0, 1.0)
     # g0 16: 16 + 16·4 + 4·8 = 112 ok; g1: 16 + 24·w ≤ 235.2 → 9; g2: 16 + 144 + 9·w ≤ 235.2 → 8
@@ -117,3 +124,26 @@ def test_layer_table_is_exact_on_a_real_model():
         true = count_macs_params(apply_spec(model, spec, INPUT_SHAPE), INPUT_SHAPE)[0]
         ratios = np.array(spec.channels) / np.array([g.channels for g in groups])
         assert table.macs(ratios) == pytest.approx(true)
+
+
+class ModelSource(ToySource):
+    """A source that carries its model, as ``CandidateEvaluator`` does (``base_model``, ``input_shape``)."""
+
+    def __init__(self, model, input_shape):
+        super().__init__()
+        self.base_model, self.input_shape = model, input_shape
+
+
+def test_table_built_from_the_sources_model():
+    model = small_net()
+    groups = find_groups(model, INPUT_SHAPE)
+    src = ModelSource(model, INPUT_SHAPE)
+    from harness.search.env import EnvConfig
+    env = LayerwiseEnv(src, groups, ToyResult(None, 0.9, 1000, 1.0, latency_ratio=1.0), EnvConfig())
+    obs, _ = env.reset(seed=0)
+    macs = layer_table(model, groups, INPUT_SHAPE)
+    total = sum(layer.macs for layer in macs.layers)
+    stem_c2 = sum(layer.macs for layer in macs.layers if layer.name in ("stem.0", "c2"))
+    # group 0 (stem + c2, residual, 8 wide): kind 1, width 8/8, 28·28 map, stride 1, 3x3, MACs share
+    assert obs[1:7].tolist() == pytest.approx([1, 1, 1, 0.25, 3 / 7, stem_c2 / total])
+    assert env.macs_full == pytest.approx(count_macs_params(model, INPUT_SHAPE)[0])
