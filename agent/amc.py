@@ -25,7 +25,7 @@ What is taken from AMC (§3.4 and its released code, ``mit-han-lab/amc``):
   collected (AMC trains after each episode too).
 
 Sized for small budgets (one episode = one evaluated candidate = G steps; a budget of 200 is
-200 episodes): learning_starts 100 steps (~10 episodes of a ResNet-20's 12 groups; AMC's 100
+200 episodes): learning_starts 100 steps (~8 episodes of a ResNet-20's 12 groups; AMC's 100
 warm-up episodes would spend half the budget), buffer 10,000 transitions (the whole run: nothing
 is forgotten at these budgets), batch 64 (AMC's), actor and critic 64-64 MLPs (AMC: 300-300;
 smaller because there are few samples), lr 1e-3.

@@ -310,6 +310,29 @@ class LayerwiseEnv(gym.Env):
         self.current, self.current_terms = result, self._terms(result)
         return self._obs(), float(self.current_terms.reward), True, False, self._info(result, "pruned")
 
+    def restore(self, kept: tuple[int, ...], steps: int, current: Any) -> tuple[np.ndarray, dict]:
+        """Put the env back into a checkpointed mid-episode state (``PruningEnv.restore``'s signature, for ``--resume``).
+
+        Args:
+            kept: widths per group (the first ``steps`` chosen, the rest unpruned).
+            steps: groups already set in this episode, in [0, G).
+            current: ignored beyond the baseline (nothing is evaluated before the last group).
+
+        Returns:
+            (observation, info) as the step that reached that state gave them.
+
+        Raises:
+            ValueError: ``steps`` outside [0, G) or ``kept`` of the wrong length.
+        """
+        if not 0 <= int(steps) < len(self.groups) or len(kept) != len(self.groups):
+            raise ValueError(f"cannot restore step {steps} with {len(kept)} widths into an episode of {len(self.groups)} groups")
+        self._reset_state()
+        self.kept = np.array(kept, dtype=np.int64)
+        self.t = int(steps)
+        if self.t > 0:
+            self.prev_action = self.kept[self.t - 1] / float(self.orig[self.t - 1])
+        return self._obs(), self._info(None, None if self.t == 0 else "layer")
+
     # -- helpers --------------------------------------------------------------
     def _reset_state(self) -> None:
         self.t = 0

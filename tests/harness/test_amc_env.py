@@ -147,3 +147,16 @@ def test_table_built_from_the_sources_model():
     # group 0 (stem + c2, residual, 8 wide): kind 1, width 8/8, 28·28 map, stride 1, 3x3, MACs share
     assert obs[1:7].tolist() == pytest.approx([1, 1, 1, 0.25, 3 / 7, stem_c2 / total])
     assert env.macs_full == pytest.approx(count_macs_params(model, INPUT_SHAPE)[0])
+
+
+def test_restore_mid_episode_gives_the_same_observation():
+    env, _ = make_layerwise_env()
+    env.reset(seed=0)
+    obs, *_, info = act(env, 0.5, 0.75)
+    other, _ = make_layerwise_env()
+    restored, rinfo = other.restore(info["spec"].channels, 2, other.baseline)
+    assert np.array_equal(restored, obs) and rinfo["spec"] == info["spec"]
+    _, _, term, _, info = act(other, 0.5)
+    assert term and info["spec"].channels == (8, 12, 16)
+    with pytest.raises(ValueError, match="restore"):
+        other.restore((16, 16, 32), 3, other.baseline)
