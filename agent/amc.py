@@ -44,6 +44,8 @@ from stable_baselines3.common.noise import ActionNoise
 from agent.base import Budget, SearchMethod
 from agent.sb3_common import (
     BudgetCallback,
+    EnvThreads,
+    agent_threads,
     model_from_bytes,
     model_to_bytes,
     rng_state,
@@ -133,6 +135,8 @@ class TD3Config:
         final_reward_to_all: AMC's credit assignment (module docstring).
         hidden: hidden widths of actor and critics.
         total_timesteps: an upper bound on env steps when the budget has no limit.
+        torch_threads: torch intra-op threads during the agent's own work (None: unchanged); the env's
+            steps keep the caller's count (``agent.sb3_common.agent_threads`` says why 1).
 
     Raises:
         ValueError: a value out of range (named).
@@ -152,6 +156,7 @@ class TD3Config:
     final_reward_to_all: bool = True
     hidden: tuple[int, ...] = (64, 64)
     total_timesteps: int = 1_000_000
+    torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.learning_starts < 0:
@@ -211,15 +216,18 @@ class TD3Method(SearchMethod):
         c = self.config
         if self.noise is None:
             self.noise = DecayingNormalNoise(c.noise_sigma, c.noise_decay, int(np.prod(env.action_space.shape)), c.seed)
-        if self.model is None:
-            self.model = self._build(env)
-            reset = True
-        else:
-            self.model.set_env(env)
-            self.model.action_noise = self.noise
-            reset = False
-        callback = AMCCallback(budget, self.noise, c.learning_starts, c.final_reward_to_all)
-        self.model.learn(total_timesteps=c.total_timesteps, callback=callback, reset_num_timesteps=reset, progress_bar=False)
+        with agent_threads(c.torch_threads) as outer:
+            wrapped = EnvThreads(env, outer)
+            if self.model is None:
+                self.model = self._build(wrapped)
+                reset = True
+            else:
+                self.model.set_env(wrapped)
+                self.model.action_noise = self.noise
+                reset = False
+            callback = AMCCallback(budget, self.noise, c.learning_starts, c.final_reward_to_all)
+            self.model.learn(total_timesteps=c.total_timesteps, callback=callback, reset_num_timesteps=reset,
+                             progress_bar=False)
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """The actor's action (float32 [action_dim], in the env's bounds) for one observation.

@@ -16,7 +16,8 @@ per rollout; PPO's clip range bounds the drift), lr 3e-3. Policy and value nets 
 (the seed's §4.3 policy size), entropy bonus 0.01 so the early policy keeps trying every group.
 Chosen on the toy problem of ``tests/agent/toy_search.py`` (latency falls with pruning, top-1
 falls by 0.5 per group past half width; 400 candidates, seeds 0–3; mean episode reward of the
-first → last fifth of the episodes): these values 0.51→2.86, 0.86→2.70, 0.74→2.39, 0.73→2.22;
+first → last fifth of the episodes): these values 0.51→2.81, 0.86→3.07, 0.74→2.39, 0.73→2.22
+(1 agent thread; the rows below ran with 2, which moves the figures by float rounding only);
 n_steps 16 / batch 8 / 4 epochs / lr 1e-3: 0.78→1.95, 0.87→0.94, 0.74→1.66, 0.79→1.27;
 n_steps 32 / batch 8 / 8 epochs / lr 1e-3: 0.50→1.72, 0.71→2.26, 0.62→1.49, 0.99→1.20.
 """
@@ -33,6 +34,8 @@ from sb3_contrib import MaskablePPO
 from agent.base import Budget, SearchMethod
 from agent.sb3_common import (
     BudgetCallback,
+    EnvThreads,
+    agent_threads,
     model_from_bytes,
     model_to_bytes,
     rng_state,
@@ -90,6 +93,8 @@ class PPOConfig:
         ent_coef: entropy bonus.
         hidden: hidden widths of the policy and of the value net.
         total_timesteps: an upper bound on env steps when the budget has no limit.
+        torch_threads: torch intra-op threads during the agent's own work (None: unchanged); the env's
+            steps keep the caller's count (``agent.sb3_common.agent_threads`` says why 1).
 
     Raises:
         ValueError: a value out of range (named).
@@ -106,6 +111,7 @@ class PPOConfig:
     ent_coef: float = 0.01
     hidden: tuple[int, ...] = (64, 64)
     total_timesteps: int = 100_000
+    torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if self.n_steps < 2:
@@ -157,15 +163,16 @@ class MaskablePPOMethod(SearchMethod):
             raise TypeError(f"ppo needs a Discrete action space (PruningEnv), got {env.action_space}")
         if budget.exhausted():
             return
-        wrapped = InfoActionMasks(env)
-        if self.model is None:
-            self.model = self._build(wrapped)
-            reset = True
-        else:
-            self.model.set_env(wrapped)
-            reset = False
-        self.model.learn(total_timesteps=self.config.total_timesteps, callback=BudgetCallback(budget),
-                         reset_num_timesteps=reset, progress_bar=False)
+        with agent_threads(self.config.torch_threads) as outer:
+            wrapped = InfoActionMasks(EnvThreads(env, outer))
+            if self.model is None:
+                self.model = self._build(wrapped)
+                reset = True
+            else:
+                self.model.set_env(wrapped)
+                reset = False
+            self.model.learn(total_timesteps=self.config.total_timesteps, callback=BudgetCallback(budget),
+                             reset_num_timesteps=reset, progress_bar=False)
 
     def predict(self, obs: np.ndarray, action_mask: np.ndarray | None = None, deterministic: bool = True) -> int:
         """The policy's action for one observation (float32 [obs_dim]); ``action_mask`` bool/int8 [n_actions].

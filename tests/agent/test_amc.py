@@ -93,7 +93,6 @@ def test_refuses_a_discrete_env():
         TD3Method().run(env, Budget(2))
 
 
-@pytest.mark.slow  # ~25-40 s on this shared machine
 def test_episode_reward_rises_on_the_toy_problem():
     """200 candidates (600 steps) with the default config: the last fifth of the episodes earns
     more than the first fifth (the warm-up's random widths)."""

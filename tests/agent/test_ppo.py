@@ -94,13 +94,12 @@ def test_refuses_a_continuous_env_and_bad_config():
         PPOConfig(n_steps=16, batch_size=5)
 
 
-@pytest.mark.slow  # 30-40 s per seed on this shared machine
 @pytest.mark.parametrize("seed", [0, 1])
 def test_episode_reward_rises_on_the_toy_problem(seed):
     """Latency falls with pruning, accuracy falls by 0.5 per group past half width: the best
     episodes prune every group to half and stop. With the default hyperparameters and 400
     candidates the mean episode reward of the last fifth of the episodes is well above that of
-    the first fifth (seed 0: 0.51 → 2.86, seed 1: 0.86 → 2.70), and late candidates cross the
+    the first fifth (seed 0: 0.51 → 2.81, seed 1: 0.86 → 3.07), and late candidates cross the
     cliff less often than early ones."""
     _, budget, src, wrapped = search(seed, 400, PPOConfig())
     rewards = wrapped.episode_rewards
@@ -113,3 +112,19 @@ def test_episode_reward_rises_on_the_toy_problem(seed):
         return np.mean([any(w / c < 0.5 for w, c in zip(s.channels, (16, 16, 32))) for s in calls])
 
     assert crossed(src.calls[-80:]) < crossed(src.calls[:80])
+
+
+def test_agent_threads_apart_from_the_envs():
+    torch.set_num_threads(2)
+    outer = torch.get_num_threads()
+    seen = []
+
+    class Spy(ChargingWrapper):
+        def step(self, action):
+            seen.append(torch.get_num_threads())
+            return super().step(action)
+
+    env, _ = make_pruning_env(max_steps=8, latency_target=0.1)
+    budget = Budget(20)
+    MaskablePPOMethod(SMALL).run(Spy(env, budget), budget)
+    assert set(seen) == {outer} and torch.get_num_threads() == outer
