@@ -102,3 +102,22 @@ def test_episode_reward_rises_on_the_toy_problem():
     assert budget.spent == 200
     assert mean(rewards[-k:]) > mean(rewards[:k]) + 0.5, (mean(rewards[:k]), mean(rewards[-k:]))  # −0.29 → 0.64
     assert mean(rewards[-k:]) > 0.5
+
+
+def test_checkpoint_inside_the_run_changes_nothing():
+    """The recorder saves ``state_dict()`` after every episode, from inside ``run``: same specs as without."""
+    plain = search(2, 12)[2].calls
+    env, src = make_layerwise_env(latency_target=0.5)
+    budget = Budget(12)
+    method = TD3Method(SMALL, seed=2)
+    saved = []
+
+    class Checkpointing(ChargingWrapper):
+        def step(self, action):
+            out = super().step(action)
+            if out[2] or out[3]:
+                saved.append(method.state_dict())
+            return out
+
+    method.run(Checkpointing(env, budget), budget)
+    assert src.calls == plain and len(saved) == 12 and all(s["model"] for s in saved)

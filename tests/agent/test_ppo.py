@@ -128,3 +128,22 @@ def test_agent_threads_apart_from_the_envs():
     budget = Budget(20)
     MaskablePPOMethod(SMALL).run(Spy(env, budget), budget)
     assert set(seen) == {outer} and torch.get_num_threads() == outer
+
+
+def test_checkpoint_inside_the_run_changes_nothing():
+    """The recorder saves ``state_dict()`` after every episode, from inside ``run``: same specs as without."""
+    plain = search(2, 40)[2].calls
+    env, src = make_pruning_env(max_steps=8, latency_target=0.1)
+    budget = Budget(40)
+    method = MaskablePPOMethod(SMALL, seed=2)
+    saved = []
+
+    class Checkpointing(ChargingWrapper):
+        def step(self, action):
+            out = super().step(action)
+            if out[2] or out[3]:
+                saved.append(method.state_dict())
+            return out
+
+    method.run(Checkpointing(env, budget), budget)
+    assert src.calls == plain and len(saved) >= 5 and all(s["model"] for s in saved)
