@@ -208,3 +208,16 @@ def test_config_nests_env_reward_agent_and_flat_keys_say_where_they_went(tmp_pat
         load_config_file(bad)
     with pytest.raises(ValueError, match="budget must be an integer >= 1"):
         SearchConfig(budget=0)
+
+
+def test_the_recorder_passes_the_mask_from_info_and_the_env_passes_check_env():
+    from gymnasium.utils.env_checker import check_env
+
+    env, _ = make_env()
+    check_env(env, skip_render_check=True)
+    rec = Recorder(env, Budget(5), store_row=lambda s: None)
+    _, info = rec.reset()
+    assert rec.action_masks().tolist() == info["action_mask"].tolist() == [1, 1, 1, 1]
+    for _ in range(4):
+        *_x, info = rec.step(1)  # 8 -> 6 -> 4 -> 2 -> 1: then group 1 is at its minimum
+    assert rec.action_masks().tolist() == [1, 0, 1, 1]
