@@ -7,7 +7,6 @@ uses it (the baseline cache hit is asserted).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def test_each_method_spends_its_budget_and_stores_its_rows(ws, method):
         if method in ("uniform", "magnitude"):  # one whole spec per episode, put through the env
             assert step == 1 and action is None
     if method in ("uniform", "magnitude"):
-        widths = [json.loads(json.dumps([int(x) for x in r[3].split("-")])) for r in rows]
+        widths = [[int(x) for x in r[3].split("-")] for r in rows]
         assert [sum(w) for w in widths] == sorted((sum(w) for w in widths), reverse=True)  # mild to strong
     best = out["best"]
     assert best is not None and best["val_top1"] is not None and best["test_top1"] is not None

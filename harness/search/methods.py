@@ -194,7 +194,7 @@ class MagnitudeMethod(SearchMethod):
         """``macs_targets`` only."""
         extra = set(options) - {"macs_targets"}
         if extra:
-            raise ValueError(f"method 'magnitude' has no option {sorted(extra)[0]!r} in [agent]; valid: macs_targets")
+            raise ValueError(f"method 'magnitude' has no option {min(extra)!r} in [agent]; valid: macs_targets")
         cls(**options)
 
     def run(self, env: gym.Env, budget: Budget) -> None:
