@@ -208,15 +208,6 @@ class LayerwiseConfig:
             raise ValueError(f"min_keep={self.min_keep} must be in (0, 1], e.g. 0.2")
 
 
-def _target_ratio(config: Any) -> float:
-    """The target ratio of ``config`` (EnvConfig's ``latency_target``, or its renamed successor)."""
-    for name in ("latency_target", "target_ratio", "target"):
-        value = getattr(config, name, None)
-        if isinstance(value, (int, float)):
-            return float(value)
-    raise ValueError("the env config has no target ratio (latency_target)")
-
-
 class LayerwiseEnv(gym.Env):
     """AMC's MDP: one continuous keep ratio per prunable group, one evaluated candidate per episode.
 
@@ -245,7 +236,7 @@ class LayerwiseEnv(gym.Env):
         if not baseline.ok:
             raise ValueError(f"the unpruned model could not be evaluated: {baseline.error_kind}: {baseline.error_message}")
         self.source, self.groups, self.baseline, self.config, self.layerwise = source, list(groups), baseline, config, layerwise
-        self.target_ratio = _target_ratio(config)
+        self.target_ratio = config.target_ratio
         if layers is None:
             model, shape = getattr(source, "base_model", None), getattr(source, "input_shape", None)
             layers = layer_table(model, self.groups, shape) if model is not None and shape is not None else _fallback_table(self.groups)

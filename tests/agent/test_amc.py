@@ -19,7 +19,7 @@ SMALL = TD3Config(learning_starts=15, batch_size=16)
 
 
 def search(seed, limit, config=SMALL):
-    env, src = make_layerwise_env(latency_target=0.5)
+    env, src = make_layerwise_env(target_ratio=0.5)
     budget = Budget(limit)
     wrapped = ChargingWrapper(env, budget)
     method = TD3Method(config, seed=seed)
@@ -68,7 +68,7 @@ def test_noise_decays_per_episode_after_warm_up():
 
 def test_saved_policy_reloaded_acts_identically():
     method, _, _, _ = search(0, 20)
-    env, _ = make_layerwise_env(latency_target=0.5)
+    env, _ = make_layerwise_env(target_ratio=0.5)
     obs, _ = env.reset(seed=0)
     observations = [obs]
     for k in (0.7, 0.4):
@@ -107,7 +107,7 @@ def test_episode_reward_rises_on_the_toy_problem():
 def test_checkpoint_inside_the_run_changes_nothing():
     """The recorder saves ``state_dict()`` after every episode, from inside ``run``: same specs as without."""
     plain = search(2, 12)[2].calls
-    env, src = make_layerwise_env(latency_target=0.5)
+    env, src = make_layerwise_env(target_ratio=0.5)
     budget = Budget(12)
     method = TD3Method(SMALL, seed=2)
     saved = []

@@ -19,7 +19,7 @@ SMALL = PPOConfig(n_steps=16, batch_size=8, n_epochs=2)
 
 
 def search(seed, limit, config=SMALL, **env_config):
-    env, src = make_pruning_env(**{"max_steps": 8, "latency_target": 0.1, **env_config})
+    env, src = make_pruning_env(**{"max_steps": 8, "target_ratio": 0.1, **env_config})
     budget = Budget(limit)
     wrapped = ChargingWrapper(env, budget)
     method = MaskablePPOMethod(config, seed=seed)
@@ -43,7 +43,7 @@ def test_same_seed_same_specs_other_seed_other_specs():
 
 
 def test_mask_comes_from_info():
-    env, _ = make_pruning_env(max_steps=50, latency_target=0.01)
+    env, _ = make_pruning_env(max_steps=50, target_ratio=0.01)
     wrapped = InfoActionMasks(env)
     wrapped.reset(seed=0)
     for _ in range(4):  # group 0: 16 → 12 → 8 → 4 → 1, then impossible
@@ -53,7 +53,7 @@ def test_mask_comes_from_info():
 
 def test_saved_policy_reloaded_acts_identically():
     method, _, _, _ = search(0, 64)
-    env, _ = make_pruning_env(max_steps=8, latency_target=0.1)
+    env, _ = make_pruning_env(max_steps=8, target_ratio=0.1)
     obs, info = env.reset(seed=1)
     observations = [(obs, info["action_mask"])]
     for a in (2, 0, 1):
@@ -80,7 +80,7 @@ def test_resume_continues_the_run():
     state = method.state_dict()
     fresh = MaskablePPOMethod()
     fresh.load_state_dict(state)
-    env, _ = make_pruning_env(max_steps=8, latency_target=0.1)
+    env, _ = make_pruning_env(max_steps=8, target_ratio=0.1)
     budget2 = Budget(15)
     fresh.run(ChargingWrapper(env, budget2), budget2)
     assert budget2.spent == 15 and fresh.model.num_timesteps >= method.model.num_timesteps + 15
@@ -124,7 +124,7 @@ def test_agent_threads_apart_from_the_envs():
             seen.append(torch.get_num_threads())
             return super().step(action)
 
-    env, _ = make_pruning_env(max_steps=8, latency_target=0.1)
+    env, _ = make_pruning_env(max_steps=8, target_ratio=0.1)
     budget = Budget(20)
     MaskablePPOMethod(SMALL).run(Spy(env, budget), budget)
     assert set(seen) == {outer} and torch.get_num_threads() == outer
@@ -133,7 +133,7 @@ def test_agent_threads_apart_from_the_envs():
 def test_checkpoint_inside_the_run_changes_nothing():
     """The recorder saves ``state_dict()`` after every episode, from inside ``run``: same specs as without."""
     plain = search(2, 40)[2].calls
-    env, src = make_pruning_env(max_steps=8, latency_target=0.1)
+    env, src = make_pruning_env(max_steps=8, target_ratio=0.1)
     budget = Budget(40)
     method = MaskablePPOMethod(SMALL, seed=2)
     saved = []

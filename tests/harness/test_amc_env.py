@@ -38,7 +38,7 @@ def test_check_env_on_both_mdps():
 
 
 def test_one_episode_by_hand():
-    env, src = make_layerwise_env(weights=RewardWeights(alpha=2, beta=0.5, gamma=1), latency_target=0.5)
+    env, src = make_layerwise_env(weights=RewardWeights(alpha=2, beta=0.5, gamma=1), target_ratio=0.5)
     obs, info = env.reset(seed=0)
     assert obs.shape == (OBS_DIM,) and env.action_space.shape == (1,)
     assert obs.tolist() == pytest.approx([0, 0, 0.5, 1, 0.25, 3 / 7, 16 / 784, 0, 768 / 784, 1])
@@ -64,7 +64,7 @@ def test_info_has_pruning_env_keys_but_no_mask():
     pe, _ = make_pruning_env()
     _, lw_info = lw.reset(seed=0)
     _, pe_info = pe.reset(seed=0)
-    assert set(pe_info) - {"action_mask"} <= set(lw_info)
+    assert set(pe_info) - {"action_mask", "widths"} <= set(lw_info)
     assert "action_mask" not in lw_info and {"candidate", "spec", "reward_terms", "target_met", "event"} <= set(lw_info)
 
 
@@ -81,13 +81,13 @@ def test_widths_rounded_to_grid_and_min_channels_clipped():
 
 def test_constrained_action_reaches_the_macs_target():
     # target 0.3 · 784 = 235.2 units of 576 MACs; later groups at min_keep 0.25: (4, 4, 8)
-    env, _ = make_layerwise_env(LayerwiseConfig(min_keep=0.25, constrain_macs=True), target_metric="macs", latency_target=0.3)
+    env, _ = make_layerwise_env(LayerwiseConfig(min_keep=0.25, constrain_macs=True), target_metric="macs", target_ratio=0.3)
     env.reset(seed=0)
     *_, info = act(env, 1.0, 1.0, 1.0)
     # g0 16: 16 + 16·4 + 4·8 = 112 ok; g1: 16 + 24·w ≤ 235.2 → 9; g2: 16 + 144 + 9·w ≤ 235.2 → 8
     assert info["spec"].channels == (16, 9, 8) and info["target_met"]
     assert info["macs_ratio"] == pytest.approx(232 / 784)
-    free, _ = make_layerwise_env(target_metric="macs", latency_target=0.3)  # not constrained
+    free, _ = make_layerwise_env(target_metric="macs", target_ratio=0.3)  # not constrained
     free.reset(seed=0)
     *_, info = act(free, 1.0, 1.0, 1.0)
     assert info["spec"].channels == (16, 16, 32) and not info["target_met"]
