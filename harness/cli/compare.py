@@ -67,12 +67,13 @@ def _search_config(given: dict, config_file: str | None):
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.search.compare import CompareConfig, parse_methods, print_summary, run_compare
+    from harness.search.compare import CompareConfig, check_options, parse_methods, print_summary, run_compare
 
     methods = parse_methods(args.methods)  # an unknown name: exit 2 before any work
     own = {"func", "command", "verbose", "json", "config", "methods", "seeds", "budget", "no_final"}
     given = {k: v for k, v in vars(args).items() if k not in own}
     search = _search_config(given, getattr(args, "config", None))
+    check_options(search)
     budget = getattr(args, "budget", None) or search.budget_limit
     config = CompareConfig(search=search, methods=methods, seeds=args.seeds, budget=budget,
                            final=not getattr(args, "no_final", False))

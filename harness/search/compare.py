@@ -38,7 +38,7 @@ from harness.search.compare_report import (MAX_TOP1_DROP, RunRecord, best_runs, 
                                            method_table, plot_fronts, plot_learning_curves, table_markdown,
                                            write_table)
 
-__all__ = ["CompareConfig", "FINAL_COLUMNS", "final_step", "parse_methods", "run_compare"]
+__all__ = ["CompareConfig", "FINAL_COLUMNS", "check_options", "final_step", "parse_methods", "run_compare"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,29 @@ class CompareConfig:
         search = self.search.to_dict() if hasattr(self.search, "to_dict") else dataclasses.asdict(self.search)
         return {"search": search, "methods": list(self.methods), "seeds": list(range(self.seeds)),
                 "budget": self.budget, "final": self.final, "max_top1_drop": MAX_TOP1_DROP}
+
+
+def check_options(search) -> None:
+    """Refuse a model, target or device that every run would fail on, before any work.
+
+    Raises:
+        ValueError: an unknown model, target or device (or simulator profile), or a board device without
+            an inventory; the message names the option.
+    """
+    from devices.registry import make_device
+    from harness.compile.targets import resolve_target
+    from harness.models import build_model
+
+    build_model(search.model)
+    resolve_target(search.target)
+    if search.device.startswith(("ssh:", "farm:")):
+        if not search.inventory:
+            raise ValueError(f"--device {search.device} needs --inventory FILE (the farm's boards)")
+    elif search.device == "local" or search.device.startswith("sim:"):
+        if search.device != "local":
+            make_device(search.device).close()  # an unknown simulator profile
+    else:
+        make_device(search.device)  # raises: the message lists the valid names
 
 
 def _target(search) -> tuple[float, str]:
