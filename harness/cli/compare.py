@@ -26,7 +26,7 @@ from harness.cli.args import pos_int
 __all__ = ["register"]
 
 #: Options of ``search`` that a comparison does not take from the user (it sets them per run, or has its own).
-NOT_COPIED = {"help", "resume", "method", "seed", "budget", "json", "episodes"}
+NOT_COPIED = {"help", "resume", "method", "reinforce", "seed", "budget", "json", "episodes"}
 
 
 def register(sub) -> None:

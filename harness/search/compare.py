@@ -114,6 +114,11 @@ class CompareConfig:
         for name, value in (("seeds", self.seeds), ("budget", self.budget)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for method in self.methods:  # e.g. an [agent] option one of the methods does not take: refused now
+            try:
+                self.run_config(method, 0, Path("."))
+            except ValueError as exc:
+                raise ValueError(f"method {method!r} cannot run with these options: {exc}") from None
 
     def run_config(self, method: str, seed: int, runs_dir: Path):
         """The search options of one (method, seed) run."""
