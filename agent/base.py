@@ -20,11 +20,24 @@ Contract (the loop in ``harness/search/loop.py`` and every method keep it):
   after every episode and ``--resume`` restores it.
 - Randomness comes only from the ``seed`` given at construction (the *search* seed, not the
   base model's), so a method with the same seed on the same env acts identically.
+- Construction: the harness calls ``cls.create(seed=..., options=..., context=...)``; the default
+  is ``cls(seed=seed, **options)``, where ``options`` is the config's ``[agent]`` table (plain
+  values) plus the registry's fixed parameters (``reinforce-episodic``: ``mode="episodic"``).
+  ``check_options(options)`` is called when the config is read, before any work: by default the
+  keys must be keyword parameters of ``__init__``. A method that needs the harness (``magnitude``:
+  the base model) overrides ``create`` and reads ``context`` (``harness.search.methods.MethodContext``).
+- ``env.jump(spec)`` (the recorder passes it to ``PruningEnv.jump``) evaluates a whole spec as one
+  step that ends its episode: how one-shot methods propose an architecture (widths from
+  ``info["widths"]``, the grid of each group).
+- ``state_dict()`` is taken at episode boundaries (when the method calls ``reset`` again, and when
+  ``run`` returns); ``--resume`` continues from the last one with a fresh call of ``run``, so a method
+  keeps in its state where it was (an RNG state, the index of its next candidate).
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -75,6 +88,23 @@ class SearchMethod(abc.ABC):
     """
 
     name: str = ""
+
+    @classmethod
+    def create(cls, *, seed: int, options: dict[str, Any], context: Any = None) -> SearchMethod:
+        """Build the method for a run (module doc): ``cls(seed=seed, **options)`` unless overridden."""
+        return cls(seed=seed, **options)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Refuse options this method does not take, naming them (ValueError); called on config load."""
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        valid = sorted(n for n in params if n not in ("self", "seed"))
+        for key in options:
+            if key not in valid:
+                raise ValueError(f"method {cls.name or cls.__name__!r} has no option {key!r} in [agent]; "
+                                 f"valid: {', '.join(valid) or 'none'}")
 
     @abc.abstractmethod
     def run(self, env: gym.Env, budget: Budget) -> None:

@@ -17,9 +17,11 @@ objective in §3.1) and an optional moving-average baseline b (``baseline=
 
     loss = −Σ_t log πθ(a_t | s_t) · (G_t − b).
 
-The loop calls ``observe`` after every step and ``end_episode`` at the end of
-each episode; each mode does its update in one of them. The agent knows
-gymnasium spaces and torch, nothing of the harness.
+``ReinforceAgent`` is the algorithm (``act``, ``observe`` after every step,
+``end_episode`` at the end of each episode; each mode does its update in one
+of them); ``ReinforceMethod`` runs it as a :class:`agent.base.SearchMethod`
+(the loop: reset, act on legal actions, step, observe, until the budget is
+spent). Both know gymnasium spaces and torch, nothing of the harness.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agent.base import Budget, SearchMethod
 from agent.policy import MLPPolicy
 
-__all__ = ["ReinforceConfig", "ReinforceAgent"]
+__all__ = ["ReinforceAgent", "ReinforceConfig", "ReinforceMethod"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,3 +203,69 @@ class ReinforceAgent:
     @staticmethod
     def _mask(mask: np.ndarray | None) -> torch.Tensor | None:
         return None if mask is None else torch.as_tensor(np.asarray(mask).astype(bool))
+
+
+class ReinforceMethod(SearchMethod):
+    """REINFORCE as a search method: episodes of masked actions until the budget is spent.
+
+    Args:
+        seed: the search seed (policy initialisation and sampling).
+        mode: ``"per_step"`` (the seed's update, method ``reinforce``) or ``"episodic"``
+            (``reinforce-episodic``).
+        lr, hidden, discount, baseline, baseline_momentum: :class:`ReinforceConfig`'s.
+
+    Raises:
+        ValueError: a bad hyperparameter (ReinforceConfig's message).
+    """
+
+    name = "reinforce"
+
+    def __init__(self, seed: int = 0, mode: str = "per_step", lr: float = 1e-3, hidden: tuple[int, ...] = (64, 64),
+                 discount: float = 0.99, baseline: str = "none", baseline_momentum: float = 0.9) -> None:
+        self.config = ReinforceConfig(lr=lr, hidden=tuple(int(h) for h in hidden), seed=seed, mode=mode,
+                                      discount=discount, baseline=baseline, baseline_momentum=baseline_momentum)
+        self.name = "reinforce" if mode == "per_step" else "reinforce-episodic"
+        self.agent: ReinforceAgent | None = None
+        self._pending: dict | None = None
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Names (SearchMethod's check) and values (ReinforceConfig's)."""
+        super().check_options(options)
+        if options.get("baseline") == "moving_average" and options.get("mode", "per_step") != "episodic":
+            raise ValueError("baseline='moving_average' needs episodic returns: use method 'reinforce-episodic'")
+        cls(**options)
+
+    def run(self, env: gym.Env, budget: Budget) -> None:
+        """Episodes until ``budget.exhausted()``: the seed's loop (§3.2) with masked sampling."""
+        if self.agent is None:
+            self.agent = ReinforceAgent(env.observation_space, env.action_space, self.config)
+            if self._pending is not None:
+                self.agent.load_state_dict(self._pending)
+                self._pending = None
+        agent = self.agent
+        while not budget.exhausted():
+            obs, info = env.reset()
+            done = False
+            while not done and not budget.exhausted():
+                mask = info["action_mask"]
+                action, _ = agent.act(obs, mask)
+                next_obs, reward, terminated, truncated, info = env.step(action)
+                agent.observe(obs, action, reward, mask)
+                obs, done = next_obs, terminated or truncated
+            agent.end_episode()
+
+    def state_dict(self) -> dict:
+        """The agent's state (policy, optimiser, sampler, baseline)."""
+        if self.agent is None:
+            return dict(self._pending or {})
+        return self.agent.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (applied when the agent is built on the env's spaces)."""
+        if not state:
+            return
+        if self.agent is None:
+            self._pending = state
+        else:
+            self.agent.load_state_dict(state)

@@ -34,9 +34,10 @@ STAGES = ("prune", "evaluate", "export", "tune", "build", "measure", "agent")
 
 
 def one(model: str, args, ws: dict, label: str) -> dict:
-    cfg = SearchConfig(model=model, episodes=args.episodes, max_steps=args.max_steps, subset=args.subset,
+    cfg = SearchConfig(model=model, episodes=args.episodes, subset=args.subset,
+                       env={"max_steps": args.max_steps, "round_to": args.round_to},
                        train_epochs=args.train_epochs, tune_trials=args.tune_trials, finetune_epochs=0,
-                       eval_samples=args.eval_samples, round_to=args.round_to, seed=args.seed, **ws)
+                       eval_samples=args.eval_samples, seed=args.seed, **ws)
     t0 = time.perf_counter()
     s = run_search(cfg, progress=False)
     wall_s = time.perf_counter() - t0

@@ -100,6 +100,7 @@ __all__ = [
     "count_macs_params",
     "find_groups",
     "full_spec",
+    "global_magnitude_widths",
     "layer_macs",
     "random_spec",
     "rebuild",
@@ -518,3 +519,74 @@ def rebuild(
                 raise ValueError(f"conv {conv!r} of group {g.name!r} has no width key in {model_name!r}")
             widths[key] = keep
     return build_model(model_name, widths=widths, **kw)
+
+
+def global_magnitude_widths(
+    model: nn.Module,
+    example_input: torch.Tensor | Sequence[int],
+    macs_ratio: float,
+    importance: str = "l1",
+    iterations: int = 12,
+) -> tuple[ArchSpec, float]:
+    """Torch-Pruning's global magnitude pruning to a MACs target: the widths it keeps per group.
+
+    ``tp.pruner.MetaPruner(global_pruning=True, importance=GroupMagnitudeImportance(p, normalizer="mean"))``
+    (Torch-Pruning's default normalizer, which makes scores of different groups comparable) ranks every
+    group's channels against all others (Torch-Pruning's own benchmark baseline, "global magnitude");
+    its ``pruning_ratio`` (share of channels removed) is bisected, ``iterations`` times, for the largest
+    ratio whose pruned model has at most ``macs_ratio`` × the unpruned MACs (:func:`count_macs_params`).
+    Only conv filters are pruned (every Linear is ignored, as in :func:`find_groups`); ``model`` is not
+    modified (each trial prunes a deep copy).
+
+    Args:
+        model: the trained, unpruned model.
+        example_input: a tensor or a shape (C,H,W) / (N,C,H,W) to trace with.
+        macs_ratio: the MACs target as a fraction of the unpruned model's, in (0, 1].
+        importance: ``"l1"`` or ``"l2"`` group magnitude.
+        iterations: bisection steps on the pruning ratio.
+
+    Returns:
+        (the kept channels per group, in :func:`find_groups` order; the MACs ratio they reach).
+
+    Raises:
+        ValueError: ``macs_ratio`` outside (0, 1] or an unknown importance.
+    """
+    if not 0 < macs_ratio <= 1:
+        raise ValueError(f"macs_ratio={macs_ratio!r} must be in (0, 1]")
+    if importance not in IMPORTANCES:
+        raise ValueError(f"unknown importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
+    example = _example(example_input)
+    shape = tuple(example.shape)
+    base_macs = count_macs_params(model, shape)[0]
+    groups = find_groups(model, example)
+
+    def prune(ratio: float) -> tuple[ArchSpec, float]:
+        if ratio <= 0:
+            return full_spec(groups), 1.0
+        pruned = copy.deepcopy(model).eval()
+        # Torch-Pruning's default normalizer ("mean": each group's scores over their mean) makes scores of
+        # different groups comparable; without it the global ranking is not monotonic in the ratio
+        scorer = tp.importance.GroupMagnitudeImportance(p=IMPORTANCES[importance], group_reduction="mean",
+                                                        normalizer="mean")
+        pruner = tp.pruner.MetaPruner(pruned, example, importance=scorer, global_pruning=True, pruning_ratio=ratio,
+                                      ignored_layers=[m for m in pruned.modules() if isinstance(m, nn.Linear)],
+                                      root_module_types=[nn.Conv2d])
+        with torch.no_grad():
+            pruner.step()
+        widths = [g.channels for g in find_groups(pruned, example)]
+        if len(widths) != len(groups):
+            raise RuntimeError(f"global pruning at ratio {ratio:.3f} changed the number of groups")
+        return ArchSpec(tuple(widths)), count_macs_params(pruned, shape)[0] / base_macs
+
+    lo, hi = 0.0, 0.95
+    top = prune(hi)
+    if top[1] > macs_ratio:  # even the strongest ratio does not reach the target: the strongest it gets
+        return top
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        spec, ratio = prune(mid)
+        if ratio <= macs_ratio:
+            hi, top = mid, (spec, ratio)
+        else:
+            lo = mid
+    return top

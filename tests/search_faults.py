@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--episodes", "2", "--max-steps", "3", "--subset", "1000", "--train-epochs", "1", "--eval-samples", "200",
-        "--tune-trials", "0", "--finetune-epochs", "0", "--repeat", "10", "--latency-target", "0.5",
+        "--tune-trials", "0", "--finetune-epochs", "0", "--repeat", "10", "--target-ratio", "0.5",
         "--device", "sim:host", "--seed", "0"]
 
 

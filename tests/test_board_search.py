@@ -21,8 +21,8 @@ from tests.devices.sshd_server import LoopbackSshd, board_toml
 
 pytestmark = [needs_sshd, pytest.mark.slow]
 
-SMALL = dict(episodes=1, max_steps=2, subset=600, train_epochs=1, eval_samples=100, finetune_epochs=0, repeat=5,
-             latency_target=0.5, cache_drift_tolerance=math.inf)
+SMALL = dict(episodes=1, subset=600, train_epochs=1, eval_samples=100, finetune_epochs=0, repeat=5,
+             env=dict(max_steps=2, target_ratio=0.5), cache_drift_tolerance=math.inf)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,9 @@ def test_a_dead_farm_stops_the_run_resumably(tmp_path, shared, client_key, monke
     assert out["board"] == "b1" and out["latency_source"] == "measured"
     steps = db.execute("SELECT episode, step, source FROM candidates WHERE run_id=? AND episode >= 0 ORDER BY step",
                        (run_id,)).fetchall()
-    assert [s[:2] for s in steps] == [(0, 1), (0, 2)]  # step 2, lost with the board, was made on resume
+    # the run died in its first episode: --resume restarts it from its first step (episode boundaries), and
+    # step 2, lost with the board, is made on resume
+    assert [s[:2] for s in steps] == [(0, 1), (0, 2)]
     assert {s[2] for s in steps} == {"measured"}
     assert db.execute("SELECT status FROM runs").fetchone()[0] == "finished"
 

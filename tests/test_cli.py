@@ -21,7 +21,10 @@ def test_help_on_every_subcommand(cmd):
     (["search", "--target", "pdp11"], "pdp11"),
     (["search", "--device", "toaster"], "toaster"),
     (["search", "--dataset", "imagenet22k"], "imagenet22k"),
-    (["search", "--latency-target", "1.7"], "latency_target"),
+    (["search", "--target-ratio", "1.7"], "target_ratio"),
+    (["search", "--latency-target", "1.7"], "target_ratio"),
+    (["search", "--baseline", "moving_average"], "reinforce-episodic"),
+    (["search", "--method", "uniform", "--lr", "0.1"], "'lr'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args, needle):
     code = main(args + ["--out", str(tmp_path / "runs"), "--db", str(tmp_path / "r.db"),
@@ -50,9 +53,9 @@ def test_missing_dataset_names_the_fix(tmp_path, capsys):
 
 def _summary(rounds):
     return {"run_id": "r", "candidates": 3, "wall_s": 10, "run_dir": "d", "stage_seconds": {"build": 1.0},
-            "baseline": {"top1": 0.9, "macs": 100, "params": 10, "latency_p50_ms": 1.0},
-            "best": {"top1": 0.89, "macs": 50, "params": 5, "latency_p50_ms": 0.9, "speedup": 1.11,
-                     "speedup_rounds": rounds, "top1_drop": 0.01, "arch_signature": "8-8"}}
+            "baseline": {"val_top1": 0.91, "test_top1": 0.9, "macs": 100, "params": 10, "latency_p50_ms": 1.0},
+            "best": {"val_top1": 0.9, "test_top1": 0.89, "macs": 50, "params": 5, "latency_p50_ms": 0.9, "speedup": 1.11,
+                     "speedup_rounds": rounds, "test_top1_drop": 0.01, "arch_signature": "8-8"}}
 
 
 def test_search_report_gives_the_speedup_spread_and_flags_noise(capsys):

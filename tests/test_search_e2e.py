@@ -17,13 +17,19 @@ import pytest
 import torch
 
 from harness.cli import main
+from harness.search.config import nest_flat
 from harness.search.run import SearchConfig, load_best_model, resume_search, run_search
 
 pytestmark = pytest.mark.slow
 
 # cache_drift_tolerance=inf: later runs here must reuse the first run's latencies whatever the machine's load
+# flat, as the CLI flags give them (max_steps and target_ratio go to [env]: config())
 SMALL = dict(episodes=2, max_steps=3, subset=1000, train_epochs=1, eval_samples=200, tune_trials=0,
-             finetune_epochs=1, repeat=10, latency_target=0.5, cache_drift_tolerance=float("inf"))
+             finetune_epochs=1, repeat=10, target_ratio=0.5, cache_drift_tolerance=float("inf"))
+
+
+def config(**values) -> SearchConfig:
+    return SearchConfig.from_dict(nest_flat(values)[0])
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +47,13 @@ def _cli_args(ws, **over) -> list[str]:
 
 @pytest.fixture(scope="module")
 def first_run(ws):
-    return run_search(SearchConfig(**SMALL, **ws), progress=False)
+    return run_search(config(**SMALL, **ws), progress=False)
 
 
 def test_search_end_to_end_writes_rows_and_summary(ws, first_run, capsys):
     out = first_run
     for part in ("baseline", "best"):
-        for key in ("top1", "macs", "params", "latency_p50_ms"):
+        for key in ("val_top1", "test_top1", "macs", "params", "latency_p50_ms"):
             assert out[part][key] is not None, (part, key)
     assert out["best"]["macs"] < out["baseline"]["macs"]
     best = out["best"]
@@ -134,7 +140,7 @@ def test_best_model_reloads_from_its_spec_with_the_same_outputs(first_run):
 
 
 def test_resumed_run_makes_the_same_choices_as_an_uninterrupted_one(ws, first_run):
-    cfg = SearchConfig(**{**SMALL, "finetune_epochs": 0}, **ws)
+    cfg = config(**{**SMALL, "finetune_epochs": 0}, **ws)
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, progress=False, interrupt_after_steps=2)
     db = sqlite3.connect(ws["db"])
@@ -156,14 +162,14 @@ def test_resumed_run_makes_the_same_choices_as_an_uninterrupted_one(ws, first_ru
 
 def test_config_file_gives_options_and_flags_override(ws, tmp_path, capsys):
     cfg = tmp_path / "search.toml"
-    cfg.write_text("[search]\nepisodes = 1\nmax-steps = 2\nseed = 0\nalpha = 3.0\n")
+    cfg.write_text("[search]\nepisodes = 1\nseed = 0\n[search.env]\nmax-steps = 2\n[search.reward]\nalpha = 3.0\n")
     args = _cli_args(ws, finetune_epochs=0)
     drop = args.index("--episodes")
     del args[drop:drop + 2]
     assert main(args + ["--config", str(cfg), "--alpha", "4.0"]) == 0
     out = json.loads(capsys.readouterr().out)
     saved = json.loads((Path(out["run_dir"]) / "config.json").read_text())
-    assert saved["episodes"] == 1 and saved["alpha"] == 4.0 and saved["max_steps"] == 3  # flag beats file
+    assert saved["episodes"] == 1 and saved["reward"]["alpha"] == 4.0 and saved["env"]["max_steps"] == 3  # flag wins
     bad = tmp_path / "bad.toml"
     bad.write_text("episodez = 3\n")
     assert main(["search", "--config", str(bad)]) == 2
@@ -177,8 +183,9 @@ def test_without_a_terminal_progress_is_time_stamped_lines(ws, first_run, capsys
     assert main(args) == 0
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
-    assert any("unpruned model: p50" in line and "searching 1 episodes x 2 steps" in line for line in lines)
-    steps = [line for line in lines if "episode 1/1 step" in line]
+    assert any("unpruned model: p50" in line and "a budget of 2 candidates, 2 steps per episode" in line
+               for line in lines)
+    steps = [line for line in lines if "episode 1 step" in line]
     assert 1 <= len(steps) <= 2 and all(line.startswith("[") and "reward" in line for line in steps)
     assert any("final measurement: the fine-tuned best interleaved with the unpruned model" in line for line in lines)
     assert "speedup" in captured.out  # the table still goes to stdout
@@ -202,8 +209,8 @@ def test_a_drifted_absolute_p50_is_reported_and_cached_ratios_still_serve(ws, fi
         return r
 
     monkeypatch.setattr(candidate.CandidateEvaluator, "evaluate", slower)
-    out = run_search(SearchConfig(**{**SMALL, "finetune_epochs": 0, "cache_drift_tolerance": 0.1,
-                                     "episodes": 1, "max_steps": 2}, **ws), progress=False)
+    out = run_search(config(**{**SMALL, "finetune_epochs": 0, "cache_drift_tolerance": 0.1,
+                               "episodes": 1, "max_steps": 2}, **ws), progress=False)
     drift = out["latency_cache_drift"]
     assert drift["beyond_tolerance"] and not drift["cache_reset"] and drift["drift"] == pytest.approx(2.0, rel=1e-9)
     # the same seed proposes the first run's first architecture again: its ratio comes from the cache

@@ -38,7 +38,7 @@ def test_checkpoint_with_code_is_refused_not_run(tmp_path):
     path = tmp_path / "checkpoint.pt"
     import torch
 
-    torch.save({"format_version": 1, "x": Evil()}, path, pickle_module=pickle)
+    torch.save({"format_version": 2, "x": Evil()}, path, pickle_module=pickle)
     with pytest.raises(ValueError) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value) and not marker.exists()
@@ -46,7 +46,7 @@ def test_checkpoint_with_code_is_refused_not_run(tmp_path):
     import numpy as np
 
     gen = torch.Generator().manual_seed(3)
-    _atomic_torch_save({"format_version": 1, "best_key": [np.float64(0.5), np.int64(2)],
+    _atomic_torch_save({"format_version": 2, "best_key": [np.float64(0.5), np.int64(2)],
                         "episode": [(np.zeros(3, np.float32), 1, 0.5, None)], "gen": gen.get_state()}, path)
     back = load_checkpoint(path)
     assert back["best_key"] == [0.5, 2] and back["episode"][0][0] == [0.0, 0.0, 0.0]

@@ -48,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    from harness.search.methods import METHODS
+
     s = sub.add_parser("search", help="RL search for a pruned architecture that is faster on the device",
-                       description="Run the RL pruning search. With no arguments: ResNet-20 on Fashion-MNIST, "
-                                   "measured on this machine (device local, target host). Options come from "
-                                   "the defaults, then --config FILE (TOML), then the flags given.",
+                       description="Run the pruning search. With no arguments: REINFORCE on ResNet-20 / "
+                                   "Fashion-MNIST, measured on this machine (device local, target host). Options "
+                                   "come from the defaults, then --config FILE (TOML: top-level keys and [env], "
+                                   "[reward], [agent] tables), then the flags given.",
                        argument_default=argparse.SUPPRESS)
     opt = s.add_argument
     opt("--config", help="TOML file with any search option (keys named like the flags)")
@@ -64,24 +67,36 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--backend", choices=("tvm", "onnxruntime"), help=f"what the daemon times (default {d.backend})")
     opt("--inventory", help="farm inventory TOML, for --device ssh:BOARD or farm:TAG")
     opt("--fallback", choices=("fail", "sim"), help="farm: when no healthy board is left (default: the inventory's)")
-    opt("--episodes", type=pos_int, help=f"episodes (default {d.episodes})")
-    opt("--max-steps", type=pos_int, help=f"steps per episode (default {d.max_steps})")
-    opt("--latency-target", type=float,
-        help=f"episode ends once the target metric <= R x unpruned (default {d.latency_target})")
-    opt("--target-metric", choices=("latency", "macs"), help=f"what --latency-target bounds (default {d.target_metric})")
-    opt("--alpha", type=float, help=f"weight of ΔP, accuracy (default {d.alpha})")
-    opt("--beta", type=float, help=f"weight of ΔC, MACs (default {d.beta})")
-    opt("--gamma", type=float, help=f"weight of ΔH, measured latency (default {d.gamma})")
-    opt("--seed", type=nonneg_int, help=f"seed of every random source (default {d.seed})")
+    opt("--method", choices=tuple(METHODS),
+        help=f"search method (default {d.method}): " + "; ".join(f"{e.name}: {e.about}" for e in METHODS.values()))
+    opt("--budget", type=pos_int,
+        help="evaluated candidates the run may spend (default: --episodes x --max-steps)")
+    opt("--episodes", type=pos_int, help=f"sizes the default budget: episodes x max steps (default {d.episodes})")
+    opt("--early-stop", type=pos_int, metavar="N", help="end the run after N candidates without a better best")
+    opt("--max-steps", type=pos_int, help=f"[env] steps per episode (default {d.env.max_steps})")
+    opt("--target-ratio", type=float,
+        help=f"[env] an episode ends once the target metric <= R x the unpruned model's (default {d.env.target_ratio})")
+    opt("--latency-target", type=float, dest="target_ratio", help=argparse.SUPPRESS)  # its old name
+    opt("--target-metric", choices=("latency", "macs"),
+        help=f"[env] what --target-ratio bounds (default {d.env.target_metric})")
+    opt("--alpha", type=float, help=f"[reward] weight of ΔP, accuracy (default {d.reward.alpha})")
+    opt("--beta", type=float, help=f"[reward] weight of ΔC, MACs (default {d.reward.beta})")
+    opt("--gamma", type=float, help=f"[reward] weight of ΔH, measured latency (default {d.reward.gamma})")
+    opt("--seed", type=nonneg_int, help=f"the search's seed: policy, sampling (default {d.seed})")
+    opt("--base-seed", type=nonneg_int,
+        help=f"the base model's seed: data splits, baseline training, fine-tuning (default {d.base_seed})")
     opt("--tune-trials", type=nonneg_int, help=f"MetaSchedule trials per task, 0 = untuned (default {d.tune_trials})")
     opt("--train-epochs", type=nonneg_int, help=f"epochs of the baseline, cached (default {d.train_epochs})")
     opt("--finetune-epochs", type=nonneg_int, help=f"fine-tuning epochs of the best model (default {d.finetune_epochs})")
-    opt("--step-fraction", type=float, help=f"share of a group's filters one action removes (default {d.step_fraction})")
-    opt("--round-to", type=pos_int, help=f"keep widths on multiples of N (default {d.round_to})")
+    opt("--step-fraction", type=float,
+        help=f"[env] share of a group's filters one action removes (default {d.env.step_fraction})")
+    opt("--round-to", type=pos_int, help=f"[env] keep widths on multiples of N (default {d.env.round_to})")
     opt("--importance", help=f"group magnitude criterion (default {d.importance})")
-    opt("--reinforce", choices=("per_step", "episodic"), help=f"REINFORCE update (default {d.reinforce}, the seed's)")
-    opt("--discount", type=float, help=f"discount of episodic returns (default {d.discount})")
-    opt("--baseline", choices=("none", "moving_average"), help=f"episodic return baseline (default {d.baseline})")
+    opt("--reinforce", choices=("per_step", "episodic"), help=argparse.SUPPRESS)  # now --method reinforce-episodic
+    opt("--lr", type=float, help="[agent] learning rate of the method (REINFORCE: 1e-3)")
+    opt("--discount", type=float, help="[agent] discount of episodic returns (reinforce-episodic: 0.99)")
+    opt("--baseline", choices=("none", "moving_average"),
+        help="[agent] return baseline of reinforce-episodic (default none)")
     opt("--eval-samples", type=nonneg_int, help=f"validation images per candidate, 0 = all (default {d.eval_samples})")
     opt("--subset", type=pos_int, help="cap each data split (quick runs and tests)")
     opt("--repeat", type=pos_int, help=f"timed blocks per absolute measurement (default {d.repeat})")
@@ -115,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from harness.search.config import merge_options, nest_flat
     from harness.search.run import SearchConfig, load_config_file, resume_search, run_search
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "json", "config", "resume")}
@@ -129,8 +145,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         summary = resume_search(args.resume, out=given.get("out"), db=given.get("db"), progress=progress)
     else:
         values = load_config_file(args.config) if getattr(args, "config", None) else {}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        config = SearchConfig.from_dict({**values, **given}, source="search options")
+        config = SearchConfig.from_dict(merge_options(values, nest_flat(given)[0]), source="search options")
         summary = run_search(config, progress=progress)
     if as_json:
         print(json.dumps(summary, sort_keys=True, default=str))
@@ -145,25 +160,29 @@ def _print_search(s: dict) -> None:
     def fmt(x, spec=".4f"):
         return "-" if x is None else format(x, spec)
 
-    print(f"run {s['run_id']}  ({s['candidates']} candidates, {s['wall_s']:.0f} s)  -> {s['run_dir']}")
+    print(f"run {s['run_id']}  ({s.get('method', 'reinforce')}, {s['candidates']} candidates, {s['wall_s']:.0f} s)"
+          f"  -> {s['run_dir']}")
     if s.get("latency_source"):
         switched = s.get("source_switch")
         print(f"latencies: {s['latency_source']} on {s.get('measured_on') or s.get('device')}, target {s.get('target')}"
               + (f" (switched from {switched['from']} at episode {switched['episode']} step {switched['step']}: "
                  "no healthy board left)" if switched else ""))
-    print(f"{'':10} {'test top-1':>10} {'MACs':>12} {'params':>9} {'p50 ms':>9}")
-    print(f"{'baseline':10} {fmt(b['top1'])} {b['macs']:>12,} {b['params']:>9,} {fmt(b['latency_p50_ms'], '9.3f')}")
+    print(f"{'':10} {'val top-1':>10} {'test top-1':>10} {'MACs':>12} {'params':>9} {'p50 ms':>9}")
+    print(f"{'baseline':10} {fmt(b.get('val_top1'), '10.4f')} {fmt(b['test_top1'], '10.4f')} {b['macs']:>12,} "
+          f"{b['params']:>9,} {fmt(b['latency_p50_ms'], '9.3f')}")
     if best is None:
         print("best       none: no candidate was measured successfully")
         return
-    print(f"{'best':10} {fmt(best['top1'])} {best['macs']:>12,} {best['params']:>9,} {fmt(best['latency_p50_ms'], '9.3f')}")
+    print(f"{'best':10} {fmt(best.get('val_top1'), '10.4f')} {fmt(best['test_top1'], '10.4f')} {best['macs']:>12,} "
+          f"{best['params']:>9,} {fmt(best['latency_p50_ms'], '9.3f')}")
     rounds = best.get("speedup_rounds") or []
     ci = best.get("speedup_ci")
     simulated = s.get("latency_source") == "simulated"
     spread = (" (simulated: a ratio of two predictions, no interval)" if simulated and ci
               else f" [{ci[0]:.2f}, {ci[1]:.2f}] over {best.get('final_pairs')} interleaved pairs" if ci
               else f" (rounds {min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else "")
-    print(f"speedup {fmt(best['speedup'], '.2f')}x{spread}, top-1 drop {fmt(100 * best['top1_drop'], '.2f')} points, "
+    print(f"speedup {fmt(best['speedup'], '.2f')}x{spread}, "
+          f"test top-1 drop {fmt(100 * best['test_top1_drop'], '.2f')} points, "
           f"spec {best['arch_signature']}")
     noise = best.get("speedup_within_noise")
     if noise is None:  # a summary from before interval estimates: the rounds' spread

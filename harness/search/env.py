@@ -29,9 +29,22 @@ the unpruned model; "stop" is rewarded with the current state's reward. A
 candidate whose export, build or measurement failed gives the failure penalty
 and the state goes back to where it was.
 
-Terminated: the measured p50 is at most ``latency_target`` × the unpruned
-p50 (or MACs ≤ target × unpruned MACs with ``target_metric="macs"``), the
-agent stopped, or nothing can be pruned any more. Truncated: ``max_steps``.
+Terminated: the target metric's ratio to the unpruned model is at most
+``target_ratio`` (the measured latency ratio with ``target_metric="latency"``,
+MACs(s)/MACs(s0) with ``"macs"``), the agent stopped, or nothing can be pruned
+any more. Truncated: ``max_steps``.
+
+``info`` (every ``reset`` and ``step``) carries what a search loop needs, so it never reads the
+env's attributes: ``event`` (None after reset; ``pruned``, ``failed``, ``impossible``, ``stop``,
+``jump``), ``spec`` (the current ArchSpec), ``candidate`` (the CandidateResult evaluated by this
+step, or None), ``reward_terms`` (RewardTerms of the current state, None while unpruned),
+``target_met`` (bool: the current state meets the target), ``action_mask``, ``latency_ratio``,
+``macs_ratio``, ``top1`` (validation) of the current state, and ``widths`` (per group, every
+width the group can take, widest first: the MDP's grid, for methods that propose whole specs).
+
+:meth:`PruningEnv.jump` is a step that sets every group's width at once (one evaluated candidate,
+then the episode terminates): how one-shot methods (uniform, magnitude) put a whole spec through the
+same env, reward and recorder as the agents.
 """
 
 from __future__ import annotations
@@ -72,8 +85,9 @@ class EnvConfig:
         round_to: kept widths are rounded down to a multiple of this (1 = off)
             and never go below it, nor below ``min_channels``.
         max_steps: truncation limit per episode (≥ 2).
-        latency_target: episode terminates when the target metric ratio ≤ this (0, 1].
-        target_metric: ``"latency"`` (measured p50) or ``"macs"``.
+        target_ratio: episode terminates when the target metric's ratio to the unpruned model ≤ this,
+            in (0, 1] (0.8 = 20 % below the unpruned latency, or MACs).
+        target_metric: ``"latency"`` (the measured latency ratio) or ``"macs"``.
         weights: α, β, γ and the failure penalty.
     """
 
@@ -81,11 +95,17 @@ class EnvConfig:
     min_channels: int = 1
     round_to: int = 1
     max_steps: int = 8
-    latency_target: float = 0.8
+    target_ratio: float = 0.8
     target_metric: str = "latency"
     weights: RewardWeights = field(default_factory=RewardWeights)
 
     def __post_init__(self) -> None:
+        for name in ("min_channels", "round_to", "max_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be an integer")
+        if isinstance(self.step_fraction, bool) or not isinstance(self.step_fraction, (int, float)):
+            raise ValueError(f"step_fraction={self.step_fraction!r} must be a number in (0, 1), e.g. 0.25")
         if not 0 < self.step_fraction < 1:
             raise ValueError(f"step_fraction={self.step_fraction} must be in (0, 1), e.g. 0.25")
         if self.min_channels < 1:
@@ -94,8 +114,10 @@ class EnvConfig:
             raise ValueError(f"round_to={self.round_to} must be >= 1 (1 = no rounding)")
         if self.max_steps < 2:
             raise ValueError(f"max_steps={self.max_steps} must be >= 2")
-        if not 0 < self.latency_target <= 1:
-            raise ValueError(f"latency_target={self.latency_target} must be in (0, 1], e.g. 0.8 for 20% faster")
+        if isinstance(self.target_ratio, bool) or not isinstance(self.target_ratio, (int, float)) \
+                or not 0 < self.target_ratio <= 1:
+            raise ValueError(f"target_ratio={self.target_ratio!r} must be in (0, 1], e.g. 0.8 for 20% below the "
+                             f"unpruned model's latency (or MACs, with target_metric='macs')")
         if self.target_metric not in ("latency", "macs"):
             raise ValueError(f"target_metric={self.target_metric!r} must be 'latency' or 'macs'")
 
@@ -170,6 +192,7 @@ class PruningEnv(gym.Env):
         kind = np.array([_KIND_FEATURE.get(g.kind, 0.0) for g in self.groups], dtype=np.float32)
         self._static = np.stack([self.orig / max_orig, index, kind], axis=1).astype(np.float32)
         self.stop_action = n
+        self.widths = tuple(reachable_widths(int(c), config) for c in self.orig)
         self._reset_state()
 
     # -- gymnasium API --------------------------------------------------------
@@ -214,6 +237,39 @@ class PruningEnv(gym.Env):
                     event = "pruned"
         truncated = (not terminated) and self.steps >= self.config.max_steps
         return self._obs(), float(reward), bool(terminated), bool(truncated), self._info(result, event)
+
+    def jump(self, spec: ArchSpec | tuple[int, ...]) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """One step that sets every group's width at once: ``spec`` is evaluated as one candidate.
+
+        The episode then terminates (a one-shot method makes one candidate per episode); a failed
+        candidate gives the failure penalty and leaves the state where it was, as a failed step does.
+
+        Args:
+            spec: kept channels per group; each must be one of the group's ``info["widths"]``.
+
+        Returns:
+            (obs, reward, terminated=True, truncated=False, info) with ``info["event"] == "jump"``
+            (``"failed"`` when it could not be evaluated).
+
+        Raises:
+            ValueError: a spec of the wrong length or a width off the group's grid.
+        """
+        channels = tuple(int(k) for k in (spec.channels if isinstance(spec, ArchSpec) else spec))
+        if len(channels) != len(self.groups):
+            raise ValueError(f"jump: spec has {len(channels)} widths, the model has {len(self.groups)} groups")
+        for g, (k, widths) in enumerate(zip(channels, self.widths)):
+            if k not in widths:
+                raise ValueError(f"jump: width {k} of group {g} is not one the env can reach ({list(widths)})")
+        self.steps += 1
+        result = self.source.evaluate(ArchSpec(channels))
+        if not result.ok:
+            reward, event = self.config.weights.failure_penalty, "failed"
+        else:
+            self.kept = np.array(channels, dtype=np.int64)
+            self.current = result
+            self.current_terms = self._terms(result)
+            reward, event = self.current_terms.reward, "jump"
+        return self._obs(), float(reward), True, False, self._info(result, event)
 
     def restore(self, kept: tuple[int, ...], steps: int, current: Any) -> tuple[np.ndarray, dict]:
         """Put the env back into a checkpointed mid-episode state (for ``--resume``).
@@ -272,7 +328,7 @@ class PruningEnv(gym.Env):
 
     def target_met(self, result: Any) -> bool:
         """True when ``result`` reaches the target ratio of the target metric."""
-        return self._ratio(result) <= self.config.latency_target
+        return bool(self._ratio(result) <= self.config.target_ratio)
 
     def _obs(self) -> np.ndarray:
         keep = (self.kept / self.orig).astype(np.float32)[:, None]
@@ -299,4 +355,6 @@ class PruningEnv(gym.Env):
             "macs_ratio": self.current.macs / self.baseline.macs,
             "top1": self.current.top1,
             "reward_terms": terms,
+            "target_met": bool(self.current is not self.baseline and self.target_met(self.current)),
+            "widths": self.widths,
         }

@@ -1,26 +1,29 @@
-"""The main job: an RL search for a pruned architecture that is faster on the device.
+"""The main job: a search for a pruned architecture that is faster on the device (the entry point).
 
 Seed document ``../shared/seed/`` §3.2 (the loop) and §4.4 (training code);
-DESIGN.md §1–§6. One run:
+DESIGN.md §1–§6, §9. One run:
 
-1. load the data (fixed seeded splits) and the trained baseline (trained and
-   cached on first use);
+1. load the data (splits seeded by ``base_seed``) and the trained baseline (trained and
+   cached on first use, keyed by ``base_seed``: one base model for every method and search seed);
 2. find the prunable groups; evaluate the unpruned model (accuracy, MACs,
    compile + tune for the target, measure on the device) — the reference of
    every ΔP, ΔC, ΔH;
-3. for each episode, reset the env and let REINFORCE pick actions (per-step
-   update by default, seed §3.2); every candidate goes to the results store
-   and a checkpoint is written after every step;
-4. pick the best candidate that met the target (else the best reward),
-   fine-tune it, measure it and the unpruned model again afresh, and write
-   ``summary.json``, ``pareto.csv``, ``pareto.png`` and the best model (ONNX,
-   TVM artifact, state dict with its spec).
+3. let the chosen method (``SearchConfig.method``, :mod:`harness.search.methods`) act in the env
+   through the recorder (:mod:`harness.search.loop`) until its budget of evaluated candidates is
+   spent: every candidate goes to the results store, a checkpoint is written at every episode
+   boundary;
+4. pick the best candidate (target met first, then reward), fine-tune it, measure it and the
+   unpruned model again afresh, and write ``summary.json``, ``pareto.csv``, ``pareto.png`` and the
+   best model (:mod:`harness.search.final`).
 
-A run lives in ``OUT/RUN_ID/``. A killed run loses nothing measured (rows are
-committed per step) and ``resume_search(RUN_ID)`` continues after its last
-completed step; with latencies from the store's cache it makes the same
-choices as an uninterrupted run. Every random source is seeded from
-``SearchConfig.seed``.
+The config is :mod:`harness.search.config`; this module re-exports what callers import from it.
+
+A run lives in ``OUT/RUN_ID/`` (``RUN_ID`` = model, method, device, search seed, time). A killed
+run loses nothing measured (rows are committed per step), and ``resume_search(RUN_ID)`` continues
+from its last **episode boundary**: rows stored after the last checkpoint are dropped and made
+again by the restored method (policy, optimiser and RNG states), so with latencies from the store's
+cache it makes the same choices as an uninterrupted run. A kill during the first episode restarts
+the search from its first step.
 
 Overlap of compile and measure: in this per-step MDP the next candidate
 depends on the reward of the current one, so one env cannot compile the next
@@ -34,13 +37,9 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import random
-import shutil
 import sys
 import time
-import tomllib
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,209 +47,51 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.reinforce import ReinforceAgent, ReinforceConfig
+from agent.base import Budget
 from devices.base import DeviceUnavailable, MeasureConfig
 from devices.interleaved import InterleavedConfig
 from devices.registry import make_device
-from harness.compile.export import export_onnx
 from harness.compile.targets import resolve_target
 from harness.compile.tuning import TuningConfig
 from harness.data import load_dataset
 from harness.models import build_model
 from harness.paths import default_cache_dir
-from harness.pipeline import Pipeline, PipelineError, Prepared, RatioResult, StoreKey
-from harness.pruning import ArchSpec, count_macs_params, find_groups, full_spec, rebuild
+from harness.pipeline import Pipeline
+from harness.pruning import ArchSpec, find_groups, full_spec
 from harness.search.candidate import CandidateEvaluator, CandidateResult, StageTimer
-from harness.search.env import EnvConfig, PruningEnv
-from harness.search.pareto import pareto_front, write_pareto
-from harness.search.reward import RewardWeights
+from harness.search.config import DRIFT_TOLERANCE, SearchConfig, load_config_file
+from harness.search.final import finish, load_best_model
+from harness.search.loop import (
+    Checkpoint,
+    EarlyStop,
+    Interrupt,
+    Progress,
+    Recorder,
+    Step,
+)
+from harness.search.methods import MethodContext, build_method, env_class, method_reward
+from harness.search.pareto import pareto_front
 from harness.store import ResultsStore
-from harness.train import evaluate, finetune, load_or_train_baseline
+from harness.train import load_or_train_baseline
 
 __all__ = [
-    "SearchAborted", "SearchConfig", "run_search", "resume_search", "load_config_file",
-    "load_best_model", "pareto_front",
+    "DRIFT_TOLERANCE", "SearchAborted", "SearchConfig", "load_best_model", "load_checkpoint", "load_config_file",
+    "pareto_front", "resume_search", "run_search",
 ]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: Version of ``checkpoint.pt``: 2 = taken at episode boundaries, with the method's state (issue 14);
+#: 1 (mid-episode, REINFORCE only) is not read any more.
+CHECKPOINT_FORMAT = 2
 #: How a run shows progress: a tqdm bar, plain time-stamped lines (logs), or nothing.
 PROGRESS_MODES = ("bar", "lines", "off")
-#: Relative change of the unpruned model's absolute p50 since it was cached beyond which a run says the
-#: machine changed (load, firmware, clock): 10 %, the CoV threshold of an unstable measurement (pyperf's
-#: rule, devices/stats.py). Reported only: the reward ranks on ratios measured side by side.
-DRIFT_TOLERANCE = 0.10
 
 
 class SearchAborted(RuntimeError):
     """The search cannot go on (the unpruned model could not be measured, a farm ran out of
     healthy boards). Everything measured before is in the results store; the run can be resumed."""
-
-
-@dataclass(frozen=True, slots=True)
-class SearchConfig:
-    """Every option of a search; the CLI flags and the TOML config file map one to one.
-
-    Attributes:
-        model: zoo model name.
-        dataset: dataset name (``fashion-mnist``).
-        device: device name: ``local``, ``sim:PROFILE``, ``ssh:BOARD`` or ``farm:TAG``.
-        target: target preset or TVM JSON target.
-        inventory: farm inventory TOML (needed by ``ssh:`` and ``farm:`` devices).
-        fallback: ``farm:`` only — ``fail`` or ``sim`` when no healthy board is left
-            (None = the inventory's ``[farm] fallback``).
-        backend: ``tvm`` (the compiled artifact) or ``onnxruntime`` (the ONNX file, labelled).
-        episodes: number of episodes (≥ 1).
-        max_steps: step limit per episode (≥ 2).
-        latency_target: an episode ends once the target metric ≤ this × the unpruned value.
-        target_metric: ``latency`` (measured p50) or ``macs``.
-        alpha, beta, gamma: reward weights (seed §3.1).
-        seed: seeds data splits, training, policy and sampling.
-        tune_trials: MetaSchedule trials per task (0 = untuned, labelled so).
-        train_epochs: epochs of the baseline (cached by model, dataset, seed, epochs).
-        finetune_epochs: epochs of fine-tuning for the best candidate (0 = none).
-        step_fraction: share of a group's original filters one action removes.
-        round_to: kept widths stay on multiples of this (channels; 1 = off). Default 8: a finite set
-            of tuning tasks that ``hilprune tune --grid 8`` warms once per target, after which no
-            candidate tunes (:mod:`harness.compile.grid`; DESIGN.md §4).
-        importance: group magnitude criterion (``l1``).
-        reinforce: ``per_step`` (the seed's update) or ``episodic`` (discounted returns).
-        discount: γ of the episodic return.
-        baseline: ``none`` or ``moving_average`` (episodic only).
-        eval_samples: validation images per candidate (0 = the whole validation split).
-        subset: cap on each data split (tests; None = full data).
-        repeat: timed blocks per absolute measurement (the unpruned model's).
-        ratio_width: a candidate's latency ratio against the unpruned model is timed interleaved until
-            its bootstrap interval is narrower than ± this fraction of the ratio (0.01 = ±1 %) ...
-        max_pairs: ... or at this many interleaved pairs (the cap; ``devices.interleaved``).
-        cache_drift_tolerance: the run reports (``latency_cache_drift``) and says when the unpruned
-            model's fresh absolute p50 is off its cached one by more than this fraction
-            (DRIFT_TOLERANCE); cached ratios are reused either way (they are against the same
-            reference artifact, measured side by side).
-        out: run directories go to ``out/RUN_ID``.
-        db: results store path.
-        cache_dir: baselines, artifacts, tuning databases (None = default_cache_dir()).
-        data_root: dataset directory override.
-    """
-
-    model: str = "resnet20"
-    dataset: str = "fashion-mnist"
-    device: str = "local"
-    target: str = "host"
-    backend: str = "tvm"
-    inventory: str | None = None
-    fallback: str | None = None
-    episodes: int = 3
-    max_steps: int = 4
-    latency_target: float = 0.8
-    target_metric: str = "latency"
-    alpha: float = 2.0
-    beta: float = 0.5
-    gamma: float = 1.0
-    seed: int = 0
-    tune_trials: int = 8
-    train_epochs: int = 3
-    finetune_epochs: int = 1
-    step_fraction: float = 0.25
-    round_to: int = 8
-    importance: str = "l1"
-    reinforce: str = "per_step"
-    discount: float = 0.99
-    baseline: str = "none"
-    eval_samples: int = 2000
-    subset: int | None = None
-    repeat: int = 30
-    ratio_width: float = 0.01
-    max_pairs: int = 64
-    cache_drift_tolerance: float = DRIFT_TOLERANCE
-    out: str = "results/runs"
-    db: str = "results/hilprune.db"
-    cache_dir: str | None = None
-    data_root: str | None = None
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # a TOML value of the wrong type names its option (not a TypeError)
-            value = getattr(self, f.name)
-            if f.type in ("str", "str | None") and not (isinstance(value, str) or (value is None and "None" in f.type)):
-                raise ValueError(f"option {f.name!r} must be a string, got {type(value).__name__} {value!r}")
-            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"option {f.name!r} must be a number, got {type(value).__name__} {value!r}")
-        from harness.pruning import IMPORTANCES
-
-        if self.importance not in IMPORTANCES:
-            raise ValueError(f"importance={self.importance!r} must be one of {', '.join(IMPORTANCES)}")
-        for name in ("episodes", "max_steps", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples",
-                     "repeat", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
-        if self.repeat < 1:
-            raise ValueError(f"repeat must be >= 1, got {self.repeat}")
-        if not (isinstance(self.ratio_width, (int, float)) and 0 < self.ratio_width < 1):
-            raise ValueError(f"ratio_width must be a fraction in (0, 1), e.g. 0.01 for ±1 %, got {self.ratio_width!r}")
-        if not isinstance(self.max_pairs, int) or isinstance(self.max_pairs, bool) or self.max_pairs < 8:
-            raise ValueError(f"max_pairs must be an integer >= 8, got {self.max_pairs!r}")
-        if not self.cache_drift_tolerance > 0:
-            raise ValueError(f"cache_drift_tolerance must be > 0 (e.g. 0.1, or inf), got {self.cache_drift_tolerance}")
-        if self.subset is not None and self.subset < 1:
-            raise ValueError(f"subset must be >= 1, got {self.subset}")
-        if self.fallback not in (None, "fail", "sim"):
-            raise ValueError(f"fallback={self.fallback!r} must be 'fail' or 'sim'")
-        if self.backend not in ("tvm", "onnxruntime"):
-            raise ValueError(f"backend={self.backend!r} must be 'tvm' or 'onnxruntime'")
-        # the value objects validate the rest with their own field names
-        RewardWeights(self.alpha, self.beta, self.gamma)
-        EnvConfig(step_fraction=self.step_fraction, max_steps=self.max_steps, latency_target=self.latency_target,
-                  target_metric=self.target_metric, round_to=self.round_to)
-        ReinforceConfig(mode=self.reinforce, discount=self.discount, baseline=self.baseline)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> SearchConfig:
-        """Build from a dict (a TOML file, a saved ``config.json``); unknown keys are an error.
-
-        Keys may use ``-`` or ``_`` (``tune-trials`` = ``tune_trials``).
-
-        Raises:
-            ValueError: an unknown key (listing the valid ones) or a bad value.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        clean = {}
-        for key, value in values.items():
-            k = key.replace("-", "_")
-            if k not in names:
-                raise ValueError(f"{source}: unknown search option {key!r}; valid options: {', '.join(sorted(names))}")
-            clean[k] = value
-        try:
-            return cls(**clean)
-        except (TypeError, ValueError) as exc:  # a bad value names the file it came from, too
-            raise ValueError(f"{source}: {exc}") from None
-
-
-def load_config_file(path: Path | str) -> dict[str, Any]:
-    """Read a TOML search config: top-level keys or a ``[search]`` table, named like the CLI flags.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not valid TOML (with the line), or unknown keys.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist; pass an existing TOML file to --config")
-    try:
-        data = tomllib.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise ValueError(f"config file {path} is not a text file (not UTF-8); pass a TOML file to --config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
-    data = data.get("search", data)
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: 'search' must be a table ([search] with options under it), "
-                         f"got {type(data).__name__}")
-    SearchConfig.from_dict(data, source=str(path))  # validate names and values early
-    return data
 
 
 def _seed_everything(seed: int) -> None:
@@ -272,28 +113,6 @@ def _row(result: CandidateResult, *, episode: int, step: int, action: int | None
         delta_h=getattr(terms, "delta_h", None), latency_cache_hit=int(result.latency_cache_hit),
         error_kind=result.error_kind, error_message=result.error_message,
     )
-
-
-def _tie(a: CandidateResult, b: CandidateResult) -> bool:
-    """True when the two latency ratios' intervals overlap: neither is faster beyond noise (devices.stats.tie)."""
-    if None in (*a.ratio_ci, *b.ratio_ci):
-        return False
-    return not (a.ratio_ci[1] < b.ratio_ci[0] or b.ratio_ci[1] < a.ratio_ci[0])
-
-
-def _public(result: CandidateResult, test_top1: float | None = None) -> dict:
-    return {
-        "spec": list(result.spec.channels),
-        "arch_signature": result.spec.signature(),
-        "val_top1": result.top1,
-        "top1": test_top1,
-        "macs": result.macs,
-        "params": result.params,
-        "latency_p50_ms": result.latency_p50_ms,
-        "latency_ratio": result.latency_ratio,
-        "latency_ratio_ci": list(result.ratio_ci),
-        "source": result.source,
-    }
 
 
 def _plain(obj: Any) -> Any:
@@ -347,9 +166,9 @@ def load_checkpoint(path: Path) -> dict | None:
         raise ValueError(f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: {why}); it is torn or "
                          f"holds more than tensors and plain data (never loaded with code execution): move it away "
                          f"to restart the run from its first step") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") != 1:
-        raise ValueError(f"checkpoint {path} is not a hilprune checkpoint (format_version 1); move it away to "
-                         f"restart the run from its first step")
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} is not a hilprune checkpoint of format {CHECKPOINT_FORMAT} (an older "
+                         f"hilprune writes format 1, mid-episode); move it away to restart the run from its first step")
     return ckpt
 
 
@@ -371,7 +190,7 @@ class _Run:
         self.target = resolve_target(config.target)
         build_model(config.model)  # unknown model: clear error before any work
         data_root = Path(config.data_root) if config.data_root else None
-        self.splits = load_dataset(config.dataset, root=data_root, seed=config.seed, subset=config.subset)
+        self.splits = load_dataset(config.dataset, root=data_root, seed=config.base_seed, subset=config.subset)
         self.device = make_device(config.device, inventory=config.inventory, fallback=config.fallback,
                                   target=config.target)
         # A farm with fallback 'sim' would answer single requests from the simulator among measured ones;
@@ -385,8 +204,14 @@ class _Run:
         self.board: str | None = None  # the farm board the whole run measures on
         self.board_changes: list[dict] = []
         self.source_switch: dict | None = None  # set when the run moved to the simulator as a whole
-        self.env = None
-        self.position: tuple[int, int] = (-1, 0)  # (episode, step) being evaluated, for messages
+        self.env = None  # the method's env (unwrapped): the fallback re-bases it on a new reference
+        self.recorder: Recorder | None = None
+        self.method = None
+        self.budget = Budget(config.budget_limit)
+        self.best_spec: ArchSpec | None = None
+        self.best_key: tuple | None = None
+        self.early_stopped_at: int | None = None
+        self.episodes_done = 0
 
     def close(self) -> None:
         for device in self.closing:
@@ -408,7 +233,7 @@ class _Run:
         self.say(f"baseline: loading or training {c.model} ({c.train_epochs} epochs when not cached)")
         with self.timer.time("train"):
             self.base_model, base_info = load_or_train_baseline(
-                c.model, c.dataset, seed=c.seed, epochs=c.train_epochs, cache_dir=self.cache_dir,
+                c.model, c.dataset, seed=c.base_seed, epochs=c.train_epochs, cache_dir=self.cache_dir,
                 data_root=self.data_root, progress=self.progress, splits=self.splits,
             )
         self.base_info = dataclasses.asdict(base_info)
@@ -444,13 +269,12 @@ class _Run:
         b = self.baseline
         where = f"board {self.board} of {c.device}" if self.board else self.evaluator.device.name
         self.say(f"unpruned model: p50 {b.latency_p50_ms:.3f} ms ({b.source} on {where}), val top-1 {b.top1:.4f}, "
-                 f"{b.macs:,} MACs; searching {c.episodes} episodes x {c.max_steps} steps")
-        self.env = PruningEnv(self.evaluator, self.groups, self.baseline, EnvConfig(
-            step_fraction=c.step_fraction, max_steps=c.max_steps, latency_target=c.latency_target,
-            target_metric=c.target_metric, round_to=c.round_to,
-            weights=RewardWeights(c.alpha, c.beta, c.gamma)))
-        self.agent = ReinforceAgent(self.env.observation_space, self.env.action_space, ReinforceConfig(
-            seed=c.seed, mode=c.reinforce, discount=c.discount, baseline=c.baseline))
+                 f"{b.macs:,} MACs; searching with {c.method}: a budget of {c.budget_limit} candidates, "
+                 f"{c.env.max_steps} steps per episode")
+        env_config = dataclasses.replace(c.env, weights=method_reward(c.method, c.reward))
+        self.env = env_class(c.method)(self.evaluator, self.groups, self.baseline, env_config)
+        self.method = build_method(c.method, seed=c.seed, options=dict(c.agent), context=MethodContext(
+            base_model=self.base_model, input_shape=self.input_shape, importance=c.importance))
 
     def _set_reference(self) -> None:
         """Compile the unpruned model: every candidate is timed interleaved with this artifact (its ΔH is a
@@ -506,7 +330,8 @@ class _Run:
         return self._pipeline
 
     def _switch_record(self, why: str) -> dict:
-        episode, step = self.position
+        rec = self.recorder
+        episode, step = (rec.episode, rec.step_in_episode + 1) if rec is not None else (-1, 0)
         return {"from": self.config.device, "to": None, "reason": why, "episode": episode, "step": step,
                 "at": time.time()}
 
@@ -543,7 +368,7 @@ class _Run:
             raise SearchAborted(f"the simulator cannot predict the unpruned {self.config.model}: "
                                 f"{self.baseline.error_kind}: {self.baseline.error_message}")
         b = self.baseline
-        weights = RewardWeights(self.config.alpha, self.config.beta, self.config.gamma)
+        weights = self.env.config.weights if self.env is not None else self.config.reward
         for row in self.store.candidates(self.run_id):
             if row["episode"] < 0:
                 self.store.update_candidate_latency(self.run_id, row["episode"], row["step"], b)
@@ -556,19 +381,20 @@ class _Run:
                 base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms, weights=weights,
                 latency_ratio=cand.latency_ratio)
             self.store.update_candidate_latency(self.run_id, row["episode"], row["step"], cand, terms)
-        if self.env is not None:
+        if self.env is not None and hasattr(self.env, "restore"):
             self.env.baseline = b
             current = self.env.current
             fresh = b if current.spec == b.spec else ev.evaluate(current.spec)
             self.env.restore(tuple(int(k) for k in self.env.kept), self.env.steps, fresh)
-        if getattr(self, "best_spec", None) is not None:
-            best = ev.evaluate(self.best_spec)
+        rec = self.recorder
+        if rec is not None and rec.best_spec is not None:
+            best = ev.evaluate(rec.best_spec)
             if best.ok:
                 terms = compute_reward(top1=best.top1, macs=best.macs, latency_p50_ms=best.latency_p50_ms,
                                        base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
                                        weights=weights, latency_ratio=best.latency_ratio)
-                self.best_key = (self.env.target_met(best) if self.env else self.best_key[0], terms.reward)
-                self.best_result = best
+                met = self.env.target_met(best) if hasattr(self.env, "target_met") else rec.best_key[0]
+                rec.best_key, rec.best_result = (bool(met), terms.reward), best
 
     def _on_board_change(self, change: dict) -> None:
         """The farm moved the run to another board: re-measure the unpruned model there and say so."""
@@ -583,7 +409,7 @@ class _Run:
             raise SearchAborted(f"the unpruned {self.config.model} could not be measured on board {self.board}: "
                                 f"{fresh.error_kind}: {fresh.error_message}")
         self.baseline = fresh
-        if self.env is not None:
+        if self.env is not None and hasattr(self.env, "restore"):
             current = self.env.current
             self.env.baseline = fresh
             self.env.restore(tuple(int(k) for k in self.env.kept), self.env.steps,
@@ -614,284 +440,66 @@ class _Run:
                      f"({cached.latency_p50_ms:.3f} -> {fresh.latency_p50_ms:.3f} ms); ratios are unaffected")
             self.baseline = fresh
 
-    # -- the loop ---------------------------------------------------------------
-    def loop(self, ckpt: dict | None) -> None:
-        """Episodes × steps; a checkpoint after every step; resumes from ``ckpt`` if given."""
-        from tqdm import tqdm
-
-        c, env, agent = self.config, self.env, self.agent
-        self.best_spec: ArchSpec | None = None
-        self.best_result: CandidateResult | None = None  # for progress display only (no re-evaluation)
-        self.best_key: tuple | None = None
-        start_episode, start_step, obs, info = 0, 0, None, None
-        if ckpt is not None:
-            agent.load_state_dict(ckpt["agent"])
-            self.timer.seconds.update(ckpt["timer"])
-            if ckpt["best_spec"] is not None:
-                self.best_spec, self.best_key = ArchSpec(tuple(ckpt["best_spec"])), tuple(ckpt["best_key"])
-            start_episode, start_step = ckpt["episode"], ckpt["step"]
-            if ckpt["episode_done"] and start_episode + 1 >= c.episodes:
-                return  # killed after the last step, before the end: only finish() is left
-            if ckpt["episode_done"]:
-                start_episode, start_step = start_episode + 1, 0
-            else:
-                current = (self.baseline if ckpt["current_spec"] is None
-                           else self.evaluator.evaluate(ArchSpec(tuple(ckpt["current_spec"]))))
-                obs, info = env.restore(tuple(ckpt["kept"]), ckpt["env_steps"], current)
-        total = c.episodes * c.max_steps
-        done_before = min(total, start_episode * c.max_steps + start_step)
-        bar = tqdm(total=total, initial=done_before, disable=not self.progress, desc="search", unit="step")
-        steps_this_call = 0
-        try:
-            for episode in range(start_episode, c.episodes):
-                first = start_step if episode == start_episode else 0
-                if first == 0:
-                    obs, info = env.reset(seed=c.seed + episode)
-                for step in range(first + 1, c.max_steps + 1):
-                    t0 = time.perf_counter()
-                    mask = info["action_mask"]
-                    action, _ = agent.act(obs, mask)
-                    self.timer.add("agent", time.perf_counter() - t0)
-                    self.position = (episode, step)
-                    next_obs, reward, terminated, truncated, info = env.step(action)
-                    t0 = time.perf_counter()
-                    agent.observe(obs, action, reward, mask)
-                    episode_done = terminated or truncated or step == c.max_steps
-                    if episode_done:
-                        agent.end_episode()
-                    self.timer.add("agent", time.perf_counter() - t0)
-                    cand = info["candidate"] if info["candidate"] is not None else env.current
-                    failed = info["event"] == "failed"
-                    self.store.add_candidate(self.run_id, _row(
-                        cand, episode=episode, step=step, action=action, reward=reward,
-                        terms=None if failed else info["reward_terms"], device=self.evaluator.device.name,
-                        target=self.target.name))
-                    if cand.ok and not failed and cand is not self.baseline:
-                        met = env.target_met(cand)
-                        key = (met, reward)
-                        if self.best_key is None or key > self.best_key:
-                            self.best_spec, self.best_key, self.best_result = cand.spec, key, cand
-                    obs = next_obs
-                    self._checkpoint(episode, step, episode_done)
-                    bar.update(1)
-                    self._postfix(bar, episode)
-                    if self.progress_mode == "lines":
-                        self.say(self._step_line(episode, step, action, reward, cand, failed))
-                    steps_this_call += 1
-                    if self.interrupt_after_steps is not None and steps_this_call >= self.interrupt_after_steps:
-                        raise KeyboardInterrupt("interrupt_after_steps reached")
-                    if episode_done:
-                        bar.update(c.max_steps - step)
-                        break
-        finally:
-            bar.close()
-
-    def _step_line(self, episode: int, step: int, action: int, reward: float, cand: CandidateResult,
-                   failed: bool) -> str:
+    # -- the search ---------------------------------------------------------------
+    def search(self, ckpt: dict | None) -> None:
+        """The method acts in the env through the recorder until the budget is spent (or resumes from ``ckpt``)."""
         c = self.config
-        head = f"episode {episode + 1}/{c.episodes} step {step}/{c.max_steps}: action {action}, reward {reward:+.3f}"
-        if failed or not cand.ok:
-            first = ((cand.error_message or "").strip().splitlines() or [""])[0]
-            what = f"FAILED {cand.error_kind}: {first[:160]}"
-        else:
-            lo, hi = cand.ratio_ci
-            what = (f"latency {cand.latency_ratio:.3f}x unpruned [{lo:.3f}, {hi:.3f}]"
-                    f"{' cached' if cand.latency_cache_hit else ''} (p50 {cand.latency_p50_ms:.3f} ms), "
-                    f"val top-1 {cand.top1:.4f}")
-        best = self.best_result
-        tail = (f"; best so far {best.latency_ratio:.3f}x at top-1 {best.top1:.4f}"
-                if best is not None and best.ok else "")
-        if best is not None and best is not cand and cand.ok and not failed and _tie(cand, best):
-            tail += " (latency within noise of the best: a tie)"
-        return f"{head}, {what}{tail}"
+        start_episode, best, done = 0, None, False
+        if ckpt is not None:
+            self.method.load_state_dict(ckpt["method"])
+            self.timer.seconds.update(ckpt["timer"])
+            self.budget.spent = int(ckpt["spent"])
+            if ckpt.get("stop_requested"):
+                self.budget.request_stop()
+            if ckpt["best_spec"] is not None:
+                spec = ArchSpec(tuple(ckpt["best_spec"]))
+                result = self.evaluator.evaluate(spec)  # cached: for the progress display
+                best = (spec, tuple(ckpt["best_key"]), result if result.ok else None)
+            start_episode = int(ckpt["episode"]) + 1
+            done = bool(ckpt.get("method_done"))
+        progress = Progress(self.progress_mode, self.budget.limit, initial=self.budget.spent, method=c.method)
+        callbacks = [Checkpoint(self._checkpoint), progress]
+        early = EarlyStop(c.early_stop) if c.early_stop is not None else None
+        if early is not None:
+            callbacks.append(early)
+        if self.interrupt_after_steps is not None:
+            callbacks.append(Interrupt(self.interrupt_after_steps))
+        rec = self.recorder = Recorder(self.env, self.budget, store_row=self._store_row, callbacks=callbacks,
+                                       episode=start_episode, best=best, timer=self.timer)
+        try:
+            if not done:
+                self.method.run(rec, self.budget)
+            self._method_done = True
+            rec.finish()
+            if rec.episode == start_episode and not done:  # nothing ran (budget spent): mark it done
+                self._checkpoint(rec, episode=start_episode - 1)
+        finally:
+            if progress.bar is not None:
+                progress.bar.close()
+        self.best_spec, self.best_key = rec.best_spec, rec.best_key
+        self.early_stopped_at = early.stopped_at if early is not None else None
+        self.episodes_done = rec.episode
 
-    def _postfix(self, bar, episode: int) -> None:
-        if not self.progress:
-            return
-        best = self.best_result  # a resumed run shows its earlier best from the next better one on
-        bar.set_postfix(ep=episode, best_r=f"{self.best_key[1]:.3f}" if self.best_key else "-",
-                        best_lat=f"{best.latency_ratio:.3f}" if best else "-",
-                        best_top1=f"{best.top1:.3f}" if best else "-")
+    def _store_row(self, step: Step) -> None:
+        """One evaluated step as a ``candidates`` row."""
+        info = step.info
+        failed = info.get("event") == "failed"
+        self.store.add_candidate(self.run_id, _row(
+            info["candidate"], episode=step.episode, step=step.step, action=step.action, reward=step.reward,
+            terms=None if failed else info.get("reward_terms"), device=self.evaluator.device.name,
+            target=self.target.name))
 
-    def _checkpoint(self, episode: int, step: int, episode_done: bool) -> None:
-        env = self.env
+    def _checkpoint(self, rec: Recorder, episode: int | None = None) -> None:
+        """Save the run at an episode boundary: everything up to ``rec.episode`` is done."""
         _atomic_torch_save({
-            "format_version": 1, "episode": episode, "step": step, "episode_done": episode_done,
-            "kept": [int(k) for k in env.kept], "env_steps": env.steps,
-            "current_spec": None if env.current is self.baseline else list(env.current.spec.channels),
-            "agent": self.agent.state_dict(), "timer": dict(self.timer.seconds),
+            "format_version": CHECKPOINT_FORMAT, "episode": rec.episode if episode is None else episode,
+            "spent": self.budget.spent, "stop_requested": self.budget.stop_requested,
+            "method_name": self.config.method, "method": self.method.state_dict(),
+            "method_done": getattr(self, "_method_done", False), "timer": dict(self.timer.seconds),
             "board": self.board, "board_changes": self.board_changes, "source_switch": self.source_switch,
-            "best_spec": list(self.best_spec.channels) if self.best_spec is not None else None,
-            "best_key": list(self.best_key) if self.best_key is not None else None,
+            "best_spec": list(rec.best_spec.channels) if rec.best_spec is not None else None,
+            "best_key": list(rec.best_key) if rec.best_key is not None else None,
         }, self.run_dir / CHECKPOINT)
-
-    # -- the end ----------------------------------------------------------------
-    def _final_ratio(self, final: Prepared, backend: str | None = None) -> RatioResult:
-        """The fine-tuned best model timed interleaved with the unpruned one, in one session, on one board."""
-        ev = self.evaluator
-        return ev.pipeline.measure_ratio(ev.reference, final, StoreKey(self.config.model, self.best_spec.signature(),
-                                                                       {"command": "search", "final": True}),
-                                         ev.key(self.base_spec), backend=backend, expect_source=self.baseline.source)
-
-    @staticmethod
-    def _speedup(r: RatioResult) -> dict:
-        """Speedup figures of a final ratio: 1 / ratio, its interval, per-round values, and a noise verdict."""
-        q = r.ratio
-        rounds = list(q.ratios) if r.measurement is None else list(r.measurement.round_ratios[0])
-        return {"speedup": 1.0 / q.median, "speedup_ci": [1.0 / q.ci_high, 1.0 / q.ci_low],
-                "speedup_rounds": [1.0 / x for x in rounds], "latency_ratio": q.median,
-                "latency_ratio_ci": [q.ci_low, q.ci_high], "pairs": r.measurement.pairs if r.measurement else None,
-                "within_noise": q.ci_low <= 1.0 <= q.ci_high,
-                "baseline_p50_ms": r.reference_p50_ms, "best_p50_ms": r.candidate_p50_ms}
-
-    def finish(self, t_start: float) -> dict:
-        """Fine-tune the best, time it interleaved with the unpruned model, write the run directory's files.
-
-        The final speedup is 1 / (the median of interleaved ratios best / unpruned, measured in one
-        session on one board), with its bootstrap interval; an interval that holds 1.0 is noise, and
-        the summary says so. Beside the TVM build, ONNX Runtime times the same two models the same
-        way (``reference_onnxruntime``): a speedup both runtimes see is the model's, one that only
-        a weakly tuned TVM build sees is the build's (DESIGN.md §4).
-
-        Returns:
-            The summary (also written to ``summary.json``).
-        """
-        c, ev = self.config, self.evaluator
-        base_test = evaluate(self.base_model, self.splits.test)
-        best_out, model = None, None
-        if self.best_spec is not None:
-            best = ev.evaluate(self.best_spec)
-            model = ev.prune(self.best_spec)
-            test_before = evaluate(model, self.splits.test)
-            if c.finetune_epochs > 0:
-                self.say(f"best {self.best_spec.signature()}: fine-tuning {c.finetune_epochs} epoch(s)")
-                with self.timer.time("finetune"):
-                    finetune(model, self.splits, epochs=c.finetune_epochs, seed=c.seed)
-            test_after = evaluate(model, self.splits.test)
-            macs, params = count_macs_params(model, self.input_shape)
-            self.say("final measurement: the fine-tuned best interleaved with the unpruned model"
-                     + (" (then ONNX Runtime the same way)" if c.backend == "tvm" and self.baseline.source == "measured"
-                        else ""))
-            final = ev.prepare(self.best_spec, model)
-            measured = reference = None
-            if isinstance(final, PipelineError):
-                final_error = f"{final.kind}: {final.message}"
-            else:
-                with self.device.pinned(), self.timer.time("measure"):  # a farm: one board for both
-                    measured = self._final_ratio(final)
-                    if (c.backend == "tvm" and measured.ok and self.baseline.source == "measured"):
-                        ort = self._final_ratio(final, backend="onnxruntime")
-                        reference = (self._speedup(ort) if ort.ok
-                                     else {"error": f"{ort.error.kind}: {ort.error.message}"})
-                final_error = None if measured.ok else f"{measured.error.kind}: {measured.error.message}"
-                self._save_best(model, self.best_spec, final.path)
-            figures = self._speedup(measured) if measured is not None and measured.ok else {
-                "speedup": 1.0 / best.latency_ratio, "speedup_ci": [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]],
-                "speedup_rounds": [], "latency_ratio": best.latency_ratio, "latency_ratio_ci": list(best.ratio_ci),
-                "pairs": None, "within_noise": best.ratio_ci[0] <= 1.0 <= best.ratio_ci[1],
-                "baseline_p50_ms": self.baseline.latency_p50_ms, "best_p50_ms": best.latency_p50_ms}
-            best_out = {
-                **_public(best, test_after),
-                "latency_p50_ms": figures["best_p50_ms"],
-                "latency_ratio": figures["latency_ratio"],
-                "latency_ratio_ci": figures["latency_ratio_ci"],
-                "speedup": figures["speedup"],
-                "speedup_ci": figures["speedup_ci"],
-                "speedup_rounds": figures["speedup_rounds"],
-                "speedup_within_noise": figures["within_noise"],
-                "final_pairs": figures["pairs"],
-                "baseline_p50_ms_final": figures["baseline_p50_ms"],
-                "reference_onnxruntime": reference,
-                "macs": macs, "params": params,
-                "val_top1_search": best.top1,
-                "latency_ratio_search": best.latency_ratio,
-                "latency_ratio_ci_search": list(best.ratio_ci),
-                "latency_p50_ms_search": best.latency_p50_ms,
-                "top1_before_finetune": test_before,
-                # set when the fine-tuned model could not be measured: the ratio is then the search's
-                "final_error": final_error,
-                "top1_drop": base_test - test_after,
-                "macs_ratio": best.macs / self.baseline.macs,
-                "finetune_epochs": c.finetune_epochs,
-                "met_target": bool(self.best_key[0]),
-                "reward": self.best_key[1],
-                "ties": self._ties(best),
-            }
-        base_lat = (best_out or {}).get("baseline_p50_ms_final") or self.baseline.latency_p50_ms
-        baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
-                    "latency_p50_ms_search": self.baseline.latency_p50_ms}
-        rows = self.store.candidates(self.run_id)
-        front = write_pareto(  # val top-1 and search-time p50 of every candidate; the best one starred
-            rows, self.run_dir,
-            val_images=min(c.eval_samples or len(self.splits.val), len(self.splits.val)),
-            best_signature=best_out and best_out["arch_signature"], best_test_top1=best_out and best_out["top1"],
-            finetune_epochs=c.finetune_epochs)
-        return {
-            "run_id": self.run_id,
-            "run_dir": str(self.run_dir),
-            "candidates": sum(1 for r in rows if r["episode"] >= 0),
-            "evaluator": ev.stats,
-            "baseline": baseline,
-            "best": best_out,
-            "pareto_size": len(front),
-            "latency_cache_drift": self.drift,
-            "device": c.device,
-            "latency_source": self.baseline.source,
-            "measured_on": self.evaluator.device.name if self.board is None or self.source_switch
-            else f"{c.device} (board {self.board})",
-            "board": self.board,
-            "board_changes": self.board_changes,
-            "source_switch": self.source_switch,
-            "target": self.target.name,
-            "target_dict": self.target.target,
-            "backend": c.backend,
-            "tuning": {"trials_per_task": c.tune_trials, "tuned": c.tune_trials > 0},
-            "baseline_train": {k: v for k, v in self.base_info.items() if k != "history"},
-            "stage_seconds": {k: round(v, 3) for k, v in self.timer.seconds.items()},
-            "wall_s": round(time.perf_counter() - t_start, 3),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        }
-
-    def _ties(self, best: CandidateResult) -> list[str]:
-        """Signatures of the run's other candidates whose latency ratio interval overlaps the best's (ties)."""
-        out = []
-        for row in self.store.candidates(self.run_id):
-            lo, hi = row.get("latency_ratio_ci_low"), row.get("latency_ratio_ci_high")
-            if row["episode"] < 0 or row["arch_signature"] == best.spec.signature() or lo is None or hi is None:
-                continue
-            if not (hi < best.ratio_ci[0] or best.ratio_ci[1] < lo) and row["arch_signature"] not in out:
-                out.append(row["arch_signature"])
-        return out
-
-    def _save_best(self, model: torch.nn.Module, spec_: ArchSpec, artifact_path: Path) -> None:
-        spec = list(spec_.channels)
-        torch.save({"format_version": 1, "model": self.config.model, "spec": spec,
-                    "num_classes": self.splits.num_classes, "input_shape": list(self.input_shape),
-                    "state_dict": model.state_dict()}, self.run_dir / "best_model.pt")
-        (self.run_dir / "best_spec.json").write_text(json.dumps(
-            {"model": self.config.model, "spec": spec, "arch_signature": spec_.signature()}, indent=2))
-        export_onnx(model, self.input_shape, self.run_dir / "best_model.onnx")
-        dest = self.run_dir / "best_artifact"
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(artifact_path, dest)
-
-
-def load_best_model(run_dir: Path | str) -> tuple[torch.nn.Module, ArchSpec]:
-    """Rebuild a run's best model from its spec alone and load its fine-tuned weights.
-
-    Raises:
-        FileNotFoundError: the run has no ``best_model.pt`` (it found no candidate).
-    """
-    path = Path(run_dir) / "best_model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the run saved no best model")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    spec = ArchSpec(tuple(saved["spec"]))
-    shape = saved["input_shape"]
-    model = rebuild(saved["model"], spec, num_classes=saved["num_classes"], in_channels=shape[1],
-                    input_shape=tuple(shape[1:]))
-    model.load_state_dict(saved["state_dict"], strict=True)
-    return model.eval(), spec
 
 
 def _execute(run: _Run, ckpt: dict | None, t_start: float) -> dict:
@@ -902,8 +510,8 @@ def _execute(run: _Run, ckpt: dict | None, t_start: float) -> dict:
             run.store.add_candidate(run.run_id, _row(run.baseline, episode=-1, step=0, action=None, reward=0.0,
                                                      terms=None, device=run.evaluator.device.name,
                                                      target=run.target.name))
-        run.loop(ckpt)
-        summary = run.finish(t_start)
+        run.search(ckpt)
+        summary = finish(run, t_start)
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
         status = "finished"
         return summary
@@ -922,23 +530,22 @@ def run_search(config: SearchConfig, *, progress: bool | str = True, interrupt_a
 
     Args:
         config: every option.
-        progress: ``True``/``"bar"``: a tqdm bar (episode, step, best reward, best latency
+        progress: ``True``/``"bar"``: a tqdm bar (candidates spent, best reward, best latency
             ratio and its top-1); ``"lines"``: one time-stamped line per stage and step on stderr
             (for logs and cron, where a bar would be invisible); ``False``/``"off"``: nothing.
         interrupt_after_steps: test hook — raise KeyboardInterrupt after this many steps,
             as Ctrl-C would.
 
     Returns:
-        A dict with at least ``run_id``, ``run_dir``, ``candidates`` (steps
-        evaluated), ``baseline`` and ``best`` (each with ``top1`` — test
-        top-1 —, ``macs``, ``params``, ``latency_p50_ms`` measured afresh at
-        the end; ``best`` also with ``speedup`` = baseline p50 / best p50 (the
-        medians of the interleaved final rounds), ``speedup_rounds`` (each
-        round's own baseline/best ratio: their spread is the speedup's
-        uncertainty) and ``spec``), ``stage_seconds`` and ``wall_s``.
+        A dict with at least ``run_id``, ``run_dir``, ``method``, ``seed``, ``base_seed``,
+        ``candidates`` (evaluated candidates, ≤ ``budget``), ``baseline`` and ``best`` (each with
+        ``val_top1`` (validation, as the search saw it) and ``test_top1`` (test split; the best's
+        after fine-tuning), ``macs``, ``params``, ``latency_p50_ms`` measured afresh at the end;
+        ``best`` also with ``speedup`` = 1 / the median interleaved ratio best / unpruned,
+        ``speedup_rounds``, ``test_top1_drop`` and ``spec``), ``stage_seconds`` and ``wall_s``.
 
     Raises:
-        ValueError: bad configuration (unknown model, dataset, device or target).
+        ValueError: bad configuration (unknown model, dataset, device, target or method).
         harness.data.DatasetError: the dataset is missing or damaged.
         SearchAborted: the unpruned model could not be measured (nothing to compare with),
             or a farm has no healthy board left.
@@ -947,7 +554,7 @@ def run_search(config: SearchConfig, *, progress: bool | str = True, interrupt_a
     t_start = time.perf_counter()
     _seed_everything(config.seed)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_id = f"{config.model}-{config.device.replace(':', '_')}-s{config.seed}-{stamp}"
+    run_id = f"{config.model}-{config.method}-{config.device.replace(':', '_')}-s{config.seed}-{stamp}"
     store = ResultsStore(config.db)
     try:
         run_dir = Path(config.out) / run_id
@@ -961,7 +568,7 @@ def run_search(config: SearchConfig, *, progress: bool | str = True, interrupt_a
         run.run_id = f"{run_id}-{suffix}"
         run_dir = run.run_dir = Path(config.out) / run.run_id
     run_dir.mkdir(parents=True)
-    cfg = dataclasses.asdict(config)
+    cfg = config.to_dict()
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     store.create_run(run.run_id, model=config.model, dataset=config.dataset, device=config.device,
                      target=run.target.name, seed=config.seed, config=cfg)
@@ -970,7 +577,7 @@ def run_search(config: SearchConfig, *, progress: bool | str = True, interrupt_a
 
 def resume_search(run_id: str, *, out: str | None = None, db: str | None = None, progress: bool | str = True,
                   interrupt_after_steps: int | None = None) -> dict:
-    """Continue run ``run_id`` from its last completed step (see the module doc).
+    """Continue run ``run_id`` from its last episode boundary (see the module doc).
 
     Args:
         run_id: the run to continue; its directory is ``out/run_id``.
@@ -978,7 +585,7 @@ def resume_search(run_id: str, *, out: str | None = None, db: str | None = None,
 
     Raises:
         FileNotFoundError: no such run directory or no config in it.
-        ValueError: the run finished already.
+        ValueError: the run finished already, is still running, or its checkpoint cannot be read.
     """
     t_start = time.perf_counter()
     base_out = out or SearchConfig().out
@@ -1011,7 +618,7 @@ def resume_search(run_id: str, *, out: str | None = None, db: str | None = None,
         store.close()
         raise
     if ckpt is not None:
-        store.delete_candidates_after(run_id, ckpt["episode"], ckpt["step"])
+        store.delete_candidates_after(run_id, int(ckpt["episode"]), 2**62)  # rows after the last boundary
     else:
         store.delete_candidates_after(run_id, -2, 0)  # nothing was checkpointed: start over
     store.set_run_status(run_id, "running")

@@ -156,8 +156,8 @@ def test_search_runs_on_a_simulated_device(tmp_path):
 
     from harness.search.run import SearchConfig, run_search
 
-    small = dict(episodes=1, max_steps=2, subset=500, train_epochs=1, eval_samples=100, tune_trials=0,
-                 finetune_epochs=0, repeat=5, latency_target=0.5, device="sim:rpi4")
+    small = dict(episodes=1, subset=500, train_epochs=1, eval_samples=100, tune_trials=0,
+                 finetune_epochs=0, repeat=5, env=dict(max_steps=2, target_ratio=0.5), device="sim:rpi4")
     ws = dict(out=str(tmp_path / "runs"), db=str(tmp_path / "r.db"), cache_dir=str(tmp_path / "cache"))
     summary = run_search(SearchConfig(**small, **ws), progress=False)
     assert summary["baseline"]["latency_p50_ms"] > 0

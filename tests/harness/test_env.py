@@ -58,7 +58,7 @@ def test_check_env_passes():
 
 
 def test_prune_step_reward_by_hand_and_spaces():
-    env, _ = make_env(weights=RewardWeights(alpha=2, beta=0.5, gamma=1), latency_target=0.5)
+    env, _ = make_env(weights=RewardWeights(alpha=2, beta=0.5, gamma=1), target_ratio=0.5)
     obs, info = env.reset(seed=0)
     assert env.action_space.n == 4 and obs.shape == (4 * 3 + 3,) and obs.dtype == np.float32
     assert info["action_mask"].tolist() == [1, 1, 1, 1]
@@ -72,7 +72,7 @@ def test_prune_step_reward_by_hand_and_spaces():
 
 
 def test_never_zero_channels_impossible_action_penalised_and_masked():
-    env, src = make_env(max_steps=50, latency_target=0.01)
+    env, src = make_env(max_steps=50, target_ratio=0.01)
     env.reset(seed=0)
     widths = []
     for _ in range(6):
@@ -85,7 +85,7 @@ def test_never_zero_channels_impossible_action_penalised_and_masked():
 
 
 def test_round_to_keeps_widths_on_grid():
-    env, _ = make_env(round_to=8, max_steps=20, latency_target=0.01)
+    env, _ = make_env(round_to=8, max_steps=20, target_ratio=0.01)
     env.reset(seed=0)
     seen = []
     for _ in range(4):
@@ -94,12 +94,12 @@ def test_round_to_keeps_widths_on_grid():
     assert seen[:3] == [24, 16, 8] and all(w % 8 == 0 for w in seen)
 
 
-def test_terminates_at_latency_target_and_truncates_at_step_limit():
-    env, _ = make_env(latency_target=0.9, max_steps=5)
+def test_terminates_at_target_ratio_and_truncates_at_step_limit():
+    env, _ = make_env(target_ratio=0.9, max_steps=5)
     env.reset(seed=0)
     _, _, term, trunc, info = env.step(2)  # 4.8 / 5.6 = 0.857 ≤ 0.9
     assert term and not trunc and info["latency_ratio"] == pytest.approx(4.8 / 5.6)
-    env2, _ = make_env(latency_target=0.1, max_steps=2)
+    env2, _ = make_env(target_ratio=0.1, max_steps=2)
     env2.reset(seed=0)
     assert env2.step(0)[3] is False
     _, _, term, trunc, _ = env2.step(0)
@@ -123,5 +123,23 @@ def test_bad_action_and_bad_config_are_clear():
         env.step(9)
     with pytest.raises(ValueError, match="min_channels"):
         EnvConfig(min_channels=0)
-    with pytest.raises(ValueError, match="latency_target"):
-        EnvConfig(latency_target=1.5)
+    with pytest.raises(ValueError, match="target_ratio"):
+        EnvConfig(target_ratio=1.5)
+
+
+def test_info_says_target_met_and_jump_evaluates_a_whole_spec():
+    env, src = make_env(target_ratio=0.9, max_steps=5)
+    _, info = env.reset(seed=0)
+    assert info["target_met"] is False and info["widths"][1] == (8, 6, 4, 2, 1)
+    *_x, info = env.step(1)  # 5.4 / 5.6 = 0.96 > 0.9
+    assert info["target_met"] is False
+    env.reset(seed=0)
+    n = len(src.calls)
+    obs, r, term, trunc, info = env.jump((8, 4, 24))  # latency 3.6 / 5.6 = 0.64
+    assert len(src.calls) == n + 1 and info["event"] == "jump" and info["spec"].channels == (8, 4, 24)
+    assert term and not trunc and info["target_met"] is True and info["candidate"].spec.channels == (8, 4, 24)
+    # ΔP = −0.002·20; ΔC = (8²+4²+24² − 1344)/1344; ΔH = 3.6/5.6 − 1
+    assert r == pytest.approx(2 * -0.04 - 0.5 * ((64 + 16 + 576 - 1344) / 1344) - (3.6 / 5.6 - 1))
+    assert obs[0] == pytest.approx(0.5) and obs[4] == pytest.approx(0.5) and obs[8] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="not one the env can reach"):
+        env.jump((16, 8, 31))

@@ -62,7 +62,7 @@ def test_env_stepping_reaches_exactly_the_chain():
     groups = [PruneGroup(0, "a", 64, ("a",), "conv"), PruneGroup(1, "b", 32, ("b",), "residual")]
     src = Source()
     env = PruningEnv(src, groups, src.evaluate(ArchSpec((64, 32))),
-                     EnvConfig(round_to=8, max_steps=50, latency_target=0.01))
+                     EnvConfig(round_to=8, max_steps=50, target_ratio=0.01))
     for g, channels in ((0, 64), (1, 32)):
         env.reset()
         seen = [channels]
@@ -221,8 +221,9 @@ def test_search_on_the_warm_grid_database_tunes_nothing(warm, monkeypatch, tmp_p
         return real(tasks, db, config)
 
     monkeypatch.setattr(tuning_mod, "_tune", counting)
-    out = run_search(SearchConfig(episodes=1, max_steps=3, subset=500, train_epochs=1, eval_samples=100,
-                                  tune_trials=1, round_to=32, finetune_epochs=0, repeat=5, latency_target=0.5,
+    out = run_search(SearchConfig(episodes=1, subset=500, train_epochs=1, eval_samples=100,
+                                  tune_trials=1, finetune_epochs=0, repeat=5,
+                                  env=dict(max_steps=3, round_to=32, target_ratio=0.5),
                                   out=str(tmp_path / "runs"), db=str(tmp_path / "r.db"),
                                   cache_dir=str(root / "cache")), progress=False)
     assert out["candidates"] >= 1 and out["best"]["spec"] != out["baseline"]["spec"]
