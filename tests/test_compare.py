@@ -116,7 +116,7 @@ FAST = {**TINY, "subset": 128, "train_epochs": 1, "eval_samples": 100}
 def test_comparison_with_a_method_that_raises_mid_run(tmp_path, monkeypatch, capsys):
     ws = _ws(tmp_path)
     monkeypatch.setattr(compare_mod, "_run_search", _fake_search({("random", 1)}))
-    argv = ["compare", "--methods", "reinforce,random", "--seeds", "2", "--budget", "4", "--latency-target", "0.86"]
+    argv = ["compare", "--methods", "reinforce,random", "--seeds", "2", "--budget", "4", "--target-ratio", "0.86"]
     for k, v in {**FAST, **ws}.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     assert main(argv) == 0
@@ -168,7 +168,7 @@ def test_comparison_with_a_method_that_raises_mid_run(tmp_path, monkeypatch, cap
 def test_compare_end_to_end_two_methods_two_seeds(tmp_path, capsys):
     ws = _ws(tmp_path)
     argv = ["compare", "--methods", "reinforce,random", "--seeds", "2", "--budget", "4", "--max-steps", "3",
-            "--latency-target", "0.9", "--json"]
+            "--target-ratio", "0.9", "--json"]
     for k, v in {**TINY, **ws}.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     assert main(argv) == 0

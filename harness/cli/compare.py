@@ -25,8 +25,9 @@ from harness.cli.args import pos_int
 
 __all__ = ["register"]
 
-#: Options of ``search`` that a comparison does not take from the user (it sets them per run, or has its own).
-NOT_COPIED = {"help", "resume", "method", "reinforce", "seed", "budget", "json", "episodes"}
+#: Options of ``search`` that a comparison does not take from the user: it sets them per run or has its own
+#: (``--early-stop`` would end runs before the budget: the budgets would no longer be equal).
+NOT_COPIED = {"help", "resume", "method", "reinforce", "seed", "budget", "early_stop", "json", "episodes"}
 
 
 def register(sub) -> None:

@@ -94,7 +94,7 @@ class CompareConfig:
 
     Attributes:
         search: every search option shared by all runs (its ``method``, ``seed`` and ``budget``
-            are set per run; ``out`` is where ``compare-STAMP/`` goes; ``db`` and ``cache_dir`` are
+            are set per run, ``early_stop`` is off: every run spends the whole budget; ``out`` is where ``compare-STAMP/`` goes; ``db`` and ``cache_dir`` are
             shared by all runs; ``finetune_epochs`` is the final step's, the same for every method).
         methods: method names, in table order (:func:`parse_methods`).
         seeds: search seeds per method: 0 .. seeds-1 (≥ 1).
@@ -122,7 +122,7 @@ class CompareConfig:
 
     def run_config(self, method: str, seed: int, runs_dir: Path):
         """The search options of one (method, seed) run."""
-        return dataclasses.replace(self.search, method=method, seed=seed, budget=self.budget,
+        return dataclasses.replace(self.search, method=method, seed=seed, budget=self.budget, early_stop=None,
                                    finetune_epochs=0, out=str(runs_dir))
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,7 +244,9 @@ def _report(config: CompareConfig, cmp_dir: Path, records: list[RunRecord], t0: 
     md = dict(source=source, latency_target=target, target_metric=metric, budget=config.budget, seeds=config.seeds)
     write_table(table, cmp_dir, **md)
     rows_by_method = {m: [row for r in ok_runs if r.method == m for row in rows_of[r.run_id]] for m in config.methods}
-    val_images = search.eval_samples or None
+    # validation images per candidate: eval_samples, capped by subset (which caps the validation split)
+    caps = [n for n in (search.eval_samples, search.subset) if n]
+    val_images = min(caps) if caps else None
     plot_fronts(rows_by_method, cmp_dir / "fronts.png", title=cmp_dir.name, source=source, val_images=val_images)
     curves = {m: [learning_curve(rows_of[r.run_id]) for r in ok_runs if r.method == m] for m in config.methods}
     plot_learning_curves(curves, cmp_dir / "learning_curves.png",
