@@ -40,6 +40,7 @@ def _ws(tmp_path: Path) -> dict:
     (["--methods", "random", "--device", "bogus"], "unknown device 'bogus'"),
     (["--methods", "random", "--device", "sim:nosuchboard"], "nosuchboard"),
     (["--methods", "random", "--device", "farm:x"], "needs --inventory"),
+    (["--methods", "reinforce,random", "--lr", "0.01"], "method 'random' has no option 'lr'"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, argv, says):
     ws = _ws(tmp_path)

@@ -118,7 +118,8 @@ class CompareConfig:
             try:
                 self.run_config(method, 0, Path("."))
             except ValueError as exc:
-                raise ValueError(f"method {method!r} cannot run with these options: {exc}") from None
+                why = str(exc)
+                raise ValueError(why if repr(method) in why else f"--methods {method}: {why}") from None
 
     def run_config(self, method: str, seed: int, runs_dir: Path):
         """The search options of one (method, seed) run."""
