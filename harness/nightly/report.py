@@ -367,7 +367,7 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
         name = _slug("pareto", s["run_id"]) + ".png"
         search_pareto.plot_pareto(usable, front, plots_dir / name, title=f"search {s['run_id']}",
                                   val_images=val_images, best_signature=best.get("arch_signature"),
-                                  best_test_top1=best.get("top1"), finetune_epochs=best.get("finetune_epochs"),
+                                  best_test_top1=best.get("test_top1", best.get("top1")), finetune_epochs=best.get("finetune_epochs"),
                                   baseline_final_p50_ms=base.get("latency_p50_ms"))
         plots.append(str(plots_dir / name))
         # counted as the CLI counts them ("N candidates": the search's steps), the unpruned model apart
@@ -383,11 +383,11 @@ def write_report(store_path: str | Path, out_dir: str | Path, rule: CompareRule 
         if best:
             parts.append(
                 f"<p>Chosen model (starred) <code>{html.escape(str(best.get('arch_signature')))}</code>: test top-1 "
-                f"{_fmt(best.get('top1'), '.4f')} {_tuned(best.get('finetune_epochs'))} "
+                f"{_fmt(best.get('test_top1', best.get('top1')), '.4f')} {_tuned(best.get('finetune_epochs'))} "
                 f"(validation top-1 during the search {_fmt(best.get('val_top1_search', best.get('val_top1')), '.4f')}"
                 f"), p50 {_fmt(best.get('latency_p50_ms'), '.3f')} ms re-measured at the end "
                 f"({_fmt(best.get('latency_p50_ms_search'), '.3f')} ms during the search), speedup "
-                f"{_fmt(best.get('speedup'), '.2f')}x. Unpruned: test top-1 {_fmt(base.get('top1'), '.4f')}, p50 "
+                f"{_fmt(best.get('speedup'), '.2f')}x. Unpruned: test top-1 {_fmt(base.get('test_top1', base.get('top1')), '.4f')}, p50 "
                 f"{_fmt(base.get('latency_p50_ms'), '.3f')} ms re-measured at the end "
                 f"({_fmt(base.get('latency_p50_ms_search'), '.3f')} ms during the search).</p>")
         elif s["status"] != "finished":

@@ -28,9 +28,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 
@@ -106,6 +107,7 @@ class Recorder(gym.Wrapper):
         self.timer = timer
         self.idle_steps = 0
         self.steps_total = 0
+        self.last_info: dict = {}
         self._t_return: float | None = None
 
     # -- gymnasium API --------------------------------------------------------
@@ -116,9 +118,15 @@ class Recorder(gym.Wrapper):
             self.episode += 1
         self.started = True
         self.step_in_episode = 0
-        out = self.env.reset(seed=seed, options=options)
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.last_info = info
         self._t_return = time.perf_counter()
-        return out
+        return obs, info
+
+    def action_masks(self):
+        """The last ``info["action_mask"]`` (int8, 1 = legal): sb3-contrib's ``MaskablePPO`` asks the env for it
+        by this name; it comes from ``info``, not from the env's attributes."""
+        return self.last_info.get("action_mask")
 
     def step(self, action):
         """The env's step, recorded (module doc).
@@ -179,6 +187,7 @@ class Recorder(gym.Wrapper):
             truncated = True
         record = Step(self.episode, self.step_in_episode, None if action is None else _plain_action(action),
                       float(reward), info, evaluated, new_best)
+        self.last_info = info
         if evaluated:
             self.store_row(record)
         for cb in self.callbacks:

@@ -161,8 +161,8 @@ class MagnitudeMethod(SearchMethod):
     :func:`harness.pruning.global_magnitude_widths` (a bisection on MetaPruner's global ratio) are moved
     to the nearest width of each group's grid (``info["widths"]``) and the spec is put through the env
     (``jump``): accuracy and latency are measured like every candidate. Specs that coincide on the grid
-    count once. A budget smaller than the targets takes an evenly spaced subset; a larger one is left
-    unspent.
+    count once. A budget smaller than the distinct specs takes an evenly spaced subset of them (mildest and
+    strongest included); a larger one is left unspent.
 
     Args:
         seed: unused (deterministic); the common constructor's.
@@ -194,7 +194,7 @@ class MagnitudeMethod(SearchMethod):
         """``macs_targets`` only."""
         extra = set(options) - {"macs_targets"}
         if extra:
-            raise ValueError(f"method 'magnitude' has no option {sorted(extra)[0]!r} in [agent]; valid: macs_targets")
+            raise ValueError(f"method 'magnitude' has no option {min(extra)!r} in [agent]; valid: macs_targets")
         cls(**options)
 
     def run(self, env: gym.Env, budget: Budget) -> None:
@@ -205,19 +205,19 @@ class MagnitudeMethod(SearchMethod):
             return
         _, info = env.reset()
         if self.plan is None:
-            targets = list(self.macs_targets)
-            left = budget.left
-            if left is not None and left < len(targets):
-                targets = [targets[i] for i in np.unique(np.round(np.linspace(0, len(targets) - 1, left)).astype(int))]
             plan, used = [], []
             full = [w[0] for w in info["widths"]]
-            for t in targets:
+            for t in self.macs_targets:
                 spec, _ = global_magnitude_widths(self.context.base_model, self.context.input_shape, t,
                                                   importance=self.context.importance)
                 rounded = [nearest_width(w, k) for w, k in zip(info["widths"], spec.channels)]
                 if rounded != full and rounded not in plan:
                     plan.append(rounded)
                     used.append(t)
+            left = budget.left
+            if left is not None and left < len(plan):  # evenly spaced, mildest and strongest included
+                keep = np.unique(np.round(np.linspace(0, len(plan) - 1, left)).astype(int))
+                plan, used = [plan[i] for i in keep], [used[i] for i in keep]
             self.plan, self.targets_used = plan, used
         first = True
         while self.next_index < len(self.plan) and not budget.exhausted():

@@ -112,7 +112,7 @@ def test_uniform_sweeps_one_keep_ratio_mild_to_strong_on_the_grid():
     # r = 0.85: 13.6 -> 12, 6.8 -> 6, 27.2 -> 24 (0.95 and 0.90 round back to the unpruned spec: skipped)
     assert plan[0] == [12, 6, 24] and plan[-1] == [1, 1, 1] and len(plan) == len({tuple(p) for p in plan})
     assert all(all(a >= b for a, b in zip(p, q)) for p, q in zip(plan, plan[1:]))  # mild to strong
-    rows, budget, _, source = run(UniformMethod(), 3)
+    rows, budget, *_ = run(UniformMethod(), 3)
     assert len(rows) == budget.spent == 3 and [r.info["event"] for r in rows] == ["jump"] * 3
     specs = [list(r.info["spec"].channels) for r in rows]
     assert specs[0] == plan[0] and specs[-1] == plan[-1] and specs[1] in plan  # evenly spaced, ends included
@@ -144,7 +144,7 @@ def test_resuming_at_an_episode_boundary_gives_the_same_candidates(make):
 
 def test_early_stop_and_interrupt_are_callbacks():
     early = EarlyStop(patience=2)
-    rows, budget, rec, _ = run(RandomMethod(seed=1), 50, callbacks=[early], env_kw={"max_steps": 8,
+    rows, budget, *_ = run(RandomMethod(seed=1), 50, callbacks=[early], env_kw={"max_steps": 8,
                                                                                     "target_ratio": 0.1})
     # the run ends at the first two evaluated candidates in a row that did not beat the best
     streaks = "".join("B" if r.new_best else "." for r in rows)
@@ -155,7 +155,7 @@ def test_early_stop_and_interrupt_are_callbacks():
 
 
 def test_a_method_that_never_evaluates_cannot_hang_the_run(monkeypatch, caplog):
-    import harness.search.loop as loop
+    from harness.search import loop
 
     class Stopper(RandomMethod):
         def run(self, env, budget):
@@ -208,3 +208,16 @@ def test_config_nests_env_reward_agent_and_flat_keys_say_where_they_went(tmp_pat
         load_config_file(bad)
     with pytest.raises(ValueError, match="budget must be an integer >= 1"):
         SearchConfig(budget=0)
+
+
+def test_the_recorder_passes_the_mask_from_info_and_the_env_passes_check_env():
+    from gymnasium.utils.env_checker import check_env
+
+    env, _ = make_env()
+    check_env(env, skip_render_check=True)
+    rec = Recorder(env, Budget(5), store_row=lambda s: None)
+    _, info = rec.reset()
+    assert rec.action_masks().tolist() == info["action_mask"].tolist() == [1, 1, 1, 1]
+    for _ in range(4):
+        *_x, info = rec.step(1)  # 8 -> 6 -> 4 -> 2 -> 1: then group 1 is at its minimum
+    assert rec.action_masks().tolist() == [1, 0, 1, 1]
