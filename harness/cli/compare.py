@@ -50,16 +50,21 @@ def register(sub) -> None:
     c.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     search = sub.choices.get("search")
     if search is not None:
-        for action in search._actions:  # noqa: SLF001 - argparse has no public way to copy options
+        for action in search._actions:
             if action.dest in NOT_COPIED or not action.option_strings:
                 continue
-            c._add_action(copy.copy(action))  # noqa: SLF001
+            c._add_action(copy.copy(action))
     c.set_defaults(func=_cmd_compare)
 
 
 def _search_config(given: dict, config_file: str | None):
     """The comparison's search options: defaults, then ``--config`` FILE, then the flags given."""
-    from harness.search.config import SearchConfig, load_config_file, merge_options, nest_flat
+    from harness.search.config import (
+        SearchConfig,
+        load_config_file,
+        merge_options,
+        nest_flat,
+    )
 
     values = load_config_file(config_file) if config_file else {}
     values = {k.replace("-", "_"): v for k, v in values.items()}
@@ -68,7 +73,13 @@ def _search_config(given: dict, config_file: str | None):
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.search.compare import CompareConfig, check_options, parse_methods, print_summary, run_compare
+    from harness.search.compare import (
+        CompareConfig,
+        check_options,
+        parse_methods,
+        print_summary,
+        run_compare,
+    )
 
     methods = parse_methods(args.methods)  # an unknown name: exit 2 before any work
     own = {"func", "command", "verbose", "json", "config", "methods", "seeds", "budget", "no_final"}

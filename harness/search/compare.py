@@ -29,16 +29,26 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from harness.search.compare_report import (MAX_TOP1_DROP, RunRecord, best_runs, dumps, learning_curve,
-                                           method_table, plot_fronts, plot_learning_curves, table_markdown,
-                                           write_table)
+from harness.search.compare_report import (
+    MAX_TOP1_DROP,
+    RunRecord,
+    best_runs,
+    dumps,
+    learning_curve,
+    method_table,
+    plot_fronts,
+    plot_learning_curves,
+    table_markdown,
+    write_table,
+)
 
-__all__ = ["CompareConfig", "FINAL_COLUMNS", "check_options", "final_step", "parse_methods", "run_compare"]
+__all__ = ["FINAL_COLUMNS", "CompareConfig", "check_options", "final_step", "parse_methods", "run_compare"]
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +201,7 @@ def run_compare(config: CompareConfig, *, progress: bool | str = "off",
     say = say or (lambda _m: None)
     t0 = time.perf_counter()
     search = config.search
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     cmp_dir = Path(search.out) / f"compare-{stamp}"
     suffix = 1
     while cmp_dir.exists():
@@ -212,7 +222,7 @@ def run_compare(config: CompareConfig, *, progress: bool | str = "off",
                 rec = RunRecord(method, seed, summary["run_id"], "finished", wall_s=time.perf_counter() - start)
             except KeyboardInterrupt:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one method failing must not lose the others
+            except Exception as exc:
                 new = sorted({p.name for p in runs_dir.iterdir()} - before)
                 rec = RunRecord(method, seed, new[0] if new else None, "failed", error=_one_line(exc),
                                 wall_s=time.perf_counter() - start)
@@ -262,10 +272,10 @@ def _report(config: CompareConfig, cmp_dir: Path, records: list[RunRecord], t0: 
             final_rows = final_step(search, {m: (rec, fig.best_row) for m, (rec, fig) in best.items()}, cmp_dir)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # noqa: BLE001 - the table and the runs stand without it
+        except Exception as exc:
             final_error = _one_line(exc)
             log.warning("compare: the final step failed: %s", final_error, exc_info=True)
-        _write_final(final_rows, cmp_dir, final_error)
+        _write_final(final_rows, cmp_dir)
     md_text = table_markdown(table, **md) + "\n" + final_markdown(final_rows, final_error,
                                                                   epochs=search.finetune_epochs,
                                                                   done=config.final)
@@ -281,7 +291,7 @@ def _report(config: CompareConfig, cmp_dir: Path, records: list[RunRecord], t0: 
     return summary
 
 
-def _write_final(rows: list[dict], cmp_dir: Path, error: str | None) -> None:
+def _write_final(rows: list[dict], cmp_dir: Path) -> None:
     import pandas as pd
 
     pd.DataFrame(rows, columns=FINAL_COLUMNS).to_csv(cmp_dir / "final.csv", index=False)
@@ -296,24 +306,22 @@ def final_markdown(rows: list[dict], error: str | None, *, epochs: int, done: bo
     if not rows:
         return "Final step: no method had a best model.\n"
     src = sorted({r["source"] for r in rows if r.get("source")})
-    lines = [f"Final step: each method's best fine-tuned {epochs} epoch(s), then timed against the unpruned model "
-             f"({'+'.join(src) or 'no latency'}; interleaved, one board, up to three candidates per session). "
-             "Speedup = 1 / median ratio [bootstrap interval]; test top-1 after fine-tuning.", "",
-             "| method | seed | spec | test top-1 | speedup | interval | rounds | within noise | note |",
+    header = (f"Final step: each method's best fine-tuned {epochs} epoch(s), then timed against the unpruned model "
+              f"({'+'.join(src) or 'no latency'}; interleaved, one board, up to three candidates per session). "
+              "Speedup = 1 / median ratio [bootstrap interval]; test top-1 after fine-tuning.")
+    lines = [header, "", "| method | seed | spec | test top-1 | speedup | interval | rounds | within noise | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        def f(key, spec):
-            v = r.get(key)
-            return "–" if v is None else format(v, spec)
-
         rounds = json.loads(r["speedup_rounds"]) if r.get("speedup_rounds") else []
         rr = f"{min(rounds):.3f}–{max(rounds):.3f} ({len(rounds)})" if rounds else "–"
         interval = (f"[{r['speedup_ci_low']:.3f}, {r['speedup_ci_high']:.3f}]"
                     if r.get("speedup_ci_low") is not None else "–")
         noise = "–" if r.get("within_noise") is None else ("yes" if r["within_noise"] else "no")
-        lines.append(f"| {r['method']} | {'' if r.get('seed') is None else r['seed']} | {r.get('arch_signature') or '–'} "
-                     f"| {f('test_top1', '.4f')} | {f('speedup', '.3f')} | {interval} | {rr} | {noise} "
-                     f"| {(r.get('error') or '').replace('|', '/')} |")
+        test = "–" if r.get("test_top1") is None else f"{r['test_top1']:.4f}"
+        speedup = "–" if r.get("speedup") is None else f"{r['speedup']:.3f}"
+        seed = "" if r.get("seed") is None else r["seed"]
+        lines.append(f"| {r['method']} | {seed} | {r.get('arch_signature') or '–'} | {test} | {speedup} | {interval} "
+                     f"| {rr} | {noise} | {(r.get('error') or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,15 +24,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any, Sequence
+from typing import Any
 
 from harness.search.pareto import pareto_front
 
-__all__ = ["MAX_TOP1_DROP", "RunFigures", "RunRecord", "TABLE_COLUMNS", "learning_curve", "method_table",
-           "plot_fronts", "plot_learning_curves", "run_figures", "table_markdown", "write_table"]
+__all__ = [
+    "MAX_TOP1_DROP",
+    "TABLE_COLUMNS",
+    "RunFigures",
+    "RunRecord",
+    "learning_curve",
+    "method_table",
+    "plot_fronts",
+    "plot_learning_curves",
+    "run_figures",
+    "table_markdown",
+    "write_table",
+]
 
 #: The accuracy bound of the table's speedup: validation top-1 at most this much below the unpruned
 #: model's, as a fraction of images (0.01 = 1 percentage point), on the search's validation images.
@@ -249,6 +261,14 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if _missing(value) else format(value, spec)
 
 
+def _cell(row: dict, prefix: str, spec: str) -> str:
+    """``median (min–max)`` of a table row's ``prefix_*`` columns, or a dash."""
+    m = row[f"{prefix}_median"]
+    if _missing(m):
+        return "–"
+    return f"{_fmt(m, spec)} ({_fmt(row[f'{prefix}_min'], spec)}–{_fmt(row[f'{prefix}_max'], spec)})"
+
+
 def table_markdown(table, *, source: str, max_top1_drop: float = MAX_TOP1_DROP, latency_target: float,
                    target_metric: str = "latency", budget: int | None = None, seeds: int | None = None) -> str:
     """The method table as Markdown (numbers as ``median (min–max)``), with a header naming the source.
@@ -260,23 +280,17 @@ def table_markdown(table, *, source: str, max_top1_drop: float = MAX_TOP1_DROP, 
         budget, seeds: the comparison's budget of evaluated candidates and seeds per method.
     """
     what = "latency ratio" if target_metric == "latency" else "MACs ratio"
-    lines = [f"Search-time figures ({source} latency, ratios to the unpruned model timed interleaved; validation "
-             f"top-1 before fine-tuning){f', budget {budget} candidates' if budget else ''}"
-             f"{f', {seeds} seeds per method' if seeds else ''}. Speedup: best 1 / latency ratio with validation "
-             f"top-1 at most {100 * max_top1_drop:g} points below the unpruned model's; top-1 at target: best "
-             f"validation top-1 with {what} <= {latency_target:g}. Median (min–max) over seeds.", "",
-             "| method | runs ok | speedup | val top-1 at target | candidates | wall s | source | note |",
+    header = (f"Search-time figures ({source} latency, ratios to the unpruned model timed interleaved; validation "
+              f"top-1 before fine-tuning){f', budget {budget} candidates' if budget else ''}"
+              f"{f', {seeds} seeds per method' if seeds else ''}. Speedup: best 1 / latency ratio with validation "
+              f"top-1 at most {100 * max_top1_drop:g} points below the unpruned model's; top-1 at target: best "
+              f"validation top-1 with {what} <= {latency_target:g}. Median (min–max) over seeds.")
+    lines = [header, "", "| method | runs ok | speedup | val top-1 at target | candidates | wall s | source | note |",
              "|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        def cell(prefix: str, spec: str) -> str:
-            m = r[f"{prefix}_median"]
-            if _missing(m):
-                return "–"
-            return f"{_fmt(m, spec)} ({_fmt(r[f'{prefix}_min'], spec)}–{_fmt(r[f'{prefix}_max'], spec)})"
-
         note = "" if _missing(r["note"]) else str(r["note"]).replace("|", "/")
-        lines.append(f"| {r['method']} | {r['runs_ok']}/{r['runs']} | {cell('speedup', '.3f')} | "
-                     f"{cell('val_top1_at_target', '.4f')} | {_fmt(r['candidates_median'], 'g')} | "
+        lines.append(f"| {r['method']} | {r['runs_ok']}/{r['runs']} | {_cell(r, 'speedup', '.3f')} | "
+                     f"{_cell(r, 'val_top1_at_target', '.4f')} | {_fmt(r['candidates_median'], 'g')} | "
                      f"{_fmt(r['wall_s_median'], '.0f')} | {_fmt(r['latency_source'], 's')} | {note} |")
     return "\n".join(lines) + "\n"
 

@@ -7,9 +7,18 @@ import math
 import pandas as pd
 import pytest
 
-from harness.search.compare_report import (TABLE_COLUMNS, RunRecord, best_runs, learning_curve, method_table,
-                                           plot_fronts, plot_learning_curves, run_figures, table_markdown,
-                                           write_table)
+from harness.search.compare_report import (
+    TABLE_COLUMNS,
+    RunRecord,
+    best_runs,
+    learning_curve,
+    method_table,
+    plot_fronts,
+    plot_learning_curves,
+    run_figures,
+    table_markdown,
+    write_table,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
