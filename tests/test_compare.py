@@ -194,7 +194,7 @@ def test_compare_end_to_end_two_methods_two_seeds(tmp_path, capsys):
         if by_hand:
             assert row["speedup_median"] == pytest.approx(statistics.median(by_hand))
         else:
-            assert "no candidate within 1 % top-1 drop" in row["note"]
+            assert "no candidate within 1 point of the unpruned top-1" in row["note"]
         assert row["candidates_median"] == 4
     for name in ("fronts.png", "learning_curves.png", "final.csv", "table.md"):
         assert (cmp_dir / name).is_file()

@@ -252,7 +252,8 @@ def _report(config: CompareConfig, cmp_dir: Path, records: list[RunRecord], t0: 
                       is not None})
     source = "+".join(sources) if sources else "no latency"
     table = method_table(records, rows_of, methods=config.methods, latency_target=target, target_metric=metric)
-    md = dict(source=source, latency_target=target, target_metric=metric, budget=config.budget, seeds=config.seeds)
+    md = {"source": source, "latency_target": target, "target_metric": metric, "budget": config.budget,
+          "seeds": config.seeds}
     write_table(table, cmp_dir, **md)
     rows_by_method = {m: [row for r in ok_runs if r.method == m for row in rows_of[r.run_id]] for m in config.methods}
     # validation images per candidate: eval_samples, capped by subset (which caps the validation split)
@@ -316,7 +317,8 @@ def final_markdown(rows: list[dict], error: str | None, *, epochs: int, done: bo
         rr = f"{min(rounds):.3f}–{max(rounds):.3f} ({len(rounds)})" if rounds else "–"
         interval = (f"[{r['speedup_ci_low']:.3f}, {r['speedup_ci_high']:.3f}]"
                     if r.get("speedup_ci_low") is not None else "–")
-        noise = "–" if r.get("within_noise") is None else ("yes" if r["within_noise"] else "no")
+        noise = ("–" if r.get("within_noise") is None else "n/a (simulated: no noise)"
+                 if r.get("source") == "simulated" else "yes" if r["within_noise"] else "no")
         test = "–" if r.get("test_top1") is None else f"{r['test_top1']:.4f}"
         speedup = "–" if r.get("speedup") is None else f"{r['speedup']:.3f}"
         seed = "" if r.get("seed") is None else r["seed"]

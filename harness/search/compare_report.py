@@ -59,7 +59,7 @@ MAX_TOP1_DROP = 0.01
 #:   validation top-1 is at most :data:`MAX_TOP1_DROP` below the unpruned model's;
 #: - ``val_top1_at_target_median``, ``_min``, ``_max``: over seeds, each run's best validation top-1
 #:   among candidates that met the latency target (ratio ≤ target, or MACs ratio ≤ target when the
-#:   target metric is MACs); empty when no seed met it;
+#:   target metric is MACs), over the seeds that met it (``note`` says how many); empty when none did;
 #: - ``candidates_median``: evaluated candidates per run (store rows of episode ≥ 0), median over seeds;
 #: - ``wall_s_median``: wall seconds per run (search and its own final step), median over seeds;
 #: - ``latency_source``: ``measured``, ``predicted`` or ``simulated``;
@@ -208,21 +208,29 @@ def method_table(records: Sequence[RunRecord], rows_of: dict[str, list[dict]], *
         for rec, f in figs:
             if f.best_speedup is None:
                 why = ("no usable candidate" if not f.usable else
-                       f"no candidate within {100 * max_top1_drop:g} % top-1 drop (smallest drop "
+                       f"no candidate within {_points(max_top1_drop)} of the unpruned top-1 (smallest drop "
                        f"{100 * f.best_top1_drop:.2f} points)")
                 notes.append(f"seed {rec.seed}: {why}")
-        if len(sources) > 1:
+        mixed = len(sources) > 1
+        if mixed:
             notes.insert(0, f"runs measured with different latency sources ({', '.join(sources)}): not pooled")
             with_speedup = []
         row["runs_ok"] = len(with_speedup)
         if with_speedup:
             s = _spread([f.best_speedup for _, f in with_speedup])
-            a = _spread([f.val_top1_at_target for _, f in with_speedup if f.val_top1_at_target is not None])
-            row.update(speedup_median=s[0], speedup_min=s[1], speedup_max=s[2],
-                       val_top1_at_target_median=a[0], val_top1_at_target_min=a[1], val_top1_at_target_max=a[2])
-            if a[0] is None:
-                notes.append("no seed met the latency target")
-        elif not mine:
+            row.update(speedup_median=s[0], speedup_min=s[1], speedup_max=s[2])
+        # top-1 at the target: over every finished run with usable candidates, whether or not it had a speedup
+        usable = [f for _, f in figs if f.usable] if not mixed else []
+        at_target = [f.val_top1_at_target for f in usable if f.val_top1_at_target is not None]
+        if at_target:
+            a = _spread(at_target)
+            row.update(val_top1_at_target_median=a[0], val_top1_at_target_min=a[1], val_top1_at_target_max=a[2])
+            if len(at_target) < len(usable):
+                notes.append(f"top-1 at target over {len(at_target)} of {len(usable)} seeds (the others met no "
+                             "target)")
+        elif usable:
+            notes.append("no seed met the latency target")
+        if not mine:
             notes.append("not run")
         cands = [f.candidates for _, f in figs]
         row["candidates_median"] = median(cands) if cands else None
@@ -261,6 +269,12 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if _missing(value) else format(value, spec)
 
 
+def _points(fraction: float) -> str:
+    """A top-1 difference in percentage points: 0.01 -> '1 point', 0.005 -> '0.5 points'."""
+    n = 100 * fraction
+    return f"{n:g} point" + ("" if n == 1 else "s")
+
+
 def _cell(row: dict, prefix: str, spec: str) -> str:
     """``median (min–max)`` of a table row's ``prefix_*`` columns, or a dash."""
     m = row[f"{prefix}_median"]
@@ -283,7 +297,7 @@ def table_markdown(table, *, source: str, max_top1_drop: float = MAX_TOP1_DROP, 
     header = (f"Search-time figures ({source} latency, ratios to the unpruned model timed interleaved; validation "
               f"top-1 before fine-tuning){f', budget {budget} candidates' if budget else ''}"
               f"{f', {seeds} seeds per method' if seeds else ''}. Speedup: best 1 / latency ratio with validation "
-              f"top-1 at most {100 * max_top1_drop:g} points below the unpruned model's; top-1 at target: best "
+              f"top-1 at most {_points(max_top1_drop)} below the unpruned model's; top-1 at target: best "
               f"validation top-1 with {what} <= {latency_target:g}. Median (min–max) over seeds.")
     lines = [header, "", "| method | runs ok | speedup | val top-1 at target | candidates | wall s | source | note |",
              "|---|---|---|---|---|---|---|---|"]
@@ -369,10 +383,11 @@ def plot_learning_curves(curves: dict[str, list[dict]], path: Path | str, *, tit
             ax.plot(xs, med, c=color, lw=1.4, label=f"{method} (median of {len(runs)})")
             ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
         ax.set_xlabel("candidates evaluated")
-        ax.set_ylabel(f"{label} (R = αΔP − βΔC − γΔH, each method's own weights)", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{title}\nlines: median over seeds; bands: min–max", fontsize=8)
+    fig.suptitle(f"{title}\nreward R = αΔP − βΔC − γΔH with each method's own weights (macs-reward: γ = 0); "
+                 "lines: median over seeds; bands: min–max", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -67,11 +67,14 @@ def test_method_table_gives_median_and_spread_and_says_why_a_method_has_no_numbe
     assert r["runs"] == 3 and r["runs_ok"] == 2
     assert r["speedup_median"] == pytest.approx((1 / 0.7 + 1 / 0.9) / 2)
     assert r["speedup_min"] == pytest.approx(1 / 0.9) and r["speedup_max"] == pytest.approx(1 / 0.7)
-    assert r["val_top1_at_target_median"] == pytest.approx((0.88 + 0.85) / 2)
+    # top-1 at target 0.6 counts every seed that met it, with a speedup or not: 0.88 (a), 0.85 (b), 0.87 (c)
+    assert r["val_top1_at_target_median"] == pytest.approx(0.87)
+    assert r["val_top1_at_target_min"] == 0.85 and r["val_top1_at_target_max"] == 0.88
     assert r["candidates_median"] == 3 and r["wall_s_median"] == 12.0 and r["latency_source"] == "simulated"
-    assert "seed 2: no candidate within 1 % top-1 drop (smallest drop 3.00 points)" in r["note"]
+    assert "seed 2: no candidate within 1 point of the unpruned top-1 (smallest drop 3.00 points)" in r["note"]
     rnd = table.iloc[1]
-    assert rnd["runs_ok"] == 0 and math.isnan(rnd["speedup_median"]) and "no candidate within 1 %" in rnd["note"]
+    assert rnd["runs_ok"] == 0 and math.isnan(rnd["speedup_median"]) and "no candidate within 1 point" in rnd["note"]
+    assert rnd["val_top1_at_target_median"] == 0.87
     ppo = table.iloc[2]
     assert ppo["note"] == "seed 0 failed: RuntimeError: exploded at step 3" and math.isnan(ppo["speedup_median"])
     assert table.iloc[3]["note"] == "not run"
@@ -120,3 +123,13 @@ def test_plots_are_written(tmp_path):
     assert [(r["top1"], r["latency_ratio"]) for r in fronts["reinforce"]] == [
         (0.88, 0.5), (0.891, 0.7), (0.895, 0.8), (0.9, 0.9)]
     assert [r["latency_ratio"] for r in fronts["random"]] == [0.5, 0.6]
+
+
+def test_top1_at_target_says_how_many_seeds_met_the_target():
+    records = [RunRecord("m", 0, "a", "finished"), RunRecord("m", 1, "b", "finished")]
+    table = method_table(records, {"a": RUN_A, "b": RUN_B}, methods=["m"], latency_target=0.52)
+    r = table.iloc[0]  # only run a has a candidate at ratio <= 0.52 (0.880 @ 0.50)
+    assert r["val_top1_at_target_median"] == 0.88 and r["runs_ok"] == 2
+    assert r["note"] == "top-1 at target over 1 of 2 seeds (the others met no target)"
+    none = method_table(records, {"a": RUN_A, "b": RUN_B}, methods=["m"], latency_target=0.3).iloc[0]
+    assert math.isnan(none["val_top1_at_target_median"]) and none["note"] == "no seed met the latency target"
