@@ -251,6 +251,8 @@ def _report(config: CompareConfig, cmp_dir: Path, records: list[RunRecord], t0: 
                       if row.get("episode", 0) >= 0 and not row.get("error_kind") and row.get("latency_ratio")
                       is not None})
     source = "+".join(sources) if sources else "no latency"
+    if len(sources) > 1:  # e.g. a farm run that fell back to the simulator: said on every figure
+        source = f"MIXED ({source}: not comparable)"
     table = method_table(records, rows_of, methods=config.methods, latency_target=target, target_metric=metric)
     md = {"source": source, "latency_target": target, "target_metric": metric, "budget": config.budget,
           "seeds": config.seeds}
