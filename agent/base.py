@@ -20,11 +20,13 @@ Contract (the loop in ``harness/search/loop.py`` and every method keep it):
   after every episode and ``--resume`` restores it.
 - Randomness comes only from the ``seed`` given at construction (the *search* seed, not the
   base model's), so a method with the same seed on the same env acts identically.
-- Construction: the harness calls ``cls.create(seed=..., options=..., context=...)``; the default
-  is ``cls(seed=seed, **options)``, where ``options`` is the config's ``[agent]`` table (plain
-  values) plus the registry's fixed parameters (``reinforce-episodic``: ``mode="episodic"``).
-  ``check_options(options)`` is called when the config is read, before any work: by default the
-  keys must be keyword parameters of ``__init__``. A method that needs the harness (``magnitude``:
+- Construction: the harness calls ``cls.create(seed=..., options=..., context=...)``, where
+  ``options`` is the config's ``[agent]`` table (plain values) plus the registry's fixed parameters
+  (``reinforce-episodic``: ``mode="episodic"``). The default is ``cls(seed=seed, **options)``, or,
+  for a class whose ``__init__`` takes ``config=`` with a dataclass default (``PPOConfig()``),
+  ``cls(seed=seed, config=dataclasses.replace(default, **options))``. ``check_options(options)`` is
+  called when the config is read, before any work: by default the keys must be keyword parameters
+  of ``__init__`` (or fields of that config dataclass, whose own checks then run). A method that needs the harness (``magnitude``:
   the base model) overrides ``create`` and reads ``context`` (``harness.search.methods.MethodContext``).
 - ``env.jump(spec)`` (the recorder passes it to ``PruningEnv.jump``) evaluates a whole spec as one
   step that ends its episode: how one-shot methods propose an architecture (widths from
@@ -37,6 +39,7 @@ Contract (the loop in ``harness/search/loop.py`` and every method keep it):
 from __future__ import annotations
 
 import abc
+import dataclasses
 import inspect
 from typing import Any
 
@@ -90,13 +93,32 @@ class SearchMethod(abc.ABC):
     name: str = ""
 
     @classmethod
+    def _config_default(cls) -> Any:
+        """The dataclass default of ``__init__``'s ``config`` parameter, or None."""
+        param = inspect.signature(cls.__init__).parameters.get("config")
+        default = None if param is None else param.default
+        return default if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
+
+    @classmethod
     def create(cls, *, seed: int, options: dict[str, Any], context: Any = None) -> SearchMethod:
-        """Build the method for a run (module doc): ``cls(seed=seed, **options)`` unless overridden."""
+        """Build the method for a run (module doc): ``cls(seed=seed, **options)``, or with ``config=`` of options."""
+        default = cls._config_default()
+        if default is not None and "config" not in options:
+            return cls(seed=seed, config=dataclasses.replace(default, **options))
         return cls(seed=seed, **options)
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         """Refuse options this method does not take, naming them (ValueError); called on config load."""
+        default = cls._config_default()
+        if default is not None and "config" not in options:
+            valid = sorted(f.name for f in dataclasses.fields(default))
+            for key in options:
+                if key not in valid:
+                    raise ValueError(f"method {cls.name or cls.__name__!r} has no option {key!r} in [agent]; "
+                                     f"valid: {', '.join(valid)}")
+            dataclasses.replace(default, **options)  # the config's own checks
+            return
         params = inspect.signature(cls.__init__).parameters
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return

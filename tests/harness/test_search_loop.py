@@ -221,3 +221,36 @@ def test_the_recorder_passes_the_mask_from_info_and_the_env_passes_check_env():
     for _ in range(4):
         *_x, info = rec.step(1)  # 8 -> 6 -> 4 -> 2 -> 1: then group 1 is at its minimum
     assert rec.action_masks().tolist() == [1, 0, 1, 1]
+
+
+def test_a_method_with_a_config_dataclass_takes_agent_options_as_its_fields():
+    """PPO and TD3 take ``config=`` (a frozen dataclass): the [agent] table fills its fields."""
+    from dataclasses import dataclass as dc
+
+    from agent.base import SearchMethod
+
+    @dc(frozen=True)
+    class Cfg:
+        lr: float = 3e-4
+        n_steps: int = 16
+
+        def __post_init__(self):
+            if self.n_steps < 2:
+                raise ValueError(f"n_steps={self.n_steps} must be >= 2")
+
+    class WithConfig(SearchMethod):
+        name = "with-config"
+
+        def __init__(self, config: Cfg = Cfg(), seed: int | None = None):
+            self.config, self.seed = config, seed
+
+        def run(self, env, budget):
+            pass
+
+    m = WithConfig.create(seed=4, options={"n_steps": 32})
+    assert m.config == Cfg(lr=3e-4, n_steps=32) and m.seed == 4
+    WithConfig.check_options({"lr": 1e-3})
+    with pytest.raises(ValueError, match="no option 'gamma'.*valid: lr, n_steps"):
+        WithConfig.check_options({"gamma": 0.9})
+    with pytest.raises(ValueError, match="n_steps=1"):
+        WithConfig.check_options({"n_steps": 1})
