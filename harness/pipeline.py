@@ -518,69 +518,124 @@ class Pipeline:
         Raises:
             ValueError: a compile-only pipeline.
         """
+        return self.measure_ratios(reference, [candidate], [key], reference_key, backend=backend,
+                                   expect_source=expect_source)[0]
+
+    def measure_ratios(self, reference: Prepared, candidates: list[Prepared],
+                       keys: list[StoreKey | None] | None = None, reference_key: StoreKey | None = None, *,
+                       backend: str | None = None, expect_source: str | None = None) -> list[RatioResult]:
+        """Time 1..3 candidates interleaved with ``reference`` in ONE device session (rotated blocks).
+
+        As :meth:`measure_ratio`, for several candidates at once
+        (``Device.measure_interleaved`` takes 2..4 artifacts): every ratio is
+        against the same reference blocks of the same session, so candidates
+        compared in one call share the machine's state (``hilprune compare``'s
+        final step). The reference's absolute values are stored once.
+
+        Args:
+            reference: the unpruned model's prepared artifact.
+            candidates: 1..3 prepared artifacts.
+            keys: one store key per candidate (None, or a None entry: that one is not stored).
+            reference_key: the reference's store key (default: the first candidate's).
+            backend, expect_source: as for :meth:`measure_ratio`.
+
+        Returns:
+            One :class:`RatioResult` per candidate, in order. A device failure, a source mismatch or
+            a wrong output of the reference fails them all; a candidate's wrong output fails that one.
+
+        Raises:
+            ValueError: a compile-only pipeline, or not 1..3 candidates, or keys of another length.
+        """
         if self.device is None:
             raise ValueError("a compile-only pipeline (no device) measures nothing")
+        if not 1 <= len(candidates) <= 3:
+            raise ValueError(f"measure_ratios takes 1..3 candidates (the device times 2..4 artifacts), "
+                             f"got {len(candidates)}")
+        keys = list(keys) if keys is not None else [None] * len(candidates)
+        if len(keys) != len(candidates):
+            raise ValueError(f"{len(keys)} store keys for {len(candidates)} candidates")
         config = self.ratio_config if backend is None else dataclasses.replace(self.ratio_config, backend=backend)
         t0 = time.perf_counter()
 
         def failed(kind: str, message: str) -> RatioResult:
             return RatioResult(error=PipelineError(kind, message), measure_s=time.perf_counter() - t0)
 
-        out = self.device.measure_interleaved([reference.path, candidate.path], config)
+        def all_failed(kind: str, message: str) -> list[RatioResult]:
+            return [failed(kind, message) for _ in candidates]
+
+        out = self.device.measure_interleaved([reference.path, *(c.path for c in candidates)], config)
         if out.error is not None:
-            return failed(f"measure_{out.error.kind.value}", out.error.message)
+            return all_failed(f"measure_{out.error.kind.value}", out.error.message)
         v = out.value
         if expect_source is not None and v.source != expect_source:
-            return failed("source_mismatch", f"{self.device.name} answered with a {v.source} ratio where a "
-                                             f"{expect_source} one was expected; not used")
-        if v.source != "simulated":  # both programs must compute the model, or the ratio means nothing
-            for prepared, art in zip((reference, candidate), v.artifacts):
+            return all_failed("source_mismatch", f"{self.device.name} answered with a {v.source} ratio where a "
+                                                 f"{expect_source} one was expected; not used")
+        wrong: list[str | None] = [None] * (1 + len(candidates))
+        if v.source != "simulated":  # every program must compute the model, or the ratio means nothing
+            for i, (prepared, art) in enumerate(zip((reference, *candidates), v.artifacts)):
                 try:
                     check = check_artifact_output(prepared.path, prepared.manifest, config.seed, art.output_head,
                                                   art.output_shape)
                 except ValueError as exc:
-                    return failed("wrong_output", str(exc))
+                    wrong[i] = str(exc)
+                    continue
                 if not check.ok:
                     where = f"{self.device.name} (board {v.hello['board']})" if v.hello.get("board") else \
                         self.device.name
-                    return failed("wrong_output", f"{where}: {prepared.path.name}: {check.message}; ratio not used")
-        ratio = v.ratios[0]
-        ref_art, cand_art = v.artifacts
-        ids: list[int | None] = [None, None]
-        ratio_id = None
-        if self.store is not None and key is not None:
+                    wrong[i] = f"{where}: {prepared.path.name}: {check.message}; ratio not used"
+        if wrong[0] is not None:
+            return all_failed("wrong_output", wrong[0])
+        ref_art = v.artifacts[0]
+        identity = session = None
+        ref_id: int | None = None
+        # nothing of the session is stored when no candidate's ratio is usable (a wrong output: nothing to cache)
+        stored = self.store is not None and any(k is not None and w is None for k, w in zip(keys, wrong[1:]))
+        if stored:
             identity = identity_of(v.hello or {}, default_name=self.device.name)
             session = {"interleaved": True, "started_at": v.started_at, "finished_at": v.finished_at,
                        "loadavg_before": v.loadavg_before, "loadavg_after": v.loadavg_after, "pairs": v.pairs,
                        "hello": v.hello, "device_state_before": v.device_state_before,
                        "device_state_after": v.device_state_after, "num_threads": config.num_threads}
-            for i, (prepared, art, k) in enumerate(((reference, ref_art, reference_key or key),
-                                                    (candidate, cand_art, key))):
-                st = art.stats
-                ids[i] = self.store.add_measurement(
-                    model=k.model, arch_signature=k.arch_signature, device=self.device.name, target=self.target.name,
-                    backend=config.backend, tuning_key=self.tuning_key, source=v.source,
-                    stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms,
-                               max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
-                    latency_raw_ms=list(art.latency_ms), warmup_ms=list(art.warmup_ms),
-                    artifact_sha256=prepared.manifest.library_sha256, onnx_sha256=prepared.manifest.onnx_sha256,
-                    metadata={**session, "tuning": dict(prepared.manifest.tuning), "number": art.number,
-                              "output_sha256": art.output_sha256, "role": ("reference", "candidate")[i],
-                              **k.metadata},
-                    device_identity=identity)
-            ratio_id = self.store.add_ratio(
-                model=key.model, arch_signature=key.arch_signature,
-                reference_signature=(reference_key or key).arch_signature,
-                reference_sha256=self.artifact_id(reference, config.backend), device=self.device.name,
-                target=self.target.name, backend=config.backend, tuning_key=self.tuning_key, source=v.source,
-                device_identity=identity, ratio=ratio.median, ci_low=ratio.ci_low, ci_high=ratio.ci_high,
-                confidence=ratio.confidence, pairs=v.pairs, stop_reason=v.stop_reason,
-                round_ratios=list(v.round_ratios[0]),
-                latency_p50_ms=cand_art.latency_p50_ms, reference_p50_ms=ref_art.latency_p50_ms,
-                measurement_id=ids[1], reference_measurement_id=ids[0], metadata=key.metadata)
-        return RatioResult(ratio=ratio, candidate_p50_ms=cand_art.latency_p50_ms,
-                           reference_p50_ms=ref_art.latency_p50_ms, measurement=v, ratio_id=ratio_id,
-                           measurement_id=ids[1], measure_s=time.perf_counter() - t0)
+            ref_key = reference_key or next(k for k in keys if k is not None)
+            ref_id = self._store_absolute(reference, ref_art, ref_key, config, v, identity, session, "reference")
+        results = []
+        for i, (candidate, key) in enumerate(zip(candidates, keys)):
+            if wrong[i + 1] is not None:
+                results.append(failed("wrong_output", wrong[i + 1]))
+                continue
+            ratio, cand_art = v.ratios[i], v.artifacts[i + 1]
+            ratio_id = cand_id = None
+            if stored and key is not None:
+                cand_id = self._store_absolute(candidate, cand_art, key, config, v, identity, session, "candidate")
+                ratio_id = self.store.add_ratio(
+                    model=key.model, arch_signature=key.arch_signature,
+                    reference_signature=(reference_key or key).arch_signature,
+                    reference_sha256=self.artifact_id(reference, config.backend), device=self.device.name,
+                    target=self.target.name, backend=config.backend, tuning_key=self.tuning_key, source=v.source,
+                    device_identity=identity, ratio=ratio.median, ci_low=ratio.ci_low, ci_high=ratio.ci_high,
+                    confidence=ratio.confidence, pairs=v.pairs, stop_reason=v.stop_reason,
+                    round_ratios=list(v.round_ratios[i]),
+                    latency_p50_ms=cand_art.latency_p50_ms, reference_p50_ms=ref_art.latency_p50_ms,
+                    measurement_id=cand_id, reference_measurement_id=ref_id, metadata=key.metadata)
+            results.append(RatioResult(ratio=ratio, candidate_p50_ms=cand_art.latency_p50_ms,
+                                       reference_p50_ms=ref_art.latency_p50_ms, measurement=v, ratio_id=ratio_id,
+                                       measurement_id=cand_id, measure_s=time.perf_counter() - t0))
+        return results
+
+    def _store_absolute(self, prepared: Prepared, art: Any, key: StoreKey, config: InterleavedConfig,
+                        v: InterleavedMeasurement, identity: str, session: dict, role: str) -> int:
+        """One artifact's absolute values of an interleaved session, as a ``measurements`` row."""
+        st = art.stats
+        return self.store.add_measurement(
+            model=key.model, arch_signature=key.arch_signature, device=self.device.name, target=self.target.name,
+            backend=config.backend, tuning_key=self.tuning_key, source=v.source,
+            stats=dict(p50=st.p50_ms, p90=st.p90_ms, mean=st.mean_ms, std=st.std_ms, min=st.min_ms,
+                       max=st.max_ms, cov=st.cov, n=st.n, unstable=st.unstable),
+            latency_raw_ms=list(art.latency_ms), warmup_ms=list(art.warmup_ms),
+            artifact_sha256=prepared.manifest.library_sha256, onnx_sha256=prepared.manifest.onnx_sha256,
+            metadata={**session, "tuning": dict(prepared.manifest.tuning), "number": art.number,
+                      "output_sha256": art.output_sha256, "role": role, **key.metadata},
+            device_identity=identity)
 
     def run(self, onnx_path: Path, key: StoreKey | None = None) -> tuple[Prepared | None, PipelineResult]:
         """:meth:`compile` then :meth:`measure`.

@@ -10,7 +10,7 @@ from harness.cli import main
 HILPRUNE = [sys.executable, "-m", "harness.cli"]
 
 
-@pytest.mark.parametrize("cmd", [[], ["search"], ["train"]])
+@pytest.mark.parametrize("cmd", [[], ["search"], ["train"], ["compare"]])
 def test_help_on_every_subcommand(cmd):
     r = subprocess.run(HILPRUNE + cmd + ["--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage: hilprune" in r.stdout

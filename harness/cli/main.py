@@ -29,7 +29,7 @@ __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 #: parser(s) with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit status.
 #: Keep imports inside the ``func``s so ``--help`` and light commands start fast.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("harness.cli.compile", "harness.cli.sim", "harness.cli.devices",
-                                       "harness.cli.nightly")
+                                       "harness.cli.nightly", "harness.cli.compare")
 
 #: Above this ratio of the unpruned model's TVM p50 to its ONNX Runtime p50 the search report
 #: warns that the TVM build is far from a mature runtime (DESIGN.md §4: 2-5x at 8-32 trials per task).
