@@ -62,6 +62,7 @@ from harness.pipeline import Pipeline, PipelineError, Prepared, RatioResult, Sto
 from harness.pruning import ArchSpec, count_macs_params, find_groups, full_spec, rebuild
 from harness.search.candidate import CandidateEvaluator, CandidateResult, StageTimer
 from harness.search.env import EnvConfig, PruningEnv
+from harness.search.latency_mode import DEFAULT_CONFIRM_TOP_K, build_latency_mode, check_latency_option
 from harness.search.pareto import pareto_front, write_pareto
 from harness.search.reward import RewardWeights
 from harness.store import ResultsStore
@@ -132,6 +133,13 @@ class SearchConfig:
         db: results store path.
         cache_dir: baselines, artifacts, tuning databases (None = default_cache_dir()).
         data_root: dataset directory override.
+        latency: where candidates' latency ratios come from (:mod:`harness.search.latency_mode`):
+            ``measured`` (each compiled and timed interleaved), ``predicted`` (the board's latency table
+            only; the final best is still measured) or ``hybrid`` (predicted; measured when it would enter
+            the Pareto front or the top ``confirm_top_k`` rewards). None: ``hybrid`` when the target's
+            tuning database covers every task of the unpruned model, else ``measured``. Simulator devices
+            are ``simulated`` (``predicted``/``hybrid`` refused).
+        confirm_top_k: k of the hybrid rule's top-k by reward (0 = the front alone).
     """
 
     model: str = "resnet20"
@@ -168,6 +176,8 @@ class SearchConfig:
     db: str = "results/hilprune.db"
     cache_dir: str | None = None
     data_root: str | None = None
+    latency: str | None = None
+    confirm_top_k: int = DEFAULT_CONFIRM_TOP_K
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # a TOML value of the wrong type names its option (not a TypeError)
@@ -181,7 +191,7 @@ class SearchConfig:
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance={self.importance!r} must be one of {', '.join(IMPORTANCES)}")
         for name in ("episodes", "max_steps", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples",
-                     "repeat", "seed"):
+                     "repeat", "seed", "confirm_top_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -201,6 +211,7 @@ class SearchConfig:
             raise ValueError(f"fallback={self.fallback!r} must be 'fail' or 'sim'")
         if self.backend not in ("tvm", "onnxruntime"):
             raise ValueError(f"backend={self.backend!r} must be 'tvm' or 'onnxruntime'")
+        check_latency_option(self.latency, device=self.device, backend=self.backend, tune_trials=self.tune_trials)
         # the value objects validate the rest with their own field names
         RewardWeights(self.alpha, self.beta, self.gamma)
         EnvConfig(step_fraction=self.step_fraction, max_steps=self.max_steps, latency_target=self.latency_target,
@@ -271,6 +282,7 @@ def _row(result: CandidateResult, *, episode: int, step: int, action: int | None
         reward=reward, delta_p=getattr(terms, "delta_p", None), delta_c=getattr(terms, "delta_c", None),
         delta_h=getattr(terms, "delta_h", None), latency_cache_hit=int(result.latency_cache_hit),
         error_kind=result.error_kind, error_message=result.error_message,
+        latency_ratio_predicted=result.predicted_ratio, latency_measure_reason=result.measure_reason,
     )
 
 
@@ -385,6 +397,7 @@ class _Run:
         self.board: str | None = None  # the farm board the whole run measures on
         self.board_changes: list[dict] = []
         self.source_switch: dict | None = None  # set when the run moved to the simulator as a whole
+        self.latency = None  # the run's LatencyMode (harness.search.latency_mode), set in setup; None: simulated
         self.env = None
         self.position: tuple[int, int] = (-1, 0)  # (episode, step) being evaluated, for messages
 
@@ -432,6 +445,11 @@ class _Run:
             on_exhausted=self._on_exhausted, on_board_change=self._on_board_change,
         )
         self.base_spec = full_spec(self.groups)
+        self.latency = build_latency_mode(  # before the reference compile: "a table exists" is the database's state
+            requested=(ckpt or {}).get("latency_mode", c.latency), confirm_top_k=c.confirm_top_k,
+            weights=RewardWeights(c.alpha, c.beta, c.gamma), evaluator=self.evaluator, base_spec=self.base_spec,
+            base_model=self.base_model, family=f"{c.model}@{'x'.join(map(str, self.input_shape))}",
+            run_id=self.run_id)
         self._set_reference()
         self.say(f"unpruned model: compiling for {self.target.name} ({c.tune_trials} tuning trials per new task) "
                  f"and measuring on {c.device}")
@@ -442,6 +460,13 @@ class _Run:
             raise SearchAborted(f"the unpruned {c.model} could not be measured: "
                                f"{self.baseline.error_kind}: {self.baseline.error_message}")
         b = self.baseline
+        if self.latency is not None:
+            self.latency.set_baseline(b, self.latency.reference_tasks_ms)
+            self.latency.seed(self.store.candidates(self.run_id))  # a resumed run's measured candidates
+            if self.latency.table is not None:
+                self.evaluator.latency_mode = self.latency
+            self.say(f"latency: {self.latency.mode}" + (f" (latency table: {self.latency.table.fit.describe()})"
+                                                        if self.latency.table is not None else ""))
         where = f"board {self.board} of {c.device}" if self.board else self.evaluator.device.name
         self.say(f"unpruned model: p50 {b.latency_p50_ms:.3f} ms ({b.source} on {where}), val top-1 {b.top1:.4f}, "
                  f"{b.macs:,} MACs; searching {c.episodes} episodes x {c.max_steps} steps")
@@ -532,6 +557,7 @@ class _Run:
         record = self._switch_record(why)
         ev = self.evaluator
         ev.pipeline = self._sim_pipeline()
+        ev.latency_mode = self.latency = None  # simulated as a whole: no board, no table
         self._set_reference()
         record["to"] = ev.device.name
         self.source_switch = record
@@ -666,7 +692,8 @@ class _Run:
                         cand, episode=episode, step=step, action=action, reward=reward,
                         terms=None if failed else info["reward_terms"], device=self.evaluator.device.name,
                         target=self.target.name))
-                    if cand.ok and not failed and cand is not self.baseline:
+                    if (cand.ok and not failed and cand is not self.baseline
+                            and (self.latency is None or self.latency.reportable(cand))):
                         met = env.target_met(cand)
                         key = (met, reward)
                         if self.best_key is None or key > self.best_key:
@@ -695,7 +722,8 @@ class _Run:
             what = f"FAILED {cand.error_kind}: {first[:160]}"
         else:
             lo, hi = cand.ratio_ci
-            what = (f"latency {cand.latency_ratio:.3f}x unpruned [{lo:.3f}, {hi:.3f}]"
+            ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else f"({cand.source})"
+            what = (f"latency {cand.latency_ratio:.3f}x unpruned {ci}"
                     f"{' cached' if cand.latency_cache_hit else ''} (p50 {cand.latency_p50_ms:.3f} ms), "
                     f"val top-1 {cand.top1:.4f}")
         best = self.best_result
@@ -723,6 +751,7 @@ class _Run:
             "board": self.board, "board_changes": self.board_changes, "source_switch": self.source_switch,
             "best_spec": list(self.best_spec.channels) if self.best_spec is not None else None,
             "best_key": list(self.best_key) if self.best_key is not None else None,
+            "latency_mode": self.latency.mode if self.latency is not None else None,
         }, self.run_dir / CHECKPOINT)
 
     # -- the end ----------------------------------------------------------------
@@ -785,10 +814,12 @@ class _Run:
                                      else {"error": f"{ort.error.kind}: {ort.error.message}"})
                 final_error = None if measured.ok else f"{measured.error.kind}: {measured.error.message}"
                 self._save_best(model, self.best_spec, final.path)
+            no_ci = best.ratio_ci[0] is None  # a predicted best whose final measurement failed
             figures = self._speedup(measured) if measured is not None and measured.ok else {
-                "speedup": 1.0 / best.latency_ratio, "speedup_ci": [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]],
+                "speedup": 1.0 / best.latency_ratio,
+                "speedup_ci": None if no_ci else [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]],
                 "speedup_rounds": [], "latency_ratio": best.latency_ratio, "latency_ratio_ci": list(best.ratio_ci),
-                "pairs": None, "within_noise": best.ratio_ci[0] <= 1.0 <= best.ratio_ci[1],
+                "pairs": None, "within_noise": None if no_ci else best.ratio_ci[0] <= 1.0 <= best.ratio_ci[1],
                 "baseline_p50_ms": self.baseline.latency_p50_ms, "best_p50_ms": best.latency_p50_ms}
             best_out = {
                 **_public(best, test_after),
@@ -821,8 +852,9 @@ class _Run:
         baseline = {**_public(self.baseline, base_test), "latency_p50_ms": base_lat,
                     "latency_p50_ms_search": self.baseline.latency_p50_ms}
         rows = self.store.candidates(self.run_id)
+        reported = rows if self.latency is None else [r for r in rows if self.latency.reportable_row(r)]
         front = write_pareto(  # val top-1 and search-time p50 of every candidate; the best one starred
-            rows, self.run_dir,
+            reported, self.run_dir,
             val_images=min(c.eval_samples or len(self.splits.val), len(self.splits.val)),
             best_signature=best_out and best_out["arch_signature"], best_test_top1=best_out and best_out["top1"],
             finetune_epochs=c.finetune_epochs)
@@ -837,6 +869,8 @@ class _Run:
             "latency_cache_drift": self.drift,
             "device": c.device,
             "latency_source": self.baseline.source,
+            "latency_mode": (self.latency.summary(rows) if self.latency is not None
+                             else {"mode": self.baseline.source}),
             "measured_on": self.evaluator.device.name if self.board is None or self.source_switch
             else f"{c.device} (board {self.board})",
             "board": self.board,
