@@ -36,6 +36,7 @@ p50s (s = p50_ref / (T_ref + o')).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from dataclasses import dataclass
@@ -103,13 +104,15 @@ class TablePrediction:
         return scale * self.tasks_ms + overhead_ms
 
 
-def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path) -> TablePrediction:
+def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path, *, database=None) -> TablePrediction:
     """Σ weight × recorded time of an ONNX model's tuning tasks in the database at ``db_dir``.
 
     Args:
         onnx_path: the model (one static input), as compiled for ``target``.
         target: the target the database was tuned for (its tasks are that target's fused TIR).
         db_dir: the tuning database (``harness.compile.tuning.database_dir_for``).
+        database: an already opened ``JSONDatabase`` of ``db_dir`` to read instead of opening it under its
+            lock (a snapshot: :class:`LatencyTable` keeps one while the files do not change).
 
     Returns:
         A :class:`TablePrediction`.
@@ -125,8 +128,8 @@ def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path) -> Table
         _import_cpu_tensor_intrin()
     tasks = ms.relax_integration.extract_tasks(lowered.mod, tvm_target)
     out: list[TaskTime] = []
-    with locked(db_dir):
-        db = open_database(db_dir)
+    with (locked(db_dir) if database is None else contextlib.nullcontext()):
+        db = open_database(db_dir) if database is None else database
         for task in tasks:
             mod = task.dispatched[0]
             ms_per_call = None
@@ -277,7 +280,21 @@ class LatencyTable:
         self._predictions: dict[str, TablePrediction] = {}
         self._pairs: list[dict] = []
         self.extractions = 0  # table_prediction calls (the per-architecture cost), for the benchmarks
+        self._db = self._db_stamp = None
         self.fit = self.refit()
+
+    def _database(self):
+        """The tuning database, opened once under its lock and reopened only when its files changed
+        (another process tuned meanwhile): opening a warmed grid's database reads megabytes of JSON."""
+        from harness.compile.tuning import RECORD_FILE, WORKLOAD_FILE
+
+        stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
+                      for p in (self.db_dir / WORKLOAD_FILE, self.db_dir / RECORD_FILE))
+        if self._db is None or stamp != self._db_stamp:
+            with locked(self.db_dir):
+                self._db = open_database(self.db_dir)
+            self._db_stamp = stamp
+        return self._db
 
     @property
     def target_key(self) -> str:
@@ -297,7 +314,7 @@ class LatencyTable:
         if onnx_path is None:
             raise ValueError(f"no table prediction cached for {signature} and no ONNX file to extract it from")
         self.extractions += 1
-        pred = table_prediction(Path(onnx_path), self.target, self.db_dir)
+        pred = table_prediction(Path(onnx_path), self.target, self.db_dir, database=self._database())
         self._predictions[signature] = pred
         return pred
 
