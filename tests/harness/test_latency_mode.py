@@ -111,7 +111,7 @@ STOP = 12  # ResNet-20 has 12 prunable groups: action 12 is "stop" (no evaluatio
 
 
 @pytest.mark.slow
-def test_hybrid_search_measures_exactly_the_candidates_its_rule_names(warm, tmp_path):
+def test_hybrid_search_measures_exactly_the_candidates_its_rule_names(warm, tmp_path, capsys):
     from harness.search.run import run_search
 
     cfg = _config(warm, tmp_path, confirm_top_k=1)  # default latency: a table exists -> hybrid
@@ -161,6 +161,22 @@ def test_hybrid_search_measures_exactly_the_candidates_its_rule_names(warm, tmp_
         front = list(csv.DictReader(fh))
     assert front and {f["source"] for f in front} == {"measured"}
     assert out["best"]["source"] == "measured" and out["best"]["final_pairs"] >= 8
+    # hilprune predict --table uses the stored fit of this device identity and family, labelled predicted
+    run_dir = tmp_path / "runs" / out["run_id"]
+    cand, ref = fresh[0], base
+    argv = ["predict", str(run_dir / "onnx" / f"{cand['arch_signature']}.onnx"), "--table", "host", "--cache-dir",
+            str(warm / "cache"), "--db", cfg.db, "--family", "resnet20@1x1x28x28", "--reference",
+            str(run_dir / "onnx" / f"{ref['arch_signature']}.onnx"), "--json"]
+    assert main(argv) == 0
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert rec["source"] == "predicted" and rec["complete"] and rec["fit"]["n_pairs"] == len(pairs)
+    assert rec["fit"]["offset_ms"] == pytest.approx(lm["fit"]["offset_ms"])
+    o = rec["fit"]["offset_ms"]
+    assert rec["latency_ratio"] == pytest.approx((pairs[0]["tasks_ms"] + o) / (pairs[0]["reference_tasks_ms"] + o))
+    assert rec["latency_ms"] == pytest.approx(lm["fit"]["scale"] * (pairs[0]["tasks_ms"] + o))
+    assert main(argv[:-6] + ["--json"]) == 0  # no family: the raw sum, unfitted
+    (raw,) = json.loads(capsys.readouterr().out)
+    assert raw["fit"]["n_pairs"] == 0 and raw["tasks_ms"] == pytest.approx(pairs[0]["tasks_ms"])
 
 
 @pytest.mark.slow
