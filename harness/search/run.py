@@ -609,6 +609,8 @@ class _Run:
             raise SearchAborted(f"the unpruned {self.config.model} could not be measured on board {self.board}: "
                                 f"{fresh.error_kind}: {fresh.error_message}")
         self.baseline = fresh
+        if self.latency is not None:  # the new board's own fit and measured points
+            self.latency.board_changed(self.evaluator.pipeline.identity(), fresh)
         if self.env is not None:
             current = self.env.current
             self.env.baseline = fresh
