@@ -971,7 +971,9 @@ def run_search(config: SearchConfig, *, progress: bool | str = True, interrupt_a
         the end; ``best`` also with ``speedup`` = baseline p50 / best p50 (the
         medians of the interleaved final rounds), ``speedup_rounds`` (each
         round's own baseline/best ratio: their spread is the speedup's
-        uncertainty) and ``spec``), ``stage_seconds`` and ``wall_s``.
+        uncertainty) and ``spec``), ``stage_seconds``, ``wall_s`` and ``latency_mode`` (the mode,
+        candidates predicted / measured, the hybrid rule's reasons, the latency table's fit and the
+        prediction error on the measured candidates; :meth:`harness.search.latency_mode.LatencyMode.summary`).
 
     Raises:
         ValueError: bad configuration (unknown model, dataset, device or target).

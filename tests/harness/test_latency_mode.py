@@ -174,7 +174,7 @@ def test_hybrid_search_measures_exactly_the_candidates_its_rule_names(warm, tmp_
     o = rec["fit"]["offset_ms"]
     assert rec["latency_ratio"] == pytest.approx((pairs[0]["tasks_ms"] + o) / (pairs[0]["reference_tasks_ms"] + o))
     assert rec["latency_ms"] == pytest.approx(lm["fit"]["scale"] * (pairs[0]["tasks_ms"] + o))
-    assert main(argv[:-6] + ["--json"]) == 0  # no family: the raw sum, unfitted
+    assert main(argv[:6] + ["--db", cfg.db, "--json"]) == 0  # no family: the raw sum, unfitted
     (raw,) = json.loads(capsys.readouterr().out)
     assert raw["fit"]["n_pairs"] == 0 and raw["tasks_ms"] == pytest.approx(pairs[0]["tasks_ms"])
 
