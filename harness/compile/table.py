@@ -283,14 +283,23 @@ class LatencyTable:
         self._db = self._db_stamp = None
         self.fit = self.refit()
 
-    def _database(self):
-        """The tuning database, opened once under its lock and reopened only when its files changed
-        (another process tuned meanwhile): opening a warmed grid's database reads megabytes of JSON."""
+    def _stamp(self) -> tuple:
         from harness.compile.tuning import RECORD_FILE, WORKLOAD_FILE
 
-        stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
-                      for p in (self.db_dir / WORKLOAD_FILE, self.db_dir / RECORD_FILE))
-        if self._db is None or stamp != self._db_stamp:
+        return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
+                     for p in (self.db_dir / WORKLOAD_FILE, self.db_dir / RECORD_FILE))
+
+    def _changed(self) -> bool:
+        """True when the database's files changed since the snapshot was opened."""
+        return self._db is not None and self._stamp() != self._db_stamp
+
+    def _database(self, reopen: bool = False):
+        """A snapshot of the tuning database, opened once under its lock (a warmed grid's is megabytes of
+        JSON) and reopened only when a prediction lacks tasks and the files changed since (another process
+        tuned meanwhile): the recorded times a run predicts with do not move under it, and a warm-up that
+        holds the lock elsewhere does not stall every prediction."""
+        if self._db is None or reopen:
+            stamp = self._stamp()
             with locked(self.db_dir):
                 self._db = open_database(self.db_dir)
             self._db_stamp = stamp
@@ -315,6 +324,8 @@ class LatencyTable:
             raise ValueError(f"no table prediction cached for {signature} and no ONNX file to extract it from")
         self.extractions += 1
         pred = table_prediction(Path(onnx_path), self.target, self.db_dir, database=self._database())
+        if not pred.complete and self._changed():  # tuned meanwhile (a hybrid's measured candidate, a warm-up)
+            pred = table_prediction(Path(onnx_path), self.target, self.db_dir, database=self._database(reopen=True))
         self._predictions[signature] = pred
         return pred
 
