@@ -123,10 +123,12 @@ def main() -> int:
     rows = []
     if args.latency:
         for model in args.models:
-            one(model, args, ws, "warm-up", latency="measured", episodes=1)  # trains the baseline, compiles the reference
+            # trains the baseline and compiles the reference (predicted: no candidate's latency is cached)
+            one(model, args, {**ws, "db": str(root / "r-warm-up.db")}, "warm-up", latency="predicted", episodes=1)
             for i, mode in enumerate(args.latency):
                 eps = (args.episodes_per_mode or [])[i] if i < len(args.episodes_per_mode or []) else None
-                r = one(model, args, ws, mode, latency=mode, episodes=eps)
+                # a results store per mode: no mode is served another's measured ratios (the latency cache)
+                r = one(model, args, {**ws, "db": str(root / f"r-{mode}.db")}, mode, latency=mode, episodes=eps)
                 rows.append(r)
                 share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items() if v >= 0.005)
                 print(f"{model:9} {mode:9} {r['candidates']:3d} candidates ({r['new_architectures']} new) in "
