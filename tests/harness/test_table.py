@@ -84,9 +84,13 @@ def test_the_ratio_fit_recovers_the_offset_from_pairs_made_by_hand():
 
     # ratio = (T + o') / (T_ref + o') with o' = 0.5 ms: (1 + .5)/(2 + .5) = 0.6, (1.5 + .5)/2.5 = 0.8, 1/2.5 = 0.4
     assert fit_ratio_offset([(1.0, 2.0, 0.6), (1.5, 2.0, 0.8), (0.5, 2.0, 0.4)]) == pytest.approx(0.5, abs=1e-6)
-    # a negative offset (the sum over-counts), and two references: o' = -0.3, T_ref 2.0 and 3.0
-    pairs = [(t, ref, (t - 0.3) / (ref - 0.3)) for t, ref in ((1.0, 2.0), (1.5, 2.0), (2.0, 3.0), (1.0, 3.0))]
-    assert fit_ratio_offset(pairs) == pytest.approx(-0.3, abs=1e-6)
+    # two references: o' = 0.3, T_ref 2.0 and 3.0
+    pairs = [(t, ref, (t + 0.3) / (ref + 0.3)) for t, ref in ((1.0, 2.0), (1.5, 2.0), (2.0, 3.0), (1.0, 3.0))]
+    assert fit_ratio_offset(pairs) == pytest.approx(0.3, abs=1e-6)
+    # sums that over-count the savings (as if o' were -0.3) stay at o' = 0: an overhead is never negative, and a
+    # negative one would predict negative latencies for narrower models (T < 0.3 here)
+    over = [(t, ref, (t - 0.3) / (ref - 0.3)) for t, ref in ((1.0, 2.0), (1.5, 2.0), (2.0, 3.0), (1.0, 3.0))]
+    assert fit_ratio_offset(over) == 0.0
     # noisy ratios: the least-squares o' equals a brute-force minimum of the squared ratio residuals
     import numpy as np
 
