@@ -130,8 +130,15 @@ def main() -> int:
             one(model, args, {**ws, "db": str(root / "r-warm-up.db")}, "warm-up", latency="predicted", episodes=1)
             for i, mode in enumerate(args.latency):
                 eps = (args.episodes_per_mode or [])[i] if i < len(args.episodes_per_mode or []) else None
-                # a results store per mode: no mode is served another's measured ratios (the latency cache)
-                r = one(model, args, {**ws, "db": str(root / f"r-{mode}.db")}, mode, latency=mode, episodes=eps)
+                # a results store and an artifact cache per mode: no mode is served another's measured ratios or
+                # compiled candidates; the tuning database, grids and trained baselines are shared (symlinks)
+                cache = root / f"cache-{mode}"
+                cache.mkdir(exist_ok=True)
+                for part in Path(ws["cache_dir"]).iterdir():
+                    if part.name != "artifacts" and not (cache / part.name).exists():
+                        (cache / part.name).symlink_to(part.resolve())
+                r = one(model, args, {**ws, "db": str(root / f"r-{mode}.db"), "cache_dir": str(cache)}, mode,
+                        latency=mode, episodes=eps)
                 rows.append(r)
                 share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items() if v >= 0.005)
                 print(f"{model:9} {mode:9} {r['candidates']:3d} candidates ({r['new_architectures']} new) in "
