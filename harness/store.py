@@ -13,7 +13,11 @@ Tables:
                   in one session (schema 4): median, bootstrap interval, pairs,
                   the two absolute p50s; the search's ΔH and its latency cache
     candidates    one row per (run, episode, step): spec, top-1, MACs,
-                  params, latency p50, reward terms, error if any
+                  params, latency p50, reward terms, error if any; source
+                  ``measured``/``simulated``/``predicted``
+    table_pairs   one row per measured interleaved ratio with the latency
+                  table's sums of candidate and reference (schema 6): what the
+                  table's offset is fitted on
     bench_runs    one row per nightly suite run (schema 2): suite, status,
                   metadata (git commit, hilprune/TVM/Python versions,
                   device hello and state), summary
@@ -33,7 +37,12 @@ files keep a NULL identity, so the latency cache never serves them; 5 = runs and
 bench_runs record their owner (``owner_host``, ``owner_pid``,
 ``owner_start``: the process's start time, so a reused pid is not taken for
 the owner). On open, a ``running`` row of this host whose owner is gone is
-marked ``interrupted`` (a controller killed with -9 never says so itself).
+marked ``interrupted`` (a controller killed with -9 never says so itself); 6 = ``table_pairs`` (issue 13:
+the board's latency table is fitted on them, per device identity, target and
+model family; :class:`harness.compile.table.LatencyTable`) and two columns of
+``candidates``: ``latency_ratio_predicted`` (the table's ratio, beside a
+measured one too) and ``latency_measure_reason`` (why a ``hybrid`` search
+measured the candidate). A predicted latency is never a ``measurements`` row.
 
 Opening checks the file first and writes nothing to a bad one: a directory,
 a non-SQLite file, an SQLite file that is not a store (no ``meta`` table),
@@ -53,9 +62,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["ResultsStore", "SCHEMA_VERSION", "StoreError", "check_store_file", "open_readonly"]
+__all__ = ["CANDIDATE_TABLE_COLUMNS", "ResultsStore", "SCHEMA_VERSION", "StoreError", "check_store_file",
+           "open_readonly"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_windows (  -- schema 3: where the latency cache of a key starts
@@ -140,6 +150,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     latency_ratio_ci_low REAL,
     latency_ratio_ci_high REAL,
     ratio_id INTEGER REFERENCES latency_ratios(id),
+    latency_ratio_predicted REAL,      -- schema 6: the latency table's ratio (NULL: no table in the run)
+    latency_measure_reason TEXT,       -- schema 6: why a hybrid search measured it (front, top_k, missing_tasks, cache)
     UNIQUE (run_id, episode, step)
 );
 CREATE TABLE IF NOT EXISTS latency_ratios (  -- schema 4: a candidate timed interleaved with its reference
@@ -205,7 +217,29 @@ CREATE TABLE IF NOT EXISTS bench_results (
 );
 CREATE INDEX IF NOT EXISTS bench_results_key
     ON bench_results (benchmark, device, target, backend, tuning_key, source);
+CREATE TABLE IF NOT EXISTS table_pairs (  -- schema 6: the latency table's fit data (issue 13)
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    device_identity TEXT NOT NULL,     -- devices.identity.identity_of: the board (and machine) that measured
+    target TEXT NOT NULL,              -- the tuning database's target (TargetSpec.canonical_json())
+    family TEXT NOT NULL,              -- model family, e.g. "resnet20@1x1x28x28": one fit per family
+    arch_signature TEXT NOT NULL,
+    tasks_ms REAL NOT NULL,            -- the table's sum for the candidate, ms
+    reference_signature TEXT NOT NULL,
+    reference_tasks_ms REAL NOT NULL,  -- the table's sum for the reference it was timed against, ms
+    ratio REAL NOT NULL,               -- measured interleaved median ratio candidate / reference
+    latency_p50_ms REAL,               -- the candidate's absolute p50 in that session, ms
+    reference_p50_ms REAL,             -- the reference's, same session, ms
+    measurement_id INTEGER REFERENCES measurements(id),
+    ratio_id INTEGER REFERENCES latency_ratios(id),
+    run_id TEXT,
+    metadata_json TEXT
+);
+CREATE INDEX IF NOT EXISTS table_pairs_key ON table_pairs (device_identity, target, family);
 """
+
+#: Columns of ``candidates`` added in schema 6 (issue 13, search modes).
+CANDIDATE_TABLE_COLUMNS = {"latency_ratio_predicted": "REAL", "latency_measure_reason": "TEXT"}
 
 
 def _migrate_measurements_to_4(c: sqlite3.Connection) -> None:
@@ -391,6 +425,7 @@ class ResultsStore:
                 _add_columns(c, "bench_results", BENCH_RATIO_COLUMNS)
                 for table in ("runs", "bench_runs"):  # schema 5: who runs it (host, pid, process start)
                     _add_columns(c, table, {"owner_host": "TEXT", "owner_pid": "INTEGER", "owner_start": "REAL"})
+                _add_columns(c, "candidates", CANDIDATE_TABLE_COLUMNS)  # schema 6 (table_pairs: CREATE above)
             self._conn.execute("PRAGMA foreign_keys=ON")  # after a migration's table rebuild
             self.reap_interrupted()
         except StoreError:
@@ -646,6 +681,41 @@ class ResultsStore:
         out = dict(row)
         out["latency_raw_ms"] = json.loads(out["latency_raw_ms"])
         return out
+
+    # -- the latency table's pairs (schema 6) -----------------------------------
+    def add_table_pair(self, *, device_identity: str, target: str, family: str, arch_signature: str,
+                       tasks_ms: float, reference_signature: str, reference_tasks_ms: float, ratio: float,
+                       latency_p50_ms: float | None = None, reference_p50_ms: float | None = None,
+                       measurement_id: int | None = None, ratio_id: int | None = None, run_id: str | None = None,
+                       metadata: dict | None = None) -> int:
+        """Store one (table sums, measured interleaved ratio) pair of a board; returns its id.
+
+        Args:
+            device_identity: who measured the ratio (:func:`devices.identity.identity_of`).
+            target: the tuning database's target (canonical JSON).
+            family: the model family the fit is for (e.g. ``resnet20@1x1x28x28``).
+            tasks_ms, reference_tasks_ms: the table's Σ weight × recorded time of candidate and reference, ms.
+            ratio: the measured median ratio candidate / reference, timed interleaved in one session.
+            latency_p50_ms, reference_p50_ms: the two absolute p50s of that session, ms.
+            measurement_id, ratio_id: the session's rows in ``measurements`` and ``latency_ratios``.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO table_pairs (created_at, device_identity, target, family, arch_signature, tasks_ms, "
+                "reference_signature, reference_tasks_ms, ratio, latency_p50_ms, reference_p50_ms, measurement_id, "
+                "ratio_id, run_id, metadata_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (time.time(), device_identity, target, family, arch_signature, float(tasks_ms), reference_signature,
+                 float(reference_tasks_ms), float(ratio), latency_p50_ms, reference_p50_ms, measurement_id, ratio_id,
+                 run_id, json.dumps(metadata or {}, sort_keys=True, default=str)))
+            return int(cur.lastrowid)
+
+    def table_pairs(self, *, device_identity: str, target: str, family: str) -> list[dict]:
+        """Every stored pair of one (board identity, target, family), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM table_pairs WHERE device_identity=? AND target=? AND family=? ORDER BY id",
+                (device_identity, target, family)).fetchall()
+        return [dict(r) for r in rows]
 
     # -- candidates -----------------------------------------------------------
     def add_candidate(self, run_id: str, row: dict[str, Any]) -> int:

@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"time each candidate interleaved with the unpruned model until its latency ratio is known to "
              f"± this fraction (default {d.ratio_width}) ...")
     opt("--max-pairs", type=pos_int, help=f"... or for at most this many interleaved pairs (default {d.max_pairs})")
+    opt("--latency", choices=("measured", "predicted", "hybrid"),
+        help="where candidates' latency ratios come from: measured (each compiled and timed interleaved), "
+             "predicted (the board's latency table from the target's tuning database; only the final best is "
+             "measured) or hybrid (predicted; measured when it would enter the Pareto front or the top-k). "
+             "Default: hybrid when the tuning database covers the unpruned model (hilprune tune --grid), else "
+             "measured; a sim: device is always simulated")
+    opt("--confirm-top-k", type=nonneg_int,
+        help=f"hybrid: also measure a candidate whose predicted reward enters the top K of the measured ones "
+             f"(default {d.confirm_top_k}; 0 = the Pareto front alone)")
     opt("--cache-drift-tolerance", type=float,
         help=f"reuse earlier runs' latencies only while the unpruned p50 is within this fraction "
              f"of its cached value (default {d.cache_drift_tolerance}; inf = always)")
@@ -167,6 +176,15 @@ def _print_search(s: dict) -> None:
         print(f"latencies: {s['latency_source']} on {s.get('measured_on') or s.get('device')}, target {s.get('target')}"
               + (f" (switched from {switched['from']} at episode {switched['episode']} step {switched['step']}: "
                  "no healthy board left)" if switched else ""))
+    lm = s.get("latency_mode") or {}
+    if lm.get("mode") in ("predicted", "hybrid") or lm.get("fit"):
+        mape = lm.get("prediction_mape_pct")
+        print(f"latency mode {lm['mode']}: {lm.get('candidates_predicted', 0)} candidates predicted, "
+              f"{lm.get('candidates_measured', 0)} measured; table {lm.get('fit_describe')}"
+              + (f"; prediction error on the measured ones {mape:.1f} % (MAPE of the ratio, "
+                 f"{lm.get('prediction_pairs')} pairs)" if mape is not None else ""))
+        if lm["mode"] == "predicted":
+            print("the search ranked on predicted latencies; the best's speedup below is measured afresh")
     print(f"{'':10} {'val top-1':>10} {'test top-1':>10} {'MACs':>12} {'params':>9} {'p50 ms':>9}")
     print(f"{'baseline':10} {fmt(b.get('val_top1'), '10.4f')} {fmt(b['test_top1'], '10.4f')} {b['macs']:>12,} "
           f"{b['params']:>9,} {fmt(b['latency_p50_ms'], '9.3f')}")

@@ -1,6 +1,8 @@
 """``hilprune predict`` and ``hilprune sim ...``: the latency simulator's commands (issue 5).
 
     hilprune predict MODEL.onnx [MORE.onnx ...] --device sim:PROFILE [--threads N] [--json] [--layers]
+    hilprune predict MODEL.onnx [...] --table TARGET [--device local|ssh:BOARD|farm:TAG --inventory FILE]
+                     [--family MODEL@SHAPE] [--reference REF.onnx] [--db PATH] [--cache-dir DIR] [--json]
     hilprune sim calibrate --profile NAME (--from-db [--device D] [--db PATH] [--backend B] | --from CSV) ...
     hilprune sim profiles [--json]
 
@@ -9,6 +11,20 @@ runs them with a parser of their own before the full ``hilprune`` parser
 (whose ``search`` defaults import torch) is built. ``sim calibrate`` imports
 torch only to export the zoo's classic networks when ``--from`` is the ncnn
 table and ``--graphs`` is not given.
+
+``predict --table TARGET`` asks a board's own latency table (issue 13,
+:class:`harness.compile.table.LatencyTable`): the sum of weight × recorded
+time of the model's tuning tasks in TARGET's tuning database, and, with the
+fit stored for that device (``--device``: its identity from its hello, default
+``local``; ``host`` on a board is the board's CPU) and model family
+(``--family``, as the search names it: ``resnet20@1x1x28x28``), the predicted
+ratio to ``--reference`` and absolute ms. Labelled ``predicted``; the fit's
+pair count is printed, or "unfitted: raw sum". Why a flag here and not a
+``table:BOARD`` device: a device takes compiled artifacts and returns
+measurements, and ``devices/`` never sees ONNX graphs (DESIGN.md §2), while a
+table prediction is an ONNX → TVM task extraction and a database lookup — a
+harness step. The search uses the same table through ``--latency
+predicted|hybrid`` (:mod:`harness.search.latency_mode`).
 """
 
 from __future__ import annotations
@@ -39,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Predict batch-1 latency of ONNX graphs on a simulator profile "
                                    "(devices/profiles/). Imports neither torch nor TVM.")
     p.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX files with static input shapes")
-    p.add_argument("--device", default="sim:host", help="sim:PROFILE, a name or a profile .json (default sim:host)")
+    p.add_argument("--device", default=None, help="sim:PROFILE, a name or a profile .json (default sim:host); with "
+                                                  "--table: the device whose table fit to use (local, ssh:BOARD, "
+                                                  "farm:TAG; default local)")
     p.add_argument("--threads", type=pos_int, default=None, help="thread count (default: the profile's)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {model, latency_ms, ...}")
     p.add_argument("--layers", action="store_true", help="per-layer breakdown")
@@ -48,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Σ weight × recorded time of the model's tasks; labelled predicted; needs TVM)")
     p.add_argument("--cache-dir", default=None, help="with --table: the cache holding the tuning databases "
                                                      "(default results/cache or $HILPRUNE_CACHE)")
+    p.add_argument("--family", default=None, help="with --table: the model family whose stored fit to use, as the "
+                                                  "search names it (MODEL@SHAPE, e.g. resnet20@1x1x28x28)")
+    p.add_argument("--reference", default=None, metavar="REF.onnx",
+                   help="with --table: also predict each model's latency ratio to this model (the fitted offset)")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"with --table: results store holding the fits (default {DEFAULT_DB})")
+    p.add_argument("--inventory", default=None, help="with --table and --device ssh:BOARD|farm:TAG: the farm inventory")
     p.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sim", help="simulator profiles: calibrate, list", description="Latency simulator profiles.")
@@ -104,33 +128,68 @@ def _sim_device(name: str):
 
 
 def _predict_table(args: argparse.Namespace) -> int:
-    """``predict --table TARGET``: Σ weight × recorded time from the target's tuning database (predicted)."""
+    """``predict --table TARGET``: the board's latency table for ``--device`` (predicted; see the module doc)."""
+    from devices.base import MeasureConfig
+    from devices.registry import make_device
     from harness.compile.build import CompileFailed
-    from harness.compile.table import table_prediction
+    from harness.compile.table import LatencyTable
     from harness.compile.targets import resolve_target
     from harness.compile.tuning import TuningConfig, database_dir_for
     from harness.paths import default_cache_dir
+    from harness.pipeline import Pipeline
+    from harness.store import ResultsStore
 
-    target = resolve_target(args.table)
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    db = database_dir_for(cache, target.canonical_json(), TuningConfig())
-    out = []
-    for m in args.models:
+    device_name = args.device or "local"
+    if device_name.startswith("sim:"):
+        raise ValueError(f"--table needs a measuring device (local, ssh:BOARD, farm:TAG), not the simulator "
+                         f"{device_name}: a table is a board's own; drop --table to ask the simulator")
+    for m in [*args.models, *([args.reference] if args.reference else [])]:
         if not Path(m).is_file():
             raise FileNotFoundError(f"ONNX file {m!r} not found; pass an existing .onnx file")
-        try:
-            p = table_prediction(Path(m), target, db)
-        except CompileFailed as exc:
-            raise ValueError(f"{m}: {exc}") from None
-        out.append({"model": m, "tasks_ms": p.tasks_ms, "tasks": len(p.tasks), "missing": list(p.missing),
-                    "complete": p.complete, "target": target.name, "database": str(db), "source": "predicted"})
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    device = make_device(device_name, inventory=args.inventory)
+    try:
+        pipe = Pipeline.for_device(device, resolve_target(args.table), TuningConfig(), MeasureConfig(), cache)
+        identity, target = pipe.identity(), pipe.target
+    finally:
+        device.close()
+    db = database_dir_for(cache, target.canonical_json(), TuningConfig())
+    store = ResultsStore(args.db) if args.family and Path(args.db).is_file() else None
+    try:
+        table = LatencyTable(target, db, identity=identity, family=args.family or "-", store=store)
+        fit = table.fit
+
+        def predict(path: str):
+            try:
+                return table.prediction(Path(path), f"file:{Path(path).resolve()}")
+            except CompileFailed as exc:
+                raise ValueError(f"{path}: {exc}") from None
+
+        ref = predict(args.reference) if args.reference else None
+        out = []
+        for m in args.models:
+            p = predict(m)
+            rec = {"model": m, "tasks_ms": p.tasks_ms, "tasks": len(p.tasks), "missing": list(p.missing),
+                   "complete": p.complete, "target": target.name, "database": str(db), "source": "predicted",
+                   "device_identity": identity, "family": args.family, "fit": fit.as_dict(),
+                   "fit_describe": fit.describe(),
+                   "latency_ms": fit.latency_ms(p.tasks_ms) if p.complete else None,
+                   "latency_ratio": (fit.ratio(p.tasks_ms, ref.tasks_ms) if ref is not None and p.complete
+                                     and ref.complete else None)}
+            out.append(rec)
+    finally:
+        if store is not None:
+            store.close()
     if args.json:
         print(json.dumps(out))
         return 0
     for rec in out:
         gap = f", {len(rec['missing'])} WITHOUT A RECORD (not in the sum)" if rec["missing"] else ""
-        print(f"{rec['tasks_ms']:10.4f} ms  Σ weight × recorded time of {rec['tasks']} tasks{gap}  {rec['model']}  "
-              f"({rec['target']} table {rec['database']}, predicted; per-call overhead not fitted)")
+        extra = "".join([f"  ratio {rec['latency_ratio']:.4f} to {args.reference}" if rec["latency_ratio"] else "",
+                         f"  ~{rec['latency_ms']:.4f} ms" if rec["latency_ms"] else ""])
+        print(f"{rec['tasks_ms']:10.4f} ms  Σ weight × recorded time of {rec['tasks']} tasks{gap}  {rec['model']}"
+              f"{extra}  ({rec['target']} table {rec['database']}, predicted; "
+              f"{rec['fit_describe'] if args.family else 'unfitted: raw sum (pass --family MODEL@SHAPE for a fit)'})")
     return 0
 
 
@@ -140,7 +199,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from devices.sim.graph import load_features
     from devices.sim.profile import layer_breakdown, predict_latency_ms
 
-    dev = _sim_device(args.device)
+    dev = _sim_device(args.device or "sim:host")
     out = []
     for m in args.models:
         feats = load_features(m)

@@ -78,13 +78,18 @@ def sha256_file(path: Path) -> str:
 
 
 def export_onnx(
-    model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17
+    model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17, *, check: bool = True
 ) -> ExportReport:
     """Export ``model`` to ONNX at ``path`` and check it with ONNX Runtime.
 
     The model is deep-copied and put in eval mode; the caller's model is not
     touched. The graph has one fp32 input ``"input"`` of static shape
     ``input_shape`` (NCHW, e.g. ``(1, 1, 28, 28)``) and one output ``"output"``.
+
+    ``check=False`` skips ``onnx.checker`` and the ONNX Runtime comparison: only for graphs that are never
+    run, whose tasks are only looked up in the latency table (a predicted latency;
+    :mod:`harness.search.latency_mode`); ``max_abs_diff`` is then NaN. A graph that is compiled and
+    measured is always checked.
 
     Raises:
         ExportError: with ``kind`` as documented on ``ExportError``.
@@ -115,6 +120,9 @@ def export_onnx(
     except Exception as exc:  # torch raises many types here
         raise ExportError("export_failed", f"torch.onnx.export: {type(exc).__name__}: {exc}") from exc
 
+    if not check:
+        return ExportReport(path=path, onnx_sha256=sha256_file(path), input_name="input", output_shape=(),
+                            max_abs_diff=float("nan"), tolerance="unchecked")
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:

@@ -18,21 +18,40 @@ board (:func:`fit_overhead`). A task with no record is reported in
 
 Predictions are labelled ``predicted`` (DESIGN.md §5) and never mixed with
 ``measured`` latencies.
+
+:class:`LatencyTable` is the table of one board as the search uses it: per
+(device identity, target, model family) it predicts the *ratio* of a model's
+latency to a reference's, caches each architecture's sum, and is fitted online
+on the board's interleaved ratios (kept in the results store's ``table_pairs``,
+so a fit survives runs). Why ratios: absolute p50s on a shared host drift
+1.5× over minutes, interleaved ratios reproduce to 0.3 % (DESIGN.md §5). With
+latency ≈ s·T + o, the ratio to the reference is
+
+    ratio = (T_c + o') / (T_ref + o'),   o' = o / s   (table ms)
+
+so one parameter, o', is fitted on ratios (:func:`fit_ratio_offset`); the scale
+s is needed only for absolute ms, and is read from the reference's measured
+p50s (s = p50_ref / (T_ref + o')).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from harness.compile.build import lower_onnx
 from harness.compile.targets import TargetSpec
 from harness.compile.tuning import _import_cpu_tensor_intrin, locked, open_database
 
-__all__ = ["TablePrediction", "TaskTime", "fit_overhead", "table_prediction"]
+if TYPE_CHECKING:
+    from harness.store import ResultsStore
+
+__all__ = ["LatencyTable", "TableFit", "TablePrediction", "TaskTime", "fit_overhead", "fit_ratio_offset",
+           "table_prediction"]
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +104,15 @@ class TablePrediction:
         return scale * self.tasks_ms + overhead_ms
 
 
-def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path) -> TablePrediction:
+def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path, *, database=None) -> TablePrediction:
     """Σ weight × recorded time of an ONNX model's tuning tasks in the database at ``db_dir``.
 
     Args:
         onnx_path: the model (one static input), as compiled for ``target``.
         target: the target the database was tuned for (its tasks are that target's fused TIR).
         db_dir: the tuning database (``harness.compile.tuning.database_dir_for``).
+        database: an already opened ``JSONDatabase`` of ``db_dir`` to read instead of opening it under its
+            lock (a snapshot: :class:`LatencyTable` keeps one while the files do not change).
 
     Returns:
         A :class:`TablePrediction`.
@@ -107,8 +128,8 @@ def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path) -> Table
         _import_cpu_tensor_intrin()
     tasks = ms.relax_integration.extract_tasks(lowered.mod, tvm_target)
     out: list[TaskTime] = []
-    with locked(db_dir):
-        db = open_database(db_dir)
+    with (locked(db_dir) if database is None else contextlib.nullcontext()):
+        db = open_database(db_dir) if database is None else database
         for task in tasks:
             mod = task.dispatched[0]
             ms_per_call = None
@@ -152,3 +173,209 @@ def fit_overhead(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
         return 1.0, float(np.median(y - x))
     scale, overhead = np.polyfit(x, y, 1)
     return float(scale), float(overhead)
+
+
+def fit_ratio_offset(pairs: Sequence[tuple[float, float, float]]) -> float:
+    """Least-squares offset o' (table ms) of ``ratio ≈ (T_c + o') / (T_ref + o')`` over measured ratios.
+
+    One parameter, fitted on interleaved ratios rather than absolute p50s (those drift with the
+    machine's load; the ratios reproduce, DESIGN.md §5). Minimises Σ (r_i − (T_i + o')/(R_i + o'))²
+    (``scipy.optimize.least_squares``), started from the linearised solution
+    o' = Σ (r−1)(T − r·R) / Σ (r−1)² (exact when the pairs are), and bounded below by 0: o is a
+    per-call overhead (VM, argument passing), never negative, and a negative o' fitted on a few pairs
+    predicts a negative latency for any smaller model (seen here: two pairs gave o' = −0.66 ms and
+    the next, narrower candidate a ratio of −0.11). A table whose sums over-count the savings
+    (measured ratios farther from 1 than the table's) stays at o' = 0, and its error shows in the
+    fit's MAPE. Pairs with r = 1 and T = R carry no information; if none carries any, o' = 0.
+
+    Args:
+        pairs: (T_c, T_ref, measured ratio) per measured candidate: the table's sums of the candidate
+            and of the reference it was timed against (ms), and the measured median ratio.
+
+    Returns:
+        o' in table ms.
+
+    Raises:
+        ValueError: no pairs, or a non-positive sum or ratio.
+    """
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    if not pairs:
+        raise ValueError("fit_ratio_offset needs at least one (tasks_ms, reference_tasks_ms, ratio) pair")
+    t, ref, r = (np.asarray(col, dtype=float) for col in zip(*pairs))
+    if (t <= 0).any() or (ref <= 0).any() or (r <= 0).any():
+        raise ValueError("table sums and measured ratios must be positive")
+    d = r - 1.0
+    den = float(np.sum(d * d))
+    if den <= 1e-18:
+        return 0.0
+    x0 = max(float(np.sum(d * (t - r * ref)) / den), 0.0)
+    fit = least_squares(lambda o: r - (t + o[0]) / (ref + o[0]), x0=[x0], bounds=([0.0], [np.inf]))
+    o = float(fit.x[0])
+    return 0.0 if o <= 1e-6 * float(ref.max()) else o  # on the bound (the solver stays a hair inside it)
+
+
+@dataclass(frozen=True, slots=True)
+class TableFit:
+    """The fit of one board's table for one (target, family).
+
+    Attributes:
+        offset_ms: o' = o / s, in table ms (0 when unfitted: the raw sum ratio).
+        scale: s, measured ms per table ms, the median of p50_ref / (T_ref + o') over the pairs that
+            carry the reference's absolute p50 (None: no such pair; absolute ms unknown).
+        n_pairs: measured ratios it was fitted on.
+        mape_ratio: mean absolute percentage error of the fitted ratio on those pairs, % (None: no pairs).
+    """
+
+    offset_ms: float = 0.0
+    scale: float | None = None
+    n_pairs: int = 0
+    mape_ratio: float | None = None
+
+    @property
+    def fitted(self) -> bool:
+        """True when at least one measured ratio went into the fit."""
+        return self.n_pairs > 0
+
+    def ratio(self, tasks_ms: float, reference_tasks_ms: float) -> float:
+        """Predicted latency ratio (T_c + o') / (T_ref + o') (dimensionless)."""
+        return (tasks_ms + self.offset_ms) / (reference_tasks_ms + self.offset_ms)
+
+    def latency_ms(self, tasks_ms: float) -> float | None:
+        """Predicted absolute latency s·(T + o') in ms, None when the scale is unknown."""
+        return None if self.scale is None else self.scale * (tasks_ms + self.offset_ms)
+
+    def describe(self) -> str:
+        """One line: ``fitted on N pairs: o' = .. ms, s = ..`` or ``unfitted: raw sum``."""
+        if not self.fitted:
+            return "unfitted: raw sum"
+        s = f", s = {self.scale:.3f}" if self.scale is not None else ""
+        return (f"fitted on {self.n_pairs} pair{'s' if self.n_pairs != 1 else ''}: o' = {self.offset_ms:.4f} ms{s}, "
+                f"ratio MAPE {self.mape_ratio:.1f} %")
+
+    def as_dict(self) -> dict:
+        """The fit as plain data (summaries, ``--json``)."""
+        return {"offset_ms": self.offset_ms, "scale": self.scale, "n_pairs": self.n_pairs,
+                "mape_ratio": self.mape_ratio, "fitted": self.fitted}
+
+
+class LatencyTable:
+    """One board's latency table for one (target, model family), fitted online on its measured ratios.
+
+    Args:
+        target: the target of the tuning database (its tasks are that target's fused TIR).
+        db_dir: the tuning database (``harness.compile.tuning.database_dir_for``).
+        identity: the device identity the fit belongs to (``Pipeline.identity()``): another board,
+            or this host with another CPU count, has a fit of its own.
+        family: the model family (e.g. ``resnet20@1x1x28x28``): one overhead per family.
+        store: where pairs are kept and read (None: in memory only, nothing survives the process).
+
+    A prediction (:class:`TablePrediction`) is cached per architecture signature: an architecture's
+    tasks and their recorded times do not change within a run (a database that gains records
+    during the run is read again only for new signatures). Predictions are labelled ``predicted``
+    and never stored as measurements.
+    """
+
+    def __init__(self, target: TargetSpec, db_dir: Path, *, identity: str, family: str,
+                 store: "ResultsStore | None" = None) -> None:
+        self.target, self.db_dir, self.identity, self.family, self.store = target, Path(db_dir), identity, family, store
+        self._predictions: dict[str, TablePrediction] = {}
+        self._pairs: list[dict] = []
+        self.extractions = 0  # table_prediction calls (the per-architecture cost), for the benchmarks
+        self._db = self._db_stamp = None
+        self.fit = self.refit()
+
+    def _stamp(self) -> tuple:
+        from harness.compile.tuning import RECORD_FILE, WORKLOAD_FILE
+
+        return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None
+                     for p in (self.db_dir / WORKLOAD_FILE, self.db_dir / RECORD_FILE))
+
+    def _changed(self) -> bool:
+        """True when the database's files changed since the snapshot was opened."""
+        return self._db is not None and self._stamp() != self._db_stamp
+
+    def _database(self, reopen: bool = False):
+        """A snapshot of the tuning database, opened once under its lock (a warmed grid's is megabytes of
+        JSON) and reopened only when a prediction lacks tasks and the files changed since (another process
+        tuned meanwhile): the recorded times a run predicts with do not move under it, and a warm-up that
+        holds the lock elsewhere does not stall every prediction."""
+        if self._db is None or reopen:
+            stamp = self._stamp()
+            with locked(self.db_dir):
+                self._db = open_database(self.db_dir)
+            self._db_stamp = stamp
+        return self._db
+
+    @property
+    def target_key(self) -> str:
+        """The ``target`` column of this table's pairs (the target's canonical JSON)."""
+        return self.target.canonical_json()
+
+    def prediction(self, onnx_path: Path | None, signature: str) -> TablePrediction:
+        """The table's sum for the architecture ``signature`` (cached; ``onnx_path`` read on a miss only).
+
+        Raises:
+            ValueError: a miss with no ONNX file to read.
+            harness.compile.build.CompileFailed: the ONNX file cannot be imported or lowered.
+        """
+        hit = self._predictions.get(signature)
+        if hit is not None:
+            return hit
+        if onnx_path is None:
+            raise ValueError(f"no table prediction cached for {signature} and no ONNX file to extract it from")
+        self.extractions += 1
+        pred = table_prediction(Path(onnx_path), self.target, self.db_dir, database=self._database())
+        if not pred.complete and self._changed():  # tuned meanwhile (a hybrid's measured candidate, a warm-up)
+            pred = table_prediction(Path(onnx_path), self.target, self.db_dir, database=self._database(reopen=True))
+        self._predictions[signature] = pred
+        return pred
+
+    def cached(self, signature: str) -> TablePrediction | None:
+        """The cached prediction of ``signature``, or None (no extraction)."""
+        return self._predictions.get(signature)
+
+    def ratio(self, tasks_ms: float, reference_tasks_ms: float) -> float:
+        """The predicted ratio with the current fit (:meth:`TableFit.ratio`)."""
+        return self.fit.ratio(tasks_ms, reference_tasks_ms)
+
+    def pairs(self) -> list[dict]:
+        """The pairs the fit is made of (the store's rows, or the in-memory ones without a store)."""
+        if self.store is not None:
+            return self.store.table_pairs(device_identity=self.identity, target=self.target_key, family=self.family)
+        return list(self._pairs)
+
+    def refit(self) -> TableFit:
+        """Fit o' on every pair of this (identity, target, family) and s on their reference p50s; sets ``fit``."""
+        import numpy as np
+
+        pairs = self.pairs()
+        if not pairs:
+            self.fit = TableFit()
+            return self.fit
+        data = [(p["tasks_ms"], p["reference_tasks_ms"], p["ratio"]) for p in pairs]
+        o = fit_ratio_offset(data)
+        scales = [p["reference_p50_ms"] / (p["reference_tasks_ms"] + o) for p in pairs if p.get("reference_p50_ms")]
+        pred = np.array([(t + o) / (ref + o) for t, ref, _ in data])
+        meas = np.array([r for _, _, r in data])
+        self.fit = TableFit(o, float(np.median(scales)) if scales else None, len(pairs),
+                            float(100 * np.mean(np.abs(pred / meas - 1.0))))
+        return self.fit
+
+    def add_pair(self, *, arch_signature: str, tasks_ms: float, reference_signature: str, reference_tasks_ms: float,
+                 ratio: float, latency_p50_ms: float | None = None, reference_p50_ms: float | None = None,
+                 measurement_id: int | None = None, ratio_id: int | None = None, run_id: str | None = None) -> TableFit:
+        """Keep one measured interleaved ratio beside the table's sums (in the store when there is one), refit.
+
+        Returns:
+            The new fit.
+        """
+        row = dict(arch_signature=arch_signature, tasks_ms=tasks_ms, reference_signature=reference_signature,
+                   reference_tasks_ms=reference_tasks_ms, ratio=ratio, latency_p50_ms=latency_p50_ms,
+                   reference_p50_ms=reference_p50_ms, measurement_id=measurement_id, ratio_id=ratio_id, run_id=run_id)
+        if self.store is not None:
+            self.store.add_table_pair(device_identity=self.identity, target=self.target_key, family=self.family, **row)
+        else:
+            self._pairs.append(row)
+        return self.refit()

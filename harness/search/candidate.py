@@ -82,11 +82,17 @@ class CandidateResult:
             (1.0 for the unpruned model itself): what ΔH, the Pareto front and the best are decided on.
         ratio_ci: the ratio's bootstrap interval (low, high) (``devices.stats.bootstrap_median_ci``).
         ratio_id: row id in the store's ``latency_ratios``.
-        source: ``measured`` (or ``simulated`` for a simulator device).
+        source: ``measured`` (or ``simulated`` for a simulator device, ``predicted`` for the board's latency
+            table: then ``latency_ratio`` is the table's ratio, ``ratio_ci`` is (None, None) and
+            ``latency_p50_ms`` is that ratio × the unpruned model's measured p50).
         latency_cache_hit: latency came from the store, nothing was compiled or measured.
         artifact_sha256: sha256 of the compiled library (None on a cache hit or failure).
         artifact_path: the compiled artifact directory (None on a cache hit or failure).
         error_kind, error_message: set when the candidate failed.
+        predicted_ratio: the latency table's ratio (also beside a measured one, for fidelity figures;
+            None when the run has no table).
+        measure_reason: why a ``hybrid`` search measured it (``front``, ``top_k``, ``missing_tasks``,
+            ``cache``: measured before), None when it was predicted or the run is not hybrid.
     """
 
     spec: ArchSpec
@@ -105,6 +111,8 @@ class CandidateResult:
     latency_ratio: float | None = None
     ratio_ci: tuple[float | None, float | None] = (None, None)
     ratio_id: int | None = None
+    predicted_ratio: float | None = None
+    measure_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,6 +143,8 @@ class CandidateEvaluator:
         on_board_change: called with the farm's move record (``{"from", "to", "reason"}``)
             when the run's board was replaced during an evaluation (the search re-measures
             its reference on the new board).
+        latency_mode: how a candidate's latency ratio is had (:class:`harness.search.latency_mode.LatencyMode`:
+            measured, predicted by the board's latency table, or hybrid); None = measured, no table.
     """
 
     model_name: str
@@ -151,13 +161,15 @@ class CandidateEvaluator:
     on_board_change: Callable[[dict[str, Any]], None] | None = None
     reference: Prepared | None = None
     reference_spec: ArchSpec | None = None
+    latency_mode: Any = None
 
     def __post_init__(self) -> None:
         self._acc_cache: dict[str, tuple[float, int, int]] = {}
         self.example_input = torch.zeros(self.input_shape)
         self.work_dir = Path(self.work_dir)
         (self.work_dir / "onnx").mkdir(parents=True, exist_ok=True)
-        self.stats = {"evaluated": 0, "latency_cache_hits": 0, "compiled": 0, "measured": 0, "failed": 0}
+        self.stats = {"evaluated": 0, "latency_cache_hits": 0, "compiled": 0, "measured": 0, "failed": 0,
+                      "predicted": 0}
 
     @property
     def device(self):
@@ -247,16 +259,12 @@ class CandidateEvaluator:
 
         is_reference = self.reference_spec is not None and spec == self.reference_spec
         if self.reference is not None and not is_reference:
+            if self.latency_mode is not None and not fresh and model is None:  # measured / predicted / hybrid
+                return self.latency_mode.evaluate(self, spec, pruned, top1, macs, params)
             if not fresh and model is None:
-                hit = self.pipeline.cached_ratio(self.key(spec), self.reference)
+                hit = self.cached_ratio_result(spec, top1, macs, params)
                 if hit is not None:
-                    self.stats["latency_cache_hits"] += 1
-                    row = self.pipeline.store.measurement(hit.measurement_id) if hit.measurement_id else None
-                    return CandidateResult(
-                        spec, top1, macs, params, hit.candidate_p50_ms, tuple(row["latency_raw_ms"]) if row else (),
-                        measurement_id=hit.measurement_id,
-                        source=self._source(), latency_cache_hit=True, latency_ratio=hit.ratio.median,
-                        ratio_ci=(hit.ratio.ci_low, hit.ratio.ci_high), ratio_id=hit.ratio_id)
+                    return hit
             if pruned is None:
                 pruned = self.prune(spec)
             return self._compile_and_measure_ratio(spec, pruned, top1, macs, params)
@@ -275,6 +283,27 @@ class CandidateEvaluator:
         if is_reference and result.error_kind is None:
             result = dataclasses.replace(result, latency_ratio=1.0, ratio_ci=(1.0, 1.0))
         return result
+
+    def cached_ratio_result(self, spec: ArchSpec, top1: float, macs: int, params: int) -> CandidateResult | None:
+        """``spec``'s latency ratio from the store's cache (measured earlier against this reference on this
+        device identity), as a result; None on a miss."""
+        hit = self.pipeline.cached_ratio(self.key(spec), self.reference)
+        if hit is None:
+            return None
+        self.stats["latency_cache_hits"] += 1
+        row = self.pipeline.store.measurement(hit.measurement_id) if hit.measurement_id else None
+        return CandidateResult(
+            spec, top1, macs, params, hit.candidate_p50_ms, tuple(row["latency_raw_ms"]) if row else (),
+            measurement_id=hit.measurement_id,
+            source=self._source(), latency_cache_hit=True, latency_ratio=hit.ratio.median,
+            ratio_ci=(hit.ratio.ci_low, hit.ratio.ci_high), ratio_id=hit.ratio_id)
+
+    def measure_ratio(self, spec: ArchSpec, pruned: torch.nn.Module | None, top1: float, macs: int,
+                      params: int) -> CandidateResult:
+        """Export, compile and time ``spec`` interleaved with the reference (no cache lookup); a value."""
+        if pruned is None:
+            pruned = self.prune(spec)
+        return self._compile_and_measure_ratio(spec, pruned, top1, macs, params)
 
     def _source(self) -> str:
         """What this evaluator's device gives: ``measured``, ``simulated`` or ``emulated`` (its identity)."""

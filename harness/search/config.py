@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.search.env import EnvConfig
+from harness.search.latency_mode import DEFAULT_CONFIRM_TOP_K, check_latency_option
 from harness.search.reward import RewardWeights
 
 __all__ = ["DRIFT_TOLERANCE", "FLAT_KEYS", "SearchConfig", "load_config_file", "merge_options", "nest_flat"]
@@ -165,6 +166,13 @@ class SearchConfig:
         out: run directories go to ``out/RUN_ID``.
         db: results store path.
         cache_dir: baselines, artifacts, tuning databases (None = default_cache_dir()).
+        latency: where candidates' latency ratios come from (:mod:`harness.search.latency_mode`):
+            ``measured`` (each compiled and timed interleaved), ``predicted`` (the board's latency table
+            only; the final best is still measured) or ``hybrid`` (predicted; measured when it would enter
+            the Pareto front or the top ``confirm_top_k`` rewards). None: ``hybrid`` when the target's
+            tuning database covers every task of the unpruned model, else ``measured``. Simulator devices
+            are ``simulated`` (``predicted``/``hybrid`` refused).
+        confirm_top_k: k of the hybrid rule's top-k by reward (0 = the front alone).
     """
 
     model: str = "resnet20"
@@ -197,6 +205,8 @@ class SearchConfig:
     out: str = "results/runs"
     db: str = "results/hilprune.db"
     cache_dir: str | None = None
+    latency: str | None = None
+    confirm_top_k: int = DEFAULT_CONFIRM_TOP_K
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # a TOML value of the wrong type names its option (not a TypeError)
@@ -219,7 +229,7 @@ class SearchConfig:
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance={self.importance!r} must be one of {', '.join(IMPORTANCES)}")
         for name in ("episodes", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples", "repeat", "seed",
-                     "base_seed"):
+                     "base_seed", "confirm_top_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -241,6 +251,7 @@ class SearchConfig:
             raise ValueError(f"fallback={self.fallback!r} must be 'fail' or 'sim'")
         if self.backend not in ("tvm", "onnxruntime"):
             raise ValueError(f"backend={self.backend!r} must be 'tvm' or 'onnxruntime'")
+        check_latency_option(self.latency, device=self.device, backend=self.backend, tune_trials=self.tune_trials)
         from harness.search.methods import check_method
 
         check_method(self.method, self.agent)

@@ -105,10 +105,12 @@ def finish(run: Any, t_start: float) -> dict:
                                  else {"error": f"{ort.error.kind}: {ort.error.message}"})
             final_error = None if measured.ok else f"{measured.error.kind}: {measured.error.message}"
             save_best(run, model, run.best_spec, final.path)
+        no_ci = best.ratio_ci[0] is None  # a predicted best whose final measurement failed
         figures = speedup_figures(measured) if measured is not None and measured.ok else {
-            "speedup": 1.0 / best.latency_ratio, "speedup_ci": [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]],
+            "speedup": 1.0 / best.latency_ratio,
+            "speedup_ci": None if no_ci else [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]],
             "speedup_rounds": [], "latency_ratio": best.latency_ratio, "latency_ratio_ci": list(best.ratio_ci),
-            "pairs": None, "within_noise": best.ratio_ci[0] <= 1.0 <= best.ratio_ci[1],
+            "pairs": None, "within_noise": None if no_ci else best.ratio_ci[0] <= 1.0 <= best.ratio_ci[1],
             "baseline_p50_ms": run.baseline.latency_p50_ms, "best_p50_ms": best.latency_p50_ms}
         best_out = {
             **public(best, test_after),
@@ -141,8 +143,10 @@ def finish(run: Any, t_start: float) -> dict:
     baseline = {**public(run.baseline, base_test), "latency_p50_ms": base_lat,
                 "latency_p50_ms_search": run.baseline.latency_p50_ms}
     rows = run.store.candidates(run.run_id)
-    front = write_pareto(  # val top-1 and search-time p50 of every candidate; the best one starred
-        rows, run.run_dir,
+    latency = getattr(run, "latency", None)  # hybrid: the front is made of measured candidates only
+    reported = rows if latency is None else [r for r in rows if latency.reportable_row(r)]
+    front = write_pareto(  # val top-1 and search-time latency ratio of every candidate; the best one starred
+        reported, run.run_dir,
         val_images=min(c.eval_samples or len(run.splits.val), len(run.splits.val)),
         best_signature=best_out and best_out["arch_signature"], best_test_top1=best_out and best_out["test_top1"],
         finetune_epochs=c.finetune_epochs)
@@ -164,6 +168,7 @@ def finish(run: Any, t_start: float) -> dict:
         "latency_cache_drift": run.drift,
         "device": c.device,
         "latency_source": run.baseline.source,
+        "latency_mode": latency.summary(rows) if latency is not None else {"mode": run.baseline.source},
         "measured_on": run.evaluator.device.name if run.board is None or run.source_switch
         else f"{c.device} (board {run.board})",
         "board": run.board,

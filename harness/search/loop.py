@@ -92,11 +92,15 @@ class Recorder(gym.Wrapper):
         best: (spec, key, result) of an earlier best (resume), or None.
         timer: a ``StageTimer``: the time between the recorder's return and the method's next call
             is the method's own (stage ``agent``).
+        eligible: which successful candidates may become the best (default: all); a ``hybrid`` run
+            allows only measured ones (:meth:`harness.search.latency_mode.LatencyMode.reportable`).
     """
 
     def __init__(self, env: gym.Env, budget: Budget, *, store_row: Callable[[Step], None],
-                 callbacks: list[Callback] = (), episode: int = 0, best: tuple | None = None, timer=None) -> None:
+                 callbacks: list[Callback] = (), episode: int = 0, best: tuple | None = None, timer=None,
+                 eligible: Callable[[Any], bool] | None = None) -> None:
         super().__init__(env)
+        self.eligible = eligible
         self.budget = budget
         self.store_row = store_row
         self.callbacks = list(callbacks)
@@ -172,7 +176,8 @@ class Recorder(gym.Wrapper):
         if evaluated:
             self.budget.charge()
             self.idle_steps = 0
-            if getattr(cand, "ok", False) and info.get("event") != "failed":
+            if (getattr(cand, "ok", False) and info.get("event") != "failed"
+                    and (self.eligible is None or self.eligible(cand))):
                 key = (bool(info.get("target_met")), float(reward))
                 if self.best_key is None or key > self.best_key:
                     self.best_spec, self.best_key, self.best_result = cand.spec, key, cand
@@ -307,7 +312,7 @@ def step_line(rec: Recorder, step: Step, total: int) -> str:
         what = f"FAILED {cand.error_kind}: {first[:160]}"
     else:
         lo, hi = cand.ratio_ci
-        ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+        ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f" ({cand.source})"
         what = (f"latency {cand.latency_ratio:.3f}x unpruned{ci}"
                 f"{' cached' if cand.latency_cache_hit else ''} (p50 {cand.latency_p50_ms:.3f} ms), "
                 f"val top-1 {cand.top1:.4f}")

@@ -61,6 +61,7 @@ from harness.pruning import ArchSpec, find_groups, full_spec
 from harness.search.candidate import CandidateEvaluator, CandidateResult, StageTimer
 from harness.search.config import DRIFT_TOLERANCE, SearchConfig, load_config_file
 from harness.search.final import finish, load_best_model
+from harness.search.latency_mode import build_latency_mode
 from harness.search.loop import (
     Checkpoint,
     EarlyStop,
@@ -112,6 +113,7 @@ def _row(result: CandidateResult, *, episode: int, step: int, action: int | None
         reward=reward, delta_p=getattr(terms, "delta_p", None), delta_c=getattr(terms, "delta_c", None),
         delta_h=getattr(terms, "delta_h", None), latency_cache_hit=int(result.latency_cache_hit),
         error_kind=result.error_kind, error_message=result.error_message,
+        latency_ratio_predicted=result.predicted_ratio, latency_measure_reason=result.measure_reason,
     )
 
 
@@ -204,6 +206,7 @@ class _Run:
         self.board: str | None = None  # the farm board the whole run measures on
         self.board_changes: list[dict] = []
         self.source_switch: dict | None = None  # set when the run moved to the simulator as a whole
+        self.latency = None  # the run's LatencyMode (harness.search.latency_mode), set in setup; None: simulated
         self.env = None  # the method's env (unwrapped): the fallback re-bases it on a new reference
         self.recorder: Recorder | None = None
         self.method = None
@@ -257,6 +260,11 @@ class _Run:
             on_exhausted=self._on_exhausted, on_board_change=self._on_board_change,
         )
         self.base_spec = full_spec(self.groups)
+        self.latency = build_latency_mode(  # before the reference compile: "a table exists" is the database's state
+            requested=(ckpt or {}).get("latency_mode", c.latency), confirm_top_k=c.confirm_top_k,
+            weights=method_reward(c.method, c.reward), evaluator=self.evaluator, base_spec=self.base_spec,
+            base_model=self.base_model, family=f"{c.model}@{'x'.join(map(str, self.input_shape))}",
+            run_id=self.run_id)
         self._set_reference()
         self.say(f"unpruned model: compiling for {self.target.name} ({c.tune_trials} tuning trials per new task) "
                  f"and measuring on {c.device}")
@@ -267,6 +275,13 @@ class _Run:
             raise SearchAborted(f"the unpruned {c.model} could not be measured: "
                                f"{self.baseline.error_kind}: {self.baseline.error_message}")
         b = self.baseline
+        if self.latency is not None:
+            self.latency.set_baseline(b, self.latency.reference_tasks_ms)
+            self.latency.seed(self.store.candidates(self.run_id))  # a resumed run's measured candidates
+            if self.latency.table is not None:
+                self.evaluator.latency_mode = self.latency
+            self.say(f"latency: {self.latency.mode}" + (f" (latency table: {self.latency.table.fit.describe()})"
+                                                        if self.latency.table is not None else ""))
         where = f"board {self.board} of {c.device}" if self.board else self.evaluator.device.name
         self.say(f"unpruned model: p50 {b.latency_p50_ms:.3f} ms ({b.source} on {where}), val top-1 {b.top1:.4f}, "
                  f"{b.macs:,} MACs; searching with {c.method}: a budget of {c.budget_limit} candidates, "
@@ -357,6 +372,7 @@ class _Run:
         record = self._switch_record(why)
         ev = self.evaluator
         ev.pipeline = self._sim_pipeline()
+        ev.latency_mode = self.latency = None  # simulated as a whole: no board, no table
         self._set_reference()
         record["to"] = ev.device.name
         self.source_switch = record
@@ -409,6 +425,8 @@ class _Run:
             raise SearchAborted(f"the unpruned {self.config.model} could not be measured on board {self.board}: "
                                 f"{fresh.error_kind}: {fresh.error_message}")
         self.baseline = fresh
+        if self.latency is not None:  # the new board's own fit and measured points
+            self.latency.board_changed(self.evaluator.pipeline.identity(), fresh)
         if self.env is not None and hasattr(self.env, "restore"):
             current = self.env.current
             self.env.baseline = fresh
@@ -465,7 +483,8 @@ class _Run:
         if self.interrupt_after_steps is not None:
             callbacks.append(Interrupt(self.interrupt_after_steps))
         rec = self.recorder = Recorder(self.env, self.budget, store_row=self._store_row, callbacks=callbacks,
-                                       episode=start_episode, best=best, timer=self.timer)
+                                       episode=start_episode, best=best, timer=self.timer,
+                                       eligible=self._reportable)
         try:
             if not done:
                 self.method.run(rec, self.budget)
@@ -479,6 +498,10 @@ class _Run:
         self.best_spec, self.best_key = rec.best_spec, rec.best_key
         self.early_stopped_at = early.stopped_at if early is not None else None
         self.episodes_done = rec.episode
+
+    def _reportable(self, result: CandidateResult) -> bool:
+        """May ``result`` be a reported figure (the best, the front)? In ``hybrid`` only measured candidates."""
+        return self.latency is None or self.latency.reportable(result)
 
     def _store_row(self, step: Step) -> None:
         """One evaluated step as a ``candidates`` row."""
@@ -499,6 +522,7 @@ class _Run:
             "board": self.board, "board_changes": self.board_changes, "source_switch": self.source_switch,
             "best_spec": list(rec.best_spec.channels) if rec.best_spec is not None else None,
             "best_key": list(rec.best_key) if rec.best_key is not None else None,
+            "latency_mode": self.latency.mode if self.latency is not None else None,
         }, self.run_dir / CHECKPOINT)
 
 

@@ -280,3 +280,42 @@ def test_a_cached_ratio_serves_only_its_own_reference_artifact_and_identity(tmp_
     # the same reference on another board or as a simulated answer: a miss
     assert s.find_ratio(**key, reference_sha256="ref-a", identity=ME.replace("local@h", "pi-01")) is None
     assert s.find_ratio(**key, reference_sha256="ref-a", identity="simulated|profile=host|version=1") is None
+
+
+def test_schema_5_file_gains_the_table_pairs_and_the_candidates_prediction_columns(tmp_path):
+    """Schema 5 -> 6 (issue 13): a file without ``table_pairs`` and without the candidates' predicted-ratio and
+    measure-reason columns opens, keeps its rows (NULL in the new columns), and stores and reads pairs."""
+    from harness.store import CANDIDATE_TABLE_COLUMNS
+
+    path = tmp_path / "v5.db"
+    s = ResultsStore(path)
+    s.create_run("r1", model="m", dataset="d", device="local", target="host", seed=0, config={})
+    s.add_candidate("r1", dict(episode=0, step=1, arch_signature="x", spec_json="[1]", reward=0.1, device="local",
+                               target="host", source="measured", latency_ratio=0.9))
+    s.close()
+    c = sqlite3.connect(path)  # make it the schema-5 file the previous hilprune wrote
+    c.execute("DROP TABLE table_pairs")
+    for col in CANDIDATE_TABLE_COLUMNS:
+        c.execute(f"ALTER TABLE candidates DROP COLUMN {col}")
+    c.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
+    c.commit(); c.close()
+    assert "table_pairs" not in {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    s = ResultsStore(path)
+    assert SCHEMA_VERSION == 6
+    assert s.query("SELECT value FROM meta WHERE key='schema_version'")[0]["value"] == "6"
+    (old,) = s.candidates("r1")
+    assert old["latency_ratio"] == 0.9 and old["latency_ratio_predicted"] is None
+    assert old["latency_measure_reason"] is None
+    s.add_candidate("r1", dict(episode=0, step=2, arch_signature="y", spec_json="[1]", reward=0.2, device="local",
+                               target="host", source="predicted", latency_ratio=0.8, latency_ratio_predicted=0.8))
+    assert [r["source"] for r in s.candidates("r1")] == ["measured", "predicted"]
+    pid = s.add_table_pair(device_identity=ME, target="{}", family="resnet20@1x1x28x28", arch_signature="y",
+                           tasks_ms=1.2, reference_signature="z", reference_tasks_ms=2.0, ratio=0.7,
+                           latency_p50_ms=1.1, reference_p50_ms=1.6, run_id="r1")
+    (pair,) = s.table_pairs(device_identity=ME, target="{}", family="resnet20@1x1x28x28")
+    assert pair["id"] == pid and (pair["tasks_ms"], pair["reference_tasks_ms"], pair["ratio"]) == (1.2, 2.0, 0.7)
+    # another board, target or family has no pairs: one fit per (board, target, family)
+    assert s.table_pairs(device_identity=ME + "x", target="{}", family="resnet20@1x1x28x28") == []
+    assert s.table_pairs(device_identity=ME, target="{}", family="vgg11@1x1x28x28") == []
+    s.close()
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -77,3 +77,56 @@ def test_the_table_of_a_tuned_model_tracks_its_measured_latency(tmp_path, capsys
     rows = json.loads(capsys.readouterr().out)
     assert [r["complete"] for r in rows] == [True, False] and {r["source"] for r in rows} == {"predicted"}
     assert rows[0]["tasks_ms"] == pytest.approx(table.tasks_ms)
+
+
+def test_the_ratio_fit_recovers_the_offset_from_pairs_made_by_hand():
+    from harness.compile.table import fit_ratio_offset
+
+    # ratio = (T + o') / (T_ref + o') with o' = 0.5 ms: (1 + .5)/(2 + .5) = 0.6, (1.5 + .5)/2.5 = 0.8, 1/2.5 = 0.4
+    assert fit_ratio_offset([(1.0, 2.0, 0.6), (1.5, 2.0, 0.8), (0.5, 2.0, 0.4)]) == pytest.approx(0.5, abs=1e-6)
+    # two references: o' = 0.3, T_ref 2.0 and 3.0
+    pairs = [(t, ref, (t + 0.3) / (ref + 0.3)) for t, ref in ((1.0, 2.0), (1.5, 2.0), (2.0, 3.0), (1.0, 3.0))]
+    assert fit_ratio_offset(pairs) == pytest.approx(0.3, abs=1e-6)
+    # sums that over-count the savings (as if o' were -0.3) stay at o' = 0: an overhead is never negative, and a
+    # negative one would predict negative latencies for narrower models (T < 0.3 here)
+    over = [(t, ref, (t - 0.3) / (ref - 0.3)) for t, ref in ((1.0, 2.0), (1.5, 2.0), (2.0, 3.0), (1.0, 3.0))]
+    assert fit_ratio_offset(over) == 0.0
+    # noisy ratios: the least-squares o' equals a brute-force minimum of the squared ratio residuals
+    import numpy as np
+
+    noisy = [(1.0, 3.0, 0.52), (2.0, 3.0, 0.73), (0.5, 3.0, 0.41)]
+    grid = np.arange(0.0, 4.0, 1e-4)
+    sse = sum((r - (t + grid) / (ref + grid)) ** 2 for t, ref, r in noisy)
+    assert fit_ratio_offset(noisy) == pytest.approx(float(grid[np.argmin(sse)]), abs=2e-4)
+    # nothing informative (the reference measured against itself): the raw sum ratio, o' = 0
+    assert fit_ratio_offset([(2.0, 2.0, 1.0)]) == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        fit_ratio_offset([])
+
+
+def test_latency_table_fit_is_kept_per_board_target_family_and_refitted_on_each_pair(tmp_path):
+    from harness.compile.table import LatencyTable
+    from harness.compile.targets import resolve_target
+    from harness.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "r.db")
+    target = resolve_target("host")
+    me, fam = "measured|board=local@h|machine=x86_64|cpu=X|cores=2", "resnet20@1x1x28x28"
+    table = LatencyTable(target, tmp_path / "db", identity=me, family=fam, store=store)
+    assert not table.fit.fitted and table.fit.describe() == "unfitted: raw sum"
+    assert table.ratio(1.0, 2.0) == 0.5  # unfitted: the raw sum ratio
+    # o' = 0.5, s = 2 (a reference of table sum 2.0 measured at 2 x (2.0 + 0.5) = 5.0 ms)
+    fit = table.add_pair(arch_signature="a", tasks_ms=1.0, reference_signature="ref", reference_tasks_ms=2.0,
+                         ratio=0.6, latency_p50_ms=3.0, reference_p50_ms=5.0)
+    assert fit.n_pairs == 1 and fit.offset_ms == pytest.approx(0.5, abs=1e-6) and fit.scale == pytest.approx(2.0)
+    fit = table.add_pair(arch_signature="b", tasks_ms=1.5, reference_signature="ref", reference_tasks_ms=2.0,
+                         ratio=0.8, reference_p50_ms=5.0)
+    assert fit.n_pairs == 2 and fit.mape_ratio == pytest.approx(0.0, abs=1e-4)
+    assert table.ratio(0.5, 2.0) == pytest.approx(0.4, abs=1e-6) and fit.latency_ms(0.5) == pytest.approx(2.0)
+    assert "fitted on 2 pairs" in fit.describe()
+    # the fit survives the process (the store), and stays with its board and family
+    again = LatencyTable(target, tmp_path / "db", identity=me, family=fam, store=store)
+    assert again.fit == table.fit
+    assert not LatencyTable(target, tmp_path / "db", identity=me + "x", family=fam, store=store).fit.fitted
+    assert not LatencyTable(target, tmp_path / "db", identity=me, family="vgg11@1x1x28x28", store=store).fit.fitted
+    store.close()
