@@ -122,8 +122,18 @@ class RunFigures:
     sources: tuple[str, ...] = field(default=())
 
 
+def reported_rows(rows: Sequence[dict]) -> list[dict]:
+    """The rows a figure may be made of: a ``hybrid`` run's rows hold ``predicted`` screening ratios beside
+    ``measured`` confirmations, and every reported figure of such a run is a measurement
+    (:mod:`harness.search.latency_mode`), so when a run has both, its predicted rows are left out."""
+    sources = {r.get("source") for r in rows if r.get("episode", 0) >= 0}
+    if "predicted" in sources and "measured" in sources:
+        return [r for r in rows if r.get("source") != "predicted"]
+    return list(rows)
+
+
 def _usable(rows: Sequence[dict]) -> list[dict]:
-    return [r for r in rows if r.get("episode", 0) >= 0 and not r.get("error_kind")
+    return [r for r in reported_rows(rows) if r.get("episode", 0) >= 0 and not r.get("error_kind")
             and r.get("top1") is not None and r.get("latency_ratio") is not None]
 
 
@@ -421,7 +431,7 @@ def plot_fronts(rows_by_method: dict[str, list[dict]], path: Path | str, *, titl
     fronts = {}
     base = None
     for i, (method, rows) in enumerate(rows_by_method.items()):
-        usable = [r for r in rows if r.get("latency_ratio") is not None and r.get("top1") is not None
+        usable = [r for r in reported_rows(rows) if r.get("latency_ratio") is not None and r.get("top1") is not None
                   and not r.get("error_kind")]
         base = base or next((r for r in usable if r.get("episode") == -1), None)
         front = pareto_front([r for r in usable if r.get("episode", 0) >= 0])

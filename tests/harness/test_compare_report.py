@@ -133,3 +133,16 @@ def test_top1_at_target_says_how_many_seeds_met_the_target():
     assert r["note"] == "top-1 at target over 1 of 2 seeds (the others met no target)"
     none = method_table(records, {"a": RUN_A, "b": RUN_B}, methods=["m"], latency_target=0.3).iloc[0]
     assert math.isnan(none["val_top1_at_target_median"]) and none["note"] == "no seed met the latency target"
+
+
+def test_a_hybrid_runs_figures_are_made_of_its_measured_rows_only():
+    """A hybrid run screens with predicted ratios and confirms with measured ones; its figures are measurements."""
+    base = {**BASE, "source": "measured"}
+    rows = [base, _row(0, 1, 0.899, 0.60, 0.3, source="predicted"),  # the fastest, but only predicted
+            _row(0, 2, 0.898, 0.80, 0.2, source="measured"), _row(1, 1, 0.85, 0.40, 0.1, source="predicted")]
+    f = run_figures(rows, latency_target=0.7)
+    assert f.candidates == 3 and f.usable == 1 and f.sources == ("measured",)
+    assert f.best_speedup == pytest.approx(1 / 0.80) and f.val_top1_at_target is None
+    # a predicted-only run reports its predictions, labelled so
+    p = run_figures([base] + [{**r, "source": "predicted"} for r in rows[1:]], latency_target=0.7)
+    assert p.sources == ("predicted",) and p.best_speedup == pytest.approx(1 / 0.60)
