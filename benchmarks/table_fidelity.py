@@ -25,6 +25,13 @@ grid 8) on this host, in one run:
    absolute figures (table sum vs the session's measured p50, raw and with
    ``fit_overhead``'s scale + overhead, leave-one-out).
 
+``--summarise ROWS`` prints the figures of a rows file (a killed run keeps every
+measured row); with ``--retime P`` it also re-times, in one session, the best
+recorded schedule of every task of those architectures (P passes, all tasks in
+turn) and prints the fidelity of the table built on those times beside the raw
+one: the recorded run times are single samples taken under whatever load the
+warm-up met, so they are not comparable across tasks (see :func:`retime`).
+
 Sources: the measured ratios and p50s are ``measured`` (this host, TVM,
 interleaved); the table's ratios are ``predicted``. The load average before and
 after each model is printed (2 shared cores: absolute p50s move with it, ratios
@@ -35,6 +42,7 @@ Run (with the grid warmed in the same cache)::
     HILPRUNE_CACHE=/work/bench-cache nice -n 5 .venv/bin/python benchmarks/table_fidelity.py \
         [--models resnet20,vgg11] [--n 40] [--seed 0] [--grid 8] [--widths search] [--threads N] \
         [--json out.json] [--work DIR] [--cache-dir DIR]
+    .venv/bin/python benchmarks/table_fidelity.py --summarise DIR/rows.jsonl --work DIR [--retime 3]
 """
 
 from __future__ import annotations
@@ -180,6 +188,63 @@ def from_rows(path: Path) -> dict:
     return out
 
 
+def retime(rows_path: Path, work: Path, db_dir: Path, passes: int) -> dict:
+    """Re-time the best recorded schedule of every task of the architectures in a ``--rows`` file, in one session.
+
+    Why: a record's run time is one sample (``TuningConfig.repeat`` 1) taken whenever the warm-up
+    reached that task, under whatever load the machine had then; over a 13-minute warm-up here the
+    load went from 1 to 7 on 2 cores, so the recorded times of different tasks are not comparable.
+    Here every distinct workload's best schedule (``Database.query_schedule``) is built once and
+    timed ``passes`` times, all workloads in turn per pass (so a change of load hits them alike),
+    and each task's time is its median over passes (``time_evaluator``, 5 repeats of >= 10 ms,
+    median). Returns, per model, the rows with ``retimed_ms`` (Σ weight × re-timed) and the
+    reference's.
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.compile.build import lower_onnx
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import _import_cpu_tensor_intrin, _make_fast_build, open_database
+
+    target = resolve_target("host")
+    tt = target.tvm_target()
+    _import_cpu_tensor_intrin()
+    db = open_database(db_dir)
+    build = _make_fast_build()
+    dev = tvm.cpu()
+    kernels: dict[str, tuple] = {}
+    items = [json.loads(line) for line in Path(rows_path).read_text().splitlines() if line.strip()]
+    t0 = time.perf_counter()
+    for r in items:
+        onnx = work / r["model"] / f"{r['signature'].replace('/', '_')}.onnx"
+        uses = []
+        for t in ms.relax_integration.extract_tasks(lower_onnx(onnx.read_bytes(), target).mod, tt):
+            mod = t.dispatched[0]
+            key = mod.script()
+            if key not in kernels:
+                sch = db.query_schedule(mod, tt, workload_name="main")
+                if sch is None:
+                    raise SystemExit(f"{r['model']} {r['signature']}: task {t.task_name} has no record in {db_dir}")
+                lib = build(sch.mod, tt, None)
+                args = [tvm.runtime.tensor(np.random.default_rng(0).uniform(size=[int(x) for x in a.shape])
+                                           .astype(a.dtype), dev)
+                        for a in ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])]
+                kernels[key] = (lib, args)
+            uses.append((key, int(t.weight)))
+        r["_uses"] = uses
+    print(f"  re-timing {len(kernels)} distinct tasks of {len(items)} architectures ({time.perf_counter() - t0:.0f} s "
+          f"to extract and build), {passes} passes; {load()}", flush=True)
+    times: dict[str, list[float]] = {k: [] for k in kernels}
+    for _ in range(passes):
+        for k, (lib, args) in kernels.items():
+            f = lib.time_evaluator(lib.entry_name, dev, number=0, repeat=5, min_repeat_ms=10)
+            times[k].append(1e3 * float(np.median(f(*args).results)))
+    for r in items:
+        r["retimed_ms"] = sum(w * statistics.median(times[k]) for k, w in r.pop("_uses"))
+    return items
+
+
 def run_model(name: str, args, pipeline_for, db_dir: Path, work: Path) -> tuple[dict, list[dict], dict]:
     from harness.compile.grid import GridSpec, group_widths
     from harness.compile.table import table_prediction
@@ -279,10 +344,33 @@ def main() -> int:
                     "come (default <work>/rows.jsonl)")
     ap.add_argument("--summarise", default=None, metavar="ROWS",
                     help="measure nothing: print the figures of a --rows file (e.g. of a killed run)")
+    ap.add_argument("--retime", type=int, default=0, metavar="PASSES",
+                    help="with --summarise: also re-time every task's best schedule in one session (PASSES "
+                    "passes; the ONNX files of --work) and report the table with those times beside it")
     args = ap.parse_args()
     if args.summarise:
         out = from_rows(Path(args.summarise))
         report(out)
+        if args.retime:
+            from harness.compile.targets import resolve_target
+            from harness.compile.tuning import TuningConfig, database_dir_for
+
+            cache_dir = Path(args.cache_dir or os.environ.get("HILPRUNE_CACHE") or "results/cache")
+            db_dir = database_dir_for(cache_dir, resolve_target("host").canonical_json(),
+                                      TuningConfig(trials_per_task=args.trials))
+            items = retime(Path(args.summarise), Path(args.work), db_dir, args.retime)
+            refs = {r["model"]: r for r in items if r["role"] == "reference"}
+            out["retimed"] = {}
+            for name in out["models"]:
+                rs = [r for r in items if r["role"] == "candidate" and r["model"] == name]
+                ref = refs[name]
+                re_rows = [{**r, "table_ms": r["retimed_ms"]} for r in rs]
+                out["retimed"][name] = summarise(re_rows, {**ref, "table_ms": ref["retimed_ms"]})
+                out["retimed"][name]["rows"] = [[r["signature"], r["table_ms"], r["retimed_ms"], r["ratio"]]
+                                                for r in rs]
+            print("\n== the same, the table's task times re-timed in one session (--retime) ==")
+            report({"models": {k: {**v, "load_before": "", "load_after": load()}
+                               for k, v in out["retimed"].items()}})
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=str))
         return 0
