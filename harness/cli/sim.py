@@ -170,6 +170,7 @@ def _predict_table(args: argparse.Namespace) -> int:
         for m in args.models:
             p = predict(m)
             rec = {"model": m, "tasks_ms": p.tasks_ms, "tasks": len(p.tasks), "missing": list(p.missing),
+                   "tasks_retimed": p.retimed, "times": p.times,
                    "complete": p.complete, "target": target.name, "database": str(db), "source": "predicted",
                    "device_identity": identity, "family": args.family, "fit": fit.as_dict(),
                    "fit_describe": fit.describe(),
@@ -187,7 +188,9 @@ def _predict_table(args: argparse.Namespace) -> int:
         gap = f", {len(rec['missing'])} WITHOUT A RECORD (not in the sum)" if rec["missing"] else ""
         extra = "".join([f"  ratio {rec['latency_ratio']:.4f} to {args.reference}" if rec["latency_ratio"] else "",
                          f"  ~{rec['latency_ms']:.4f} ms" if rec["latency_ms"] else ""])
-        print(f"{rec['tasks_ms']:10.4f} ms  Σ weight × recorded time of {rec['tasks']} tasks{gap}  {rec['model']}"
+        what = {"retimed": "re-timed", "recorded": "recorded",
+                "mixed": f"time ({rec['tasks_retimed']} re-timed, the rest recorded)"}[rec["times"]]
+        print(f"{rec['tasks_ms']:10.4f} ms  Σ weight × {what} time of {rec['tasks']} tasks{gap}  {rec['model']}"
               f"{extra}  ({rec['target']} table {rec['database']}, predicted; "
               f"{rec['fit_describe'] if args.family else 'unfitted: raw sum (pass --family MODEL@SHAPE for a fit)'})")
     return 0
