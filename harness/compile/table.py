@@ -55,9 +55,10 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from harness.compile.build import lower_onnx
 from harness.compile.targets import TargetSpec
@@ -417,7 +418,7 @@ def retime_tasks(db_dir: Path, target: TargetSpec, *, tasks: Iterable[Any] | Non
             args = [tvm.runtime.tensor(_random_array(rng_args, [int(x) for x in a.shape], a.dtype), dev)
                     for a in ms.arg_info.ArgInfo.from_prim_func(cand.sch.mod["main"])]
             kernels[key] = (lib, args)
-        except Exception as exc:  # a schedule that no longer builds: keep its recorded time, say so
+        except Exception as exc:  # noqa: BLE001 - a schedule that no longer builds keeps its recorded time, said
             log.warning("re-timing: %s (%s) failed to build: %s: %s", name, key, type(exc).__name__, exc)
             failed.append(name)
         done += 1
@@ -437,7 +438,7 @@ def retime_tasks(db_dir: Path, target: TargetSpec, *, tasks: Iterable[Any] | Non
             try:
                 f = lib.time_evaluator(lib.entry_name, dev, number=0, repeat=repeat, min_repeat_ms=int(min_repeat_ms))
                 samples[key].append(1e3 * float(np.median(f(*args).results)))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a kernel that fails to run keeps its recorded time, said
                 log.warning("re-timing: %s (%s) failed to run: %s: %s", todo[key][0], key, type(exc).__name__, exc)
                 failed.append(todo[key][0])
                 del samples[key]
@@ -460,8 +461,6 @@ def retime_tasks(db_dir: Path, target: TargetSpec, *, tasks: Iterable[Any] | Non
 
 def _random_array(rng, shape: list[int], dtype: str):
     """Input data for timing (values do not change a dense kernel's time): uniform [0, 1) floats, small ints."""
-    import numpy as np
-
     if str(dtype).startswith(("int", "uint")):
         return rng.integers(0, 4, size=shape).astype(dtype)
     return rng.uniform(size=shape).astype(dtype)

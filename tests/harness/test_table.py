@@ -178,7 +178,12 @@ def test_retimed_times_are_used_while_fresh_and_a_changed_record_falls_back_to_t
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from harness.compile.table import TIMES_FILE, read_retimed, retime_tasks, table_prediction
+    from harness.compile.table import (
+        TIMES_FILE,
+        read_retimed,
+        retime_tasks,
+        table_prediction,
+    )
     from harness.compile.tuning import WORKLOAD_FILE
 
     onnx, target, db = tiny_db
@@ -230,7 +235,12 @@ def test_retimed_times_are_used_while_fresh_and_a_changed_record_falls_back_to_t
 
 
 def test_retime_refuses_bad_passes_and_an_unreadable_times_file_falls_back(tiny_db, caplog):
-    from harness.compile.table import TIMES_FILE, read_retimed, retime_tasks, table_prediction
+    from harness.compile.table import (
+        TIMES_FILE,
+        read_retimed,
+        retime_tasks,
+        table_prediction,
+    )
 
     onnx, target, db = tiny_db
     with pytest.raises(ValueError, match="passes 0 must be >= 1"):
