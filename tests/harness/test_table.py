@@ -174,7 +174,7 @@ def _tasks(onnx, target):
     return ms.relax_integration.extract_tasks(lower_onnx(onnx.read_bytes(), target).mod, target.tvm_target())
 
 
-def test_retimed_times_are_used_while_fresh_and_a_changed_record_falls_back_to_the_recorded_time(tiny_db):
+def test_retimed_times_are_used_while_fresh_and_a_changed_record_falls_back_to_the_recorded_time(tiny_db, capsys):
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
@@ -232,6 +232,13 @@ def test_retimed_times_are_used_while_fresh_and_a_changed_record_falls_back_to_t
     entry = read_retimed(db)[key[conv.task_name]]
     assert entry["task"] == conv.task_name and entry["passes"] == 1
     assert table_prediction(onnx, target, db).retimed == len(tasks)
+    # predict --table says which times it used
+    from harness.cli import main
+
+    assert main(["predict", str(onnx), "--table", "host", "--cache-dir", str(db.parents[1]), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["times"] == "retimed" and rows[0]["tasks_retimed"] == len(tasks) and rows[0]["source"] == "predicted"
+    assert rows[0]["tasks_ms"] == pytest.approx(table_prediction(onnx, target, db).tasks_ms, rel=1e-12)
 
 
 def test_retime_refuses_bad_passes_and_an_unreadable_times_file_falls_back(tiny_db, caplog):
