@@ -453,6 +453,7 @@ def retime_tasks(db_dir: Path, target: TargetSpec, *, tasks: Iterable[Any] | Non
     _write_times(db_dir, new, {"device": "local", "target": target.canonical_json(), "seed": seed,
                                "repeat": repeat, "min_repeat_ms": min_repeat_ms,
                                "tvm_num_threads": os.environ.get("TVM_NUM_THREADS"),
+                               "runtime_threads": int(tvm.runtime.num_threads()),
                                "loadavg": [round(x, 2) for x in os.getloadavg()]})
     log.info("re-timed %d workloads of %s (%d passes, %.1f s build, %.1f s timing)", len(new), db_dir, passes,
              build_s, time_s)
