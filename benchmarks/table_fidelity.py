@@ -188,69 +188,53 @@ def from_rows(path: Path) -> dict:
     return out
 
 
-def retime(rows_path: Path, work: Path, db_dir: Path, passes: int) -> dict:
+def retime(rows_path: Path, work: Path, db_dir: Path, passes: int) -> list[dict]:
     """Re-time the best recorded schedule of every task of the architectures in a ``--rows`` file, in one session.
 
     Why: a record's run time is one sample (``TuningConfig.repeat`` 1) taken whenever the warm-up
     reached that task, under whatever load the machine had then; over a 13-minute warm-up here the
     load went from 1 to 7 on 2 cores, so the recorded times of different tasks are not comparable.
-    Here every distinct workload's best schedule (``Database.query_schedule``) is built once and
-    timed ``passes`` times, all workloads in turn per pass (so a change of load hits them alike),
-    and each task's time is its median over passes (``time_evaluator``, 5 repeats of >= 10 ms,
-    median). Returns, per model, the rows with ``retimed_ms`` (Σ weight × re-timed) and the
-    reference's.
+    The product does the re-timing (:func:`harness.compile.table.retime_tasks`: every distinct
+    workload's best record built once and timed in ``passes`` interleaved passes, shuffled per pass,
+    median; kept in the database's ``table_times.json``); here it is forced (every task timed in this
+    session, fresh or not) over the union of the rows' tasks, and each row's ``retimed_ms`` is the
+    product's prediction (:func:`harness.compile.table.table_prediction`), asserted to use re-timed
+    times for every task. Returns the rows with ``retimed_ms``.
     """
-    import tvm
     from tvm.s_tir import meta_schedule as ms
 
     from harness.compile.build import lower_onnx
+    from harness.compile.table import retime_tasks, table_prediction
     from harness.compile.targets import resolve_target
-    from harness.compile.tuning import _import_cpu_tensor_intrin, _make_fast_build, open_database
 
     target = resolve_target("host")
     tt = target.tvm_target()
-    _import_cpu_tensor_intrin()
-    db = open_database(db_dir)
-    build = _make_fast_build()
-    dev = tvm.cpu()
-    kernels: dict[str, tuple] = {}
     items = [json.loads(line) for line in Path(rows_path).read_text().splitlines() if line.strip()]
     t0 = time.perf_counter()
+    tasks = []
     for r in items:
-        onnx = work / r["model"] / f"{r['signature'].replace('/', '_')}.onnx"
-        uses = []
-        for t in ms.relax_integration.extract_tasks(lower_onnx(onnx.read_bytes(), target).mod, tt):
-            mod = t.dispatched[0]
-            key = mod.script()
-            if key not in kernels:
-                sch = db.query_schedule(mod, tt, workload_name="main")
-                if sch is None:
-                    raise SystemExit(f"{r['model']} {r['signature']}: task {t.task_name} has no record in {db_dir}")
-                lib = build(sch.mod, tt, None)
-                args = [tvm.runtime.tensor(np.random.default_rng(0).uniform(size=[int(x) for x in a.shape])
-                                           .astype(a.dtype), dev)
-                        for a in ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])]
-                kernels[key] = (lib, args)
-            uses.append((key, int(t.weight)))
-        r["_uses"] = uses
-    print(f"  re-timing {len(kernels)} distinct tasks of {len(items)} architectures ({time.perf_counter() - t0:.0f} s "
-          f"to extract and build), {passes} passes; {load()}", flush=True)
-    times: dict[str, list[float]] = {k: [] for k in kernels}
-    for _ in range(passes):
-        for k, (lib, args) in kernels.items():
-            f = lib.time_evaluator(lib.entry_name, dev, number=0, repeat=5, min_repeat_ms=10)
-            times[k].append(1e3 * float(np.median(f(*args).results)))
+        r["_onnx"] = work / r["model"] / f"{r['signature'].replace('/', '_')}.onnx"
+        tasks += ms.relax_integration.extract_tasks(lower_onnx(r["_onnx"].read_bytes(), target).mod, tt)
+    print(f"  re-timing the tasks of {len(items)} architectures ({time.perf_counter() - t0:.0f} s to extract), "
+          f"{passes} passes; {load()}", flush=True)
+    rep = retime_tasks(db_dir, target, tasks=tasks, passes=passes, force=True)
+    print(f"  re-timed {rep.retimed_now} distinct tasks ({rep.build_s:.0f} s building, {rep.time_s:.0f} s timing; "
+          f"{rep.no_record} without a record, {len(rep.failed)} failed) -> {rep.path}; {load()}", flush=True)
+    if rep.no_record or rep.failed:
+        raise SystemExit(f"re-timing incomplete: {rep.no_record} tasks without a record, failed: {rep.failed}")
     for r in items:
-        r["retimed_ms"] = sum(w * statistics.median(times[k]) for k, w in r.pop("_uses"))
+        pred = table_prediction(r.pop("_onnx"), target, db_dir)
+        assert pred.complete and pred.retimed == len(pred.tasks), (r["signature"], pred.retimed, len(pred.tasks))
+        r["retimed_ms"] = pred.tasks_ms
     return items
 
 
 def run_model(name: str, args, pipeline_for, db_dir: Path, work: Path) -> tuple[dict, list[dict], dict]:
     from harness.compile.grid import GridSpec, group_widths
     from harness.compile.table import table_prediction
+    from harness.models import build_model
     from harness.pipeline import PipelineError, StoreKey
     from harness.pruning import ArchSpec, count_macs_params, find_groups, rebuild
-    from harness.models import build_model
 
     target, pipeline = pipeline_for()
     full_model = build_model(name, num_classes=10, in_channels=SHAPE[1], input_size=SHAPE[2:], seed=0)

@@ -182,6 +182,14 @@ def register(subparsers) -> None:
     t.add_argument("--step-fraction", type=float, default=0.25,
                    help="with --grid: share of a group's filters one search action removes (the search's "
                         "--step-fraction, default 0.25)")
+    t.add_argument("--retime-passes", type=int, default=3, metavar="P",
+                   help="with --grid on this host: after tuning, re-time the best schedule of every grid task in one "
+                        "session, P interleaved passes (median), into the database's table_times.json, which the "
+                        "latency table prefers to the tuning-time records (default 3; 0: off; fresh entries are "
+                        "not timed again)")
+    t.add_argument("--retime-only", action="store_true",
+                   help="with --grid: tune nothing, only re-time the grid's tasks that have a record (an existing "
+                        "database)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_cmd_tune)
 
@@ -520,6 +528,15 @@ def _tune_impl(args: argparse.Namespace) -> int:
                              "for an ONNX file drop --grid")
         if not 0 < args.step_fraction < 1:
             raise ValueError(f"--step-fraction {args.step_fraction} must be in (0, 1), e.g. 0.25")
+    if args.retime_passes < 0:
+        raise ValueError(f"--retime-passes {args.retime_passes} must be >= 0 (0 turns re-timing off), e.g. 3")
+    if args.retime_only and args.grid is None:
+        raise ValueError("--retime-only needs --grid N (it re-times the grid's tasks)")
+    if args.retime_only and args.retime_passes == 0:
+        raise ValueError("--retime-only with --retime-passes 0 does nothing; pass --retime-passes P >= 1")
+    if args.retime_only and name != "local":
+        raise ValueError(f"--retime-only: re-timing runs on this host only (device {name}); a board's table uses "
+                         "its tuning-time records (labelled recorded)")
     if args.trials is None:
         args.trials = GRID_TUNE_TRIALS if args.grid is not None else DEFAULT_TUNE_TRIALS
     device = _open_device(name, args.inventory, target)
@@ -636,6 +653,7 @@ def _tune_grid(args: argparse.Namespace, target, device) -> int:
     from harness.compile.build import stdout_to_stderr
     from harness.compile.grid import GridSpec, grid_tasks
     from harness.compile.tuning import (
+        TuneReport,
         database_dir_for,
         database_info,
         tasks_with_records,
@@ -661,8 +679,13 @@ def _tune_grid(args: argparse.Namespace, target, device) -> int:
         progress.line(f"{args.model} grid {args.grid} ({args.grid_widths} widths): {grid.total} tasks "
                       f"({grid.conv_tasks} conv)" + (" (task list cached)" if grid.cache_hit else
                                                       f" from {grid.architectures} covering architectures"))
-        with stdout_to_stderr():
-            report = tune_tasks(grid.tasks, db_dir, pipeline.tuning, progress=lambda d, n: progress("tuning", d, n))
+        if args.retime_only:
+            report = TuneReport(tasks_total=grid.total, tasks_from_db=sum(tasks_with_records(grid.tasks, db_dir)),
+                                tasks_tuned_now=0, seconds=0.0, database=before)
+        else:
+            with stdout_to_stderr():
+                report = tune_tasks(grid.tasks, db_dir, pipeline.tuning,
+                                    progress=lambda d, n: progress("tuning", d, n))
     except Exception as exc:  # MetaSchedule failed: the finished task groups are in the database
         if isinstance(exc, (ValueError, _Failure)):
             raise
@@ -671,8 +694,9 @@ def _tune_grid(args: argparse.Namespace, target, device) -> int:
     finally:
         progress.close()
     missing = 0
-    if report.tasks_tuned_now:
+    if report.tasks_tuned_now or args.retime_only:
         missing = sum(1 for ok in tasks_with_records(grid.tasks, db_dir) if not ok)
+    retime = _retime_grid(args, device, pipeline.target, db_dir, grid.tasks, progress)
     after = database_info(db_dir)
     row: dict[str, Any] = {
         "model": args.model, "input_shape": list(shape), "target": pipeline.target.name,
@@ -684,7 +708,7 @@ def _tune_grid(args: argparse.Namespace, target, device) -> int:
         "architectures": grid.architectures, "grid_cache_hit": grid.cache_hit,
         "enumerate_s": round(grid.enumerate_s, 3), "tune_s": round(report.seconds, 3),
         "wall_s": round(time.perf_counter() - t0, 3), "db_records_before": before.records,
-        "db_records_after": after.records,
+        "db_records_after": after.records, "retime_only": args.retime_only, "retime": retime,
     }
     if args.json:
         print(json.dumps(row, sort_keys=True))
@@ -696,8 +720,37 @@ def _tune_grid(args: argparse.Namespace, target, device) -> int:
               f"{row['tasks_tuned_now']} tuned now, {missing} still missing "
               f"({row['enumerate_s']:.1f} s enumerating, {row['tune_s']:.1f} s tuning)")
         print(f"database records: {before.records} -> {after.records}")
+        print(_retime_line(retime))
     if missing:
         print(f"hilprune: error: {missing} tasks have no valid tuning record after tuning (see tuning.log in "
               f"{db_dir}); run the command again or raise --trials", file=sys.stderr)
         return 1
     return 0
+
+
+def _retime_grid(args: argparse.Namespace, device, target, db_dir: Path, tasks, progress: _TuneProgress) -> dict:
+    """``tune --grid``'s re-timing step (:func:`harness.compile.table.retime_tasks`): the grid's tasks' best
+    schedules timed in one session on this host; a board's database keeps its tuning-time records."""
+    from harness.compile.table import retime_tasks
+
+    if args.retime_passes == 0:
+        return {"skipped": "--retime-passes 0: the table uses the tuning-time records"}
+    if device.is_board:
+        return {"skipped": f"tuned on {device.name}: re-timing runs on this host only; the table uses the "
+                           "tuning-time records (labelled recorded)"}
+    try:
+        report = retime_tasks(db_dir, target, tasks=tasks, passes=args.retime_passes,
+                              progress=lambda d, n: progress("re-timing", d, n))
+    finally:
+        progress.close()
+    return report.as_dict()
+
+
+def _retime_line(retime: dict) -> str:
+    """One line on the re-timing step of ``tune --grid``."""
+    if "skipped" in retime:
+        return f"re-timing: skipped ({retime['skipped']})"
+    failed = f", {len(retime['failed'])} FAILED (kept on their recorded times)" if retime["failed"] else ""
+    return (f"re-timing ({retime['passes']} passes, one session): {retime['retimed_now']} tasks re-timed now, "
+            f"{retime['fresh']} already fresh{failed} ({retime['build_s']:.1f} s building, {retime['time_s']:.1f} s "
+            f"timing) -> {retime['times_file']}")

@@ -183,6 +183,11 @@ def _print_search(s: dict) -> None:
               f"{lm.get('candidates_measured', 0)} measured; table {lm.get('fit_describe')}"
               + (f"; prediction error on the measured ones {mape:.1f} % (MAPE of the ratio, "
                  f"{lm.get('prediction_pairs')} pairs)" if mape is not None else ""))
+        tt = lm.get("table_times") or {}
+        if tt.get("predictions"):
+            print(f"table task times: {tt['times']} ({tt['tasks_retimed']} task uses re-timed in one session, "
+                  f"{tt['tasks_recorded']} tuning-time records, over {tt['predictions']} architectures)"
+                  + ("; re-time them: hilprune tune --grid N --retime-only" if tt["tasks_recorded"] else ""))
         if lm["mode"] == "predicted":
             print("the search ranked on predicted latencies; the best's speedup below is measured afresh")
     print(f"{'':10} {'val top-1':>10} {'test top-1':>10} {'MACs':>12} {'params':>9} {'p50 ms':>9}")

@@ -13,8 +13,10 @@ torch only to export the zoo's classic networks when ``--from`` is the ncnn
 table and ``--graphs`` is not given.
 
 ``predict --table TARGET`` asks a board's own latency table (issue 13,
-:class:`harness.compile.table.LatencyTable`): the sum of weight × recorded
-time of the model's tuning tasks in TARGET's tuning database, and, with the
+:class:`harness.compile.table.LatencyTable`): the sum of weight × time of the
+model's tuning tasks in TARGET's tuning database (a task's time re-timed in one
+session where ``tune --grid`` re-timed it, else its tuning-time record; the
+output says which), and, with the
 fit stored for that device (``--device``: its identity from its hello, default
 ``local``; ``host`` on a board is the board's CPU) and model family
 (``--family``, as the search names it: ``resnet20@1x1x28x28``), the predicted
@@ -63,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", action="store_true", help="per-layer breakdown")
     p.add_argument("--table", metavar="TARGET", default=None,
                    help="answer from the tuning database of TARGET instead (the board's own latency table: "
-                        "Σ weight × recorded time of the model's tasks; labelled predicted; needs TVM)")
+                        "Σ weight × time of the model's tasks, re-timed where tune --grid re-timed them, else "
+                        "recorded; labelled predicted; needs TVM)")
     p.add_argument("--cache-dir", default=None, help="with --table: the cache holding the tuning databases "
                                                      "(default results/cache or $HILPRUNE_CACHE)")
     p.add_argument("--family", default=None, help="with --table: the model family whose stored fit to use, as the "
@@ -170,6 +173,7 @@ def _predict_table(args: argparse.Namespace) -> int:
         for m in args.models:
             p = predict(m)
             rec = {"model": m, "tasks_ms": p.tasks_ms, "tasks": len(p.tasks), "missing": list(p.missing),
+                   "tasks_retimed": p.retimed, "times": p.times,
                    "complete": p.complete, "target": target.name, "database": str(db), "source": "predicted",
                    "device_identity": identity, "family": args.family, "fit": fit.as_dict(),
                    "fit_describe": fit.describe(),
@@ -187,7 +191,9 @@ def _predict_table(args: argparse.Namespace) -> int:
         gap = f", {len(rec['missing'])} WITHOUT A RECORD (not in the sum)" if rec["missing"] else ""
         extra = "".join([f"  ratio {rec['latency_ratio']:.4f} to {args.reference}" if rec["latency_ratio"] else "",
                          f"  ~{rec['latency_ms']:.4f} ms" if rec["latency_ms"] else ""])
-        print(f"{rec['tasks_ms']:10.4f} ms  Σ weight × recorded time of {rec['tasks']} tasks{gap}  {rec['model']}"
+        what = {"retimed": "re-timed", "recorded": "recorded",
+                "mixed": f"time ({rec['tasks_retimed']} re-timed, the rest recorded)"}[rec["times"]]
+        print(f"{rec['tasks_ms']:10.4f} ms  Σ weight × {what} time of {rec['tasks']} tasks{gap}  {rec['model']}"
               f"{extra}  ({rec['target']} table {rec['database']}, predicted; "
               f"{rec['fit_describe'] if args.family else 'unfitted: raw sum (pass --family MODEL@SHAPE for a fit)'})")
     return 0

@@ -16,6 +16,16 @@ the layers no task covers) are fitted from whole-model measurements of that
 board (:func:`fit_overhead`). A task with no record is reported in
 :attr:`TablePrediction.missing`, never guessed.
 
+A record's run time is one sample taken whenever tuning reached the task,
+under whatever load the machine had then (benchmarks/table_fidelity.py found
+recorded/re-timed ratios of 0.2–2.0 across the tasks of one grid warm-up).
+:func:`retime_tasks` times every task's best schedule again in one session
+(interleaved passes, median) into ``table_times.json`` beside the database;
+:func:`table_prediction` uses a task's re-timed time while it is fresh (the
+database's best record of that workload is still the one timed) and the
+recorded one otherwise, and says which (``TaskTime.source``,
+``TablePrediction.retimed``).
+
 Predictions are labelled ``predicted`` (DESIGN.md §5) and never mixed with
 ``measured`` latencies.
 
@@ -37,11 +47,18 @@ p50s (s = p50_ref / (T_ref + o')).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import random
 import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 from harness.compile.build import lower_onnx
 from harness.compile.targets import TargetSpec
@@ -50,8 +67,12 @@ from harness.compile.tuning import _import_cpu_tensor_intrin, locked, open_datab
 if TYPE_CHECKING:
     from harness.store import ResultsStore
 
-__all__ = ["LatencyTable", "TableFit", "TablePrediction", "TaskTime", "fit_overhead", "fit_ratio_offset",
-           "table_prediction"]
+__all__ = ["TIMES_FILE", "LatencyTable", "RetimeReport", "TableFit", "TablePrediction", "TaskTime", "fit_overhead",
+           "fit_ratio_offset", "read_retimed", "retime_tasks", "table_prediction", "workload_key"]
+
+#: The re-timed task times of a tuning database, beside its two files (:func:`retime_tasks`).
+TIMES_FILE = "table_times.json"
+TIMES_VERSION = 1
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +84,21 @@ class TaskTime:
     Attributes:
         name: MetaSchedule's task name (the fused function, e.g. ``fused_conv2d1_add_relu``).
         weight: how many times the model calls it per inference.
-        ms: the best recorded run time of one call in ms (mean of the record's repeats), None
-            when the database has no record of its workload.
+        ms: the run time of one call in ms that the sum uses: the re-timed median when the database's
+            times file (:func:`retime_tasks`) holds a fresh entry for its best record, else the best
+            recorded run time (mean of the record's repeats); None when the database has no record of
+            its workload.
+        source: ``"retimed"`` (``ms`` is the one-session median of :func:`retime_tasks`),
+            ``"recorded"`` (the tuning-time record: one sample under the load of that moment), or None
+            (no record).
+        recorded_ms: the best record's run time in ms (whatever ``source`` is), None without a record.
     """
 
     name: str
     weight: int
     ms: float | None
+    source: str | None = None
+    recorded_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +120,19 @@ class TablePrediction:
         """True when every task has a record (the sum covers the whole model)."""
         return not self.missing
 
+    @property
+    def retimed(self) -> int:
+        """How many tasks' times are re-timed ones (:func:`retime_tasks`); the others with a record are
+        tuning-time records (``TaskTime.source``)."""
+        return sum(1 for t in self.tasks if t.source == "retimed")
+
+    @property
+    def times(self) -> str:
+        """``"retimed"`` (every task with a record re-timed), ``"recorded"`` (none) or ``"mixed"``."""
+        timed = [t for t in self.tasks if t.ms is not None]
+        n = self.retimed
+        return "retimed" if timed and n == len(timed) else "recorded" if n == 0 else "mixed"
+
     def latency_ms(self, scale: float = 1.0, overhead_ms: float = 0.0) -> float:
         """``scale × tasks_ms + overhead_ms`` (ms), with a fit from :func:`fit_overhead`.
 
@@ -105,7 +147,11 @@ class TablePrediction:
 
 
 def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path, *, database=None) -> TablePrediction:
-    """Σ weight × recorded time of an ONNX model's tuning tasks in the database at ``db_dir``.
+    """Σ weight × time of an ONNX model's tuning tasks in the database at ``db_dir``.
+
+    A task's time is its re-timed median from ``db_dir/table_times.json`` (:func:`retime_tasks`) when
+    that file has a fresh entry for its workload (its ``recorded_ms`` equals the database's current best
+    record's), else the best record's run time; ``TaskTime.source`` says which.
 
     Args:
         onnx_path: the model (one static input), as compiled for ``target``.
@@ -128,22 +174,314 @@ def table_prediction(onnx_path: Path, target: TargetSpec, db_dir: Path, *, datab
         _import_cpu_tensor_intrin()
     tasks = ms.relax_integration.extract_tasks(lowered.mod, tvm_target)
     out: list[TaskTime] = []
+    retimed = read_retimed(db_dir)
     with (locked(db_dir) if database is None else contextlib.nullcontext()):
         db = open_database(db_dir) if database is None else database
         for task in tasks:
             mod = task.dispatched[0]
-            ms_per_call = None
+            ms_per_call = recorded = source = None
             if db.has_workload(mod):
-                top = db.get_top_k(db.commit_workload(mod), 1)
-                secs = [float(s) for s in (top[0].run_secs or [])] if top else []
-                if secs:
-                    ms_per_call = 1e3 * statistics.fmean(secs)
-            out.append(TaskTime(task.task_name, int(task.weight), ms_per_call))
+                wl = db.commit_workload(mod)
+                top = db.get_top_k(wl, 1)
+                recorded = _record_ms(top[0]) if top else None
+                if recorded is not None:
+                    entry = retimed.get(workload_key(wl.mod))
+                    if entry is not None and entry.get("recorded_ms") == recorded:  # fresh: same best record
+                        ms_per_call, source = float(entry["ms"]), "retimed"
+                    else:
+                        ms_per_call, source = recorded, "recorded"
+            out.append(TaskTime(task.task_name, int(task.weight), ms_per_call, source, recorded))
     total = sum(t.weight * t.ms for t in out if t.ms is not None)
     missing = tuple(t.name for t in out if t.ms is None)
     if missing:
         log.info("table: %d of %d tasks of %s have no record in %s", len(missing), len(out), onnx_path, db_dir)
     return TablePrediction(tuple(out), total, missing)
+
+
+# ------------------------------------------------------------------------------------------ re-timing
+
+
+def _record_ms(record) -> float | None:
+    """A tuning record's run time in ms (mean of its repeats), None when it has none (a failed trial)."""
+    secs = [float(s) for s in (record.run_secs or [])]
+    return 1e3 * statistics.fmean(secs) if secs else None
+
+
+def workload_key(mod) -> str:
+    """The key of a workload in the times file: its structural hash (``tvm_ffi.structural_hash``, what the
+    database's ``module_equality="structural"`` compares by), 16 hex digits."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_TIMES_CACHE: dict[str, tuple[tuple, dict]] = {}
+_TIMES_LOCK = threading.Lock()
+
+
+def _times_path(db_dir: Path) -> Path:
+    return Path(db_dir) / TIMES_FILE
+
+
+def _read_times_file(db_dir: Path) -> dict:
+    """The whole times file (``{"version", "workloads": {...}, ...}``); an empty one when absent or unreadable."""
+    path = _times_path(db_dir)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"version": TIMES_VERSION, "workloads": {}}
+    except (OSError, ValueError) as exc:
+        log.warning("table: ignoring unreadable %s (%s): the recorded times are used", path, exc)
+        return {"version": TIMES_VERSION, "workloads": {}}
+    if not isinstance(data, dict) or data.get("version") != TIMES_VERSION or not isinstance(data.get("workloads"), dict):
+        log.warning("table: ignoring %s (not a version %d times file): the recorded times are used", path,
+                    TIMES_VERSION)
+        return {"version": TIMES_VERSION, "workloads": {}}
+    return data
+
+
+def read_retimed(db_dir: Path) -> dict[str, dict]:
+    """The re-timed entries of the database at ``db_dir`` (its ``table_times.json``), per :func:`workload_key`.
+
+    Each entry: ``ms`` (median over passes, ms per call), ``samples_ms`` (one per pass), ``passes``,
+    ``recorded_ms`` (the best record's run time when it was re-timed: the entry is fresh while the
+    database's best record of that workload still has this time), ``task``, ``retimed_at`` (UTC ISO).
+    Kept per process while the file is unchanged (size, mtime). No file: ``{}``.
+    """
+    path = _times_path(db_dir)
+    try:
+        st = path.stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        return {}
+    key = str(path.resolve())
+    with _TIMES_LOCK:
+        hit = _TIMES_CACHE.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    entries = _read_times_file(db_dir)["workloads"]
+    with _TIMES_LOCK:
+        _TIMES_CACHE[key] = (stamp, entries)
+    return entries
+
+
+def _db_stamp(db_dir: Path) -> dict:
+    """The database's files as the times file records them: sizes in bytes (records only grow)."""
+    from harness.compile.tuning import RECORD_FILE, WORKLOAD_FILE
+
+    out = {}
+    for label, name in (("workload_bytes", WORKLOAD_FILE), ("record_bytes", RECORD_FILE)):
+        p = Path(db_dir) / name
+        out[label] = p.stat().st_size if p.exists() else 0
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RetimeReport:
+    """What :func:`retime_tasks` did.
+
+    Attributes:
+        path: the times file.
+        workloads: distinct workloads asked for that have a record in the database.
+        no_record: asked-for workloads without a valid record (nothing to time).
+        fresh: workloads whose entry was already fresh (not timed again).
+        retimed_now: workloads timed by this call.
+        failed: workloads whose best schedule failed to build or run (kept on the recorded time), names.
+        passes: passes over the timed workloads.
+        build_s, time_s: seconds building the schedules and timing them.
+    """
+
+    path: Path
+    workloads: int
+    no_record: int
+    fresh: int
+    retimed_now: int
+    failed: tuple[str, ...]
+    passes: int
+    build_s: float
+    time_s: float
+
+    def as_dict(self) -> dict:
+        """Plain data (``--json``)."""
+        return {"times_file": str(self.path), "workloads": self.workloads, "no_record": self.no_record,
+                "fresh": self.fresh, "retimed_now": self.retimed_now, "failed": list(self.failed),
+                "passes": self.passes, "build_s": round(self.build_s, 3), "time_s": round(self.time_s, 3)}
+
+
+def retime_tasks(db_dir: Path, target: TargetSpec, *, tasks: Iterable[Any] | None = None, passes: int = 3,
+                 seed: int = 0, repeat: int = 5, min_repeat_ms: int = 10, force: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> RetimeReport:
+    """Re-time the best schedule of every workload of a tuning database (or of ``tasks``) in one session, on this host.
+
+    Why: a record's run time is one sample (``TuningConfig.repeat`` 1) taken whenever tuning reached that
+    task, under whatever load the machine had then; over a 13-minute grid warm-up here the load drifted
+    from 1 to 9 on 2 cores and recorded/re-timed ratios spread 0.2–2.0 across tasks, so the table's sum
+    ranked architectures badly (benchmarks/table_fidelity.py: ResNet-20 Spearman 0.88, ratio MAPE
+    24.5 % on recorded times; 0.983 / 4.5 % re-timed). Here each workload's best record
+    (``Database.get_top_k``) is built once (the tuning's build: no tensor-intrin import) and timed in
+    ``passes`` interleaved passes — every workload once per pass, in an order shuffled per pass
+    (``random.Random(seed)``), so a change of load hits them alike — each time the median of
+    ``time_evaluator(number=0, repeat, min_repeat_ms)``; a workload's time is its median over passes.
+    The times go to ``db_dir/table_times.json`` (written atomically, merged with the entries already
+    there), which :func:`table_prediction` prefers while an entry is fresh (the database's best record
+    of that workload is still the one timed).
+
+    Resumable: a workload whose entry is fresh is not timed again unless ``force``; a call with nothing
+    new returns without building anything. The database's lock is held only while reading it.
+
+    Timing is in this process on this host's CPU (``tvm.cpu()``): only for a database tuned on this
+    host (device ``local``). A board's database keeps its tuning-time records (labelled ``recorded``).
+
+    Args:
+        db_dir: the tuning database (``harness.compile.tuning.database_dir_for``).
+        target: the target it was tuned for; must be one this host runs (an ``llvm`` target).
+        tasks: MetaSchedule ``ExtractedTask``s to cover (e.g. ``GridTasks.tasks``); None: every workload
+            with a record.
+        passes: interleaved passes (>= 1).
+        seed: seed of the per-pass shuffles.
+        repeat, min_repeat_ms: ``time_evaluator``'s repeats per timing and minimum ms per repeat.
+        force: time every workload again, fresh or not.
+        progress: called ``(done, total)`` over builds + timings.
+
+    Returns:
+        A :class:`RetimeReport`.
+
+    Raises:
+        ValueError: ``passes`` < 1, or a target that is not for this host's CPU.
+    """
+    import numpy as np
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.compile.tuning import _make_fast_build
+
+    if passes < 1:
+        raise ValueError(f"passes {passes} must be >= 1")
+    tvm_target = target.tvm_target()
+    if tvm_target.kind.name != "llvm":
+        raise ValueError(f"re-timing runs on this host's CPU; target {target.name} ({tvm_target.kind.name}) is "
+                         "not (a board's table keeps its tuning-time records)")
+    db_dir = Path(db_dir)
+    # 1. the best record of each workload, read under the lock
+    chosen: dict[str, tuple[str, Any, float]] = {}  # key -> (task name, record, recorded_ms)
+    no_record = 0
+    with locked(db_dir):
+        db = open_database(db_dir)
+        if tasks is None:
+            best: dict[str, tuple[float, Any]] = {}
+            for rec in db.get_all_tuning_records():
+                t = _record_ms(rec)
+                if t is None:
+                    continue
+                key = workload_key(rec.workload.mod)
+                if key not in best or t < best[key][0]:
+                    best[key] = (t, rec)
+            for key, (t, rec) in best.items():
+                chosen[key] = (key, rec, t)  # a record does not know its task's name
+        else:
+            for task in tasks:
+                mod = task.dispatched[0]
+                if not db.has_workload(mod):
+                    no_record += 1
+                    continue
+                wl = db.commit_workload(mod)
+                key = workload_key(wl.mod)
+                if key in chosen:
+                    continue
+                top = db.get_top_k(wl, 1)
+                t = _record_ms(top[0]) if top else None
+                if t is None:
+                    no_record += 1
+                    continue
+                chosen[key] = (task.task_name, top[0], t)
+    # 2. what needs timing
+    have = read_retimed(db_dir)
+    todo = {k: v for k, v in chosen.items()
+            if force or have.get(k, {}).get("recorded_ms") != v[2]}
+    fresh = len(chosen) - len(todo)
+    path = _times_path(db_dir)
+    if not todo:
+        return RetimeReport(path, len(chosen), no_record, fresh, 0, (), passes, 0.0, 0.0)
+    _import_cpu_tensor_intrin()
+    build = _make_fast_build()
+    dev = tvm.cpu()
+    total = len(todo) * (1 + passes)
+    done = 0
+    kernels: dict[str, tuple] = {}
+    failed: list[str] = []
+    t0 = time.perf_counter()
+    rng_args = np.random.default_rng(0)
+    for key, (name, rec, _t) in todo.items():
+        try:
+            cand = rec.as_measure_candidate()
+            lib = build(cand.sch.mod, tvm_target, None)
+            args = [tvm.runtime.tensor(_random_array(rng_args, [int(x) for x in a.shape], a.dtype), dev)
+                    for a in ms.arg_info.ArgInfo.from_prim_func(cand.sch.mod["main"])]
+            kernels[key] = (lib, args)
+        except Exception as exc:  # noqa: BLE001 - a schedule that no longer builds keeps its recorded time, said
+            log.warning("re-timing: %s (%s) failed to build: %s: %s", name, key, type(exc).__name__, exc)
+            failed.append(name)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    build_s = time.perf_counter() - t0
+    samples: dict[str, list[float]] = {k: [] for k in kernels}
+    order = list(kernels)
+    shuffle = random.Random(seed)
+    t1 = time.perf_counter()
+    for _ in range(passes):
+        shuffle.shuffle(order)
+        for key in order:
+            if key not in samples:
+                continue
+            lib, args = kernels[key]
+            try:
+                f = lib.time_evaluator(lib.entry_name, dev, number=0, repeat=repeat, min_repeat_ms=int(min_repeat_ms))
+                samples[key].append(1e3 * float(np.median(f(*args).results)))
+            except Exception as exc:  # noqa: BLE001 - a kernel that fails to run keeps its recorded time, said
+                log.warning("re-timing: %s (%s) failed to run: %s: %s", todo[key][0], key, type(exc).__name__, exc)
+                failed.append(todo[key][0])
+                del samples[key]
+            done += 1
+            if progress is not None:
+                progress(min(done, total), total)
+    time_s = time.perf_counter() - t1
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    new = {k: {"task": todo[k][0], "ms": statistics.median(v), "samples_ms": list(v),
+               "passes": len(v), "recorded_ms": todo[k][2], "retimed_at": stamp}
+           for k, v in samples.items() if len(v) == passes}
+    _write_times(db_dir, new, {"device": "local", "target": target.canonical_json(), "seed": seed,
+                               "repeat": repeat, "min_repeat_ms": min_repeat_ms,
+                               "tvm_num_threads": os.environ.get("TVM_NUM_THREADS"),
+                               "runtime_threads": int(tvm.runtime.num_threads()),
+                               "loadavg": [round(x, 2) for x in os.getloadavg()]})
+    log.info("re-timed %d workloads of %s (%d passes, %.1f s build, %.1f s timing)", len(new), db_dir, passes,
+             build_s, time_s)
+    return RetimeReport(path, len(chosen), no_record, fresh, len(new), tuple(failed), passes, build_s, time_s)
+
+
+def _random_array(rng, shape: list[int], dtype: str):
+    """Input data for timing (values do not change a dense kernel's time): uniform [0, 1) floats, small ints."""
+    if str(dtype).startswith(("int", "uint")):
+        return rng.integers(0, 4, size=shape).astype(dtype)
+    return rng.uniform(size=shape).astype(dtype)
+
+
+def _write_times(db_dir: Path, entries: dict[str, dict], session: dict) -> None:
+    """Merge ``entries`` into the times file under the database's lock (re-read there), write it atomically."""
+    path = _times_path(db_dir)
+    with locked(db_dir):
+        data = _read_times_file(db_dir)
+        data["workloads"].update(entries)
+        data.update(version=TIMES_VERSION, database=_db_stamp(db_dir), last_session=session)
+        fd, tmp = tempfile.mkstemp(prefix=".table_times.", suffix=".json", dir=db_dir)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def fit_overhead(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -331,6 +669,16 @@ class LatencyTable:
             pred = table_prediction(Path(onnx_path), self.target, self.db_dir, database=self._database(reopen=True))
         self._predictions[signature] = pred
         return pred
+
+    def times_summary(self) -> dict:
+        """Which task times the predictions made so far used: ``predictions`` (cached architectures),
+        ``tasks_retimed`` / ``tasks_recorded`` (task uses, over those predictions), ``times`` (``retimed``,
+        ``recorded``, ``mixed`` or None with no prediction), for the search summary and ``predict --table``."""
+        preds = list(self._predictions.values())
+        re_n = sum(p.retimed for p in preds)
+        rec_n = sum(1 for p in preds for t in p.tasks if t.source == "recorded")
+        times = None if not preds else "retimed" if rec_n == 0 and re_n else "recorded" if re_n == 0 else "mixed"
+        return {"predictions": len(preds), "tasks_retimed": re_n, "tasks_recorded": rec_n, "times": times}
 
     def cached(self, signature: str) -> TablePrediction | None:
         """The cached prediction of ``signature``, or None (no extraction)."""

@@ -353,6 +353,7 @@ class LatencyMode:
             "table_family": self.table.family if self.table is not None else None,
             "table_database": str(self.table.db_dir) if self.table is not None else None,
             "table_extractions": self.table.extractions if self.table is not None else 0,
+            "table_times": self.table.times_summary() if self.table is not None else None,
             "prediction_mape_pct": (float(100 * np.mean([abs(p / m - 1.0) for p, m in both])) if both else None),
             "prediction_pairs": len(both),
         }

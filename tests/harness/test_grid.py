@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,18 @@ def test_tune_grid_covers_every_task_then_a_second_call_tunes_and_extracts_nothi
     assert row["grid_cache_hit"] and row["db_records_after"] == row["db_records_before"] >= 30
     assert row["group_widths"][9] == [64, 32] and row["group_widths"][0] == [16]
     assert "] tuning: 0/0 tasks" in err or "30 tasks (19 conv)" in err  # time-stamped lines, no terminal here
+    # the first call re-timed every task (3 passes) into table_times.json; this one re-times nothing
+    from harness.compile.table import TIMES_FILE
+
+    assert row["retime"]["retimed_now"] == 0 and row["retime"]["fresh"] == row["retime"]["workloads"] == 30
+    assert row["retime"]["build_s"] == 0.0 and not row["retime_only"]
+    times = json.loads((Path(row["database"]) / TIMES_FILE).read_text())["workloads"]
+    assert len(times) == 30 and all(e["passes"] == 3 for e in times.values())
+    # --retime-only: nothing tuned (MetaSchedule still refused above), nothing stale, nothing timed
+    assert main([*argv, "--retime-only"]) == 0
+    row, _ = _json_out(capsys)
+    assert row["retime_only"] and row["tasks_tuned_now"] == 0 and row["tasks_in_db"] == 30
+    assert row["retime"]["retimed_now"] == 0 and row["tasks_missing"] == 0
 
 
 @pytest.mark.slow
@@ -245,9 +258,19 @@ def test_search_on_the_warm_grid_database_tunes_nothing(warm, monkeypatch, tmp_p
     (["--onnx", "m.onnx"], "--grid needs --model NAME"),
     (["--model", "resnet20", "--step-fraction", "1.5"], "--step-fraction 1.5 must be in (0, 1)"),
     (["--model", "resnet20", "--device", "sim:rpi4"], "simulator"),
+    (["--model", "resnet20", "--retime-passes", "-1"], "--retime-passes -1 must be >= 0"),
+    (["--model", "resnet20", "--retime-only", "--retime-passes", "0"], "--retime-only with --retime-passes 0"),
 ])
 def test_tune_grid_bad_input_is_one_line_exit_2(capsys, tmp_path, extra, needle):
     code = main(["tune", "--target", "host", "--grid", "8", "--cache-dir", str(tmp_path / "c"), *extra])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.strip().count("\n") == 0 and needle in err, err
     assert not (tmp_path / "c").exists()  # refused before any work
+
+
+def test_retime_only_needs_grid_one_line_exit_2(capsys, tmp_path):
+    code = main(["tune", "--model", "resnet20", "--target", "host", "--retime-only", "--cache-dir",
+                 str(tmp_path / "c")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "--retime-only needs --grid N" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "c").exists()

@@ -214,6 +214,10 @@ def test_predicted_search_compiles_and_measures_nothing_per_candidate(warm, tmp_
     assert cands and all(r["source"] == "predicted" and r["latency_ratio"] == r["latency_ratio_predicted"]
                          and r["measurement_id"] is None for r in cands)
     assert out["latency_mode"]["mode"] == "predicted" and out["latency_mode"]["candidates_measured"] == 0
+    # the warm-up re-timed every grid task (tune --grid's default 3 passes): the table used only those times
+    tt = out["latency_mode"]["table_times"]
+    assert tt["times"] == "retimed" and tt["tasks_recorded"] == 0 and tt["tasks_retimed"] > 0
+    assert tt["predictions"] == out["latency_mode"]["table_extractions"]
     assert pairs == []  # nothing measured, nothing fitted
     # the front and the best are labelled predicted; the final step still measured the best interleaved
     with open(tmp_path / "runs" / out["run_id"] / "pareto.csv") as fh:

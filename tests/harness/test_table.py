@@ -130,3 +130,136 @@ def test_latency_table_fit_is_kept_per_board_target_family_and_refitted_on_each_
     assert not LatencyTable(target, tmp_path / "db", identity=me + "x", family=fam, store=store).fit.fitted
     assert not LatencyTable(target, tmp_path / "db", identity=me, family="vgg11@1x1x28x28", store=store).fit.fitted
     store.close()
+
+
+# ------------------------------------------------------------------------ re-timed task times (table_times.json)
+
+
+@pytest.fixture(scope="module")
+def tiny_db(tmp_path_factory):
+    """A conv + mean + linear model at 1x1x8x8 tuned with 2 trials per task into a fresh database (~10 s)."""
+    import torch
+
+    from harness.compile.build import compile_onnx
+    from harness.compile.export import export_onnx
+    from harness.compile.targets import resolve_target
+    from harness.compile.tuning import TuningConfig, database_dir_for
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+    root = tmp_path_factory.mktemp("retime")
+    torch.manual_seed(0)
+    onnx = root / "tiny.onnx"
+    export_onnx(Tiny().eval(), (1, 1, 8, 8), onnx)
+    target = resolve_target("host")
+    tuning = TuningConfig(trials_per_task=2, num_trials_per_iter=2, num_threads=1)
+    res = compile_onnx(onnx, target, root / "cache", tuning)
+    assert res.ok, res
+    return onnx, target, database_dir_for(root / "cache", target.canonical_json(), tuning)
+
+
+def _tasks(onnx, target):
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.compile.build import lower_onnx
+
+    return ms.relax_integration.extract_tasks(lower_onnx(onnx.read_bytes(), target).mod, target.tvm_target())
+
+
+def test_retimed_times_are_used_while_fresh_and_a_changed_record_falls_back_to_the_recorded_time(tiny_db, capsys):
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from harness.compile.table import (
+        TIMES_FILE,
+        read_retimed,
+        retime_tasks,
+        table_prediction,
+    )
+    from harness.compile.tuning import WORKLOAD_FILE
+
+    onnx, target, db = tiny_db
+    before = table_prediction(onnx, target, db)
+    assert before.complete and before.retimed == 0 and before.times == "recorded"
+    assert all(t.source == "recorded" and t.ms == t.recorded_ms for t in before.tasks)
+
+    # every workload of the database (one JSON line each in its workload file), 2 passes
+    n_workloads = len((db / WORKLOAD_FILE).read_text().splitlines())
+    rep = retime_tasks(db, target, passes=2)
+    assert (rep.workloads, rep.retimed_now, rep.fresh, rep.failed) == (n_workloads, n_workloads, 0, ())
+    data = json.loads((db / TIMES_FILE).read_text())
+    assert len(data["workloads"]) == n_workloads and data["database"]["record_bytes"] > 0
+    assert all(e["passes"] == 2 and len(e["samples_ms"]) == 2 and e["ms"] > 0 for e in data["workloads"].values())
+
+    # the sum is Σ weight × re-timed ms, keyed here by each task's own structural hash
+    tasks = _tasks(onnx, target)
+    key = {t.task_name: f"{tvm_ffi.structural_hash(t.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}" for t in tasks}
+    by_hand = sum(int(t.weight) * data["workloads"][key[t.task_name]]["ms"] for t in tasks)
+    after = table_prediction(onnx, target, db)
+    assert after.retimed == len(tasks) == len(after.tasks) and after.times == "retimed"
+    assert after.tasks_ms == pytest.approx(by_hand, rel=1e-12)
+    assert [t.recorded_ms for t in after.tasks] == [t.ms for t in before.tasks]
+
+    # a second call with nothing new times nothing
+    again = retime_tasks(db, target, passes=2)
+    assert (again.retimed_now, again.fresh, again.build_s) == (0, n_workloads, 0.0)
+
+    # the database changes after re-timing: a better record of the conv task -> its entry is stale, unused
+    conv = next(t for t in tasks if "conv2d" in t.task_name)
+    jdb = ms.database.JSONDatabase(work_dir=str(db), module_equality="structural")
+    best = jdb.get_top_k(jdb.commit_workload(conv.dispatched[0]), 1)[0]
+    faster = [float(s) / 4 for s in best.run_secs]
+    jdb.commit_tuning_record(ms.database.TuningRecord(best.trace, best.workload, faster, best.target,
+                                                      best.args_info))
+    stale = table_prediction(onnx, target, db)
+    by_name = {t.name: t for t in stale.tasks}
+    assert stale.retimed == len(tasks) - 1 and stale.times == "mixed"
+    assert by_name[conv.task_name].source == "recorded"
+    assert by_name[conv.task_name].ms == pytest.approx(1e3 * sum(faster) / len(faster))
+    assert stale.tasks_ms == pytest.approx(by_hand - int(conv.weight) * (data["workloads"][key[conv.task_name]]["ms"]
+                                                                         - by_name[conv.task_name].ms), rel=1e-9)
+    # re-timing the model's tasks now times only that one again
+    third = retime_tasks(db, target, tasks=tasks, passes=1)
+    assert (third.workloads, third.retimed_now, third.fresh) == (len(tasks), 1, len(tasks) - 1)
+    entry = read_retimed(db)[key[conv.task_name]]
+    assert entry["task"] == conv.task_name and entry["passes"] == 1
+    assert table_prediction(onnx, target, db).retimed == len(tasks)
+    # predict --table says which times it used
+    from harness.cli import main
+
+    assert main(["predict", str(onnx), "--table", "host", "--cache-dir", str(db.parents[1]), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["times"] == "retimed" and rows[0]["tasks_retimed"] == len(tasks) and rows[0]["source"] == "predicted"
+    assert rows[0]["tasks_ms"] == pytest.approx(table_prediction(onnx, target, db).tasks_ms, rel=1e-12)
+
+
+def test_retime_refuses_bad_passes_and_an_unreadable_times_file_falls_back(tiny_db, caplog):
+    from harness.compile.table import (
+        TIMES_FILE,
+        read_retimed,
+        retime_tasks,
+        table_prediction,
+    )
+
+    onnx, target, db = tiny_db
+    with pytest.raises(ValueError, match="passes 0 must be >= 1"):
+        retime_tasks(db, target, passes=0)
+    saved = (db / TIMES_FILE).read_bytes() if (db / TIMES_FILE).exists() else None
+    try:
+        (db / TIMES_FILE).write_text("{torn")
+        assert read_retimed(db) == {}
+        pred = table_prediction(onnx, target, db)
+        assert pred.retimed == 0 and all(t.source == "recorded" for t in pred.tasks)
+    finally:
+        if saved is None:
+            (db / TIMES_FILE).unlink()
+        else:
+            (db / TIMES_FILE).write_bytes(saved)
