@@ -23,7 +23,8 @@ def test_help_on_every_subcommand(cmd):
     (["search", "--dataset", "imagenet22k"], "imagenet22k"),
     (["search", "--target-ratio", "1.7"], "target_ratio"),
     (["search", "--latency-target", "1.7"], "target_ratio"),
-    (["search", "--baseline", "moving_average"], "reinforce-episodic"),
+    (["search", "--method", "reinforce", "--baseline", "moving_average"], "reinforce-episodic"),
+    (["search", "--baseline", "moving_average"], "method 'ppo' has no option 'baseline'"),  # the default method
     (["search", "--method", "uniform", "--lr", "0.1"], "'lr'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args, needle):

@@ -84,6 +84,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)  # an unknown name: exit 2 before any work
     own = {"func", "command", "verbose", "json", "config", "methods", "seeds", "budget", "no_final"}
     given = {k: v for k, v in vars(args).items() if k not in own}
+    given["method"] = methods[0]  # the shared options are checked per method below (CompareConfig)
     search = _search_config(given, getattr(args, "config", None))
     check_options(search)
     budget = getattr(args, "budget", None) or search.budget_limit

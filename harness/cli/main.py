@@ -38,6 +38,7 @@ TVM_SLOWER_THAN_ORT_NOTE = 1.5
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (each has ``--help``)."""
+    from harness.search.config import DEFAULT_BUDGET
     from harness.search.run import SearchConfig
 
     d = SearchConfig()
@@ -70,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--method", choices=tuple(METHODS),
         help=f"search method (default {d.method}): " + "; ".join(f"{e.name}: {e.about}" for e in METHODS.values()))
     opt("--budget", type=pos_int,
-        help="evaluated candidates the run may spend (default: --episodes x --max-steps)")
-    opt("--episodes", type=pos_int, help=f"sizes the default budget: episodes x max steps (default {d.episodes})")
+        help=f"evaluated candidates the run may spend (default: --episodes x --max-steps, else {DEFAULT_BUDGET})")
+    opt("--episodes", type=pos_int, help="sizes the budget as episodes x max steps when --budget is not given")
     opt("--early-stop", type=pos_int, metavar="N", help="end the run after N candidates without a better best")
     opt("--max-steps", type=pos_int, help=f"[env] steps per episode (default {d.env.max_steps})")
     opt("--target-ratio", type=float,

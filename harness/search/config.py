@@ -45,7 +45,7 @@ from harness.search.env import EnvConfig
 from harness.search.latency_mode import DEFAULT_CONFIRM_TOP_K, check_latency_option
 from harness.search.reward import RewardWeights
 
-__all__ = ["DRIFT_TOLERANCE", "FLAT_KEYS", "SearchConfig", "load_config_file", "merge_options", "nest_flat"]
+__all__ = ["DEFAULT_BUDGET", "DRIFT_TOLERANCE", "FLAT_KEYS", "SearchConfig", "load_config_file", "merge_options", "nest_flat"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: machine changed (load, firmware, clock): 10 %, the CoV threshold of an unstable measurement (pyperf's
 #: rule, devices/stats.py). Reported only: the reward ranks on ratios measured side by side.
 DRIFT_TOLERANCE = 0.10
+
+#: Evaluated candidates of the embedded default search (neither ``budget`` nor ``episodes`` given): the
+#: budget at which the default method's episode reward rises, within 30 min on a grid-warmed tuning database
+#: on this 2-core host (issue 14; the curve and the figures are in benchmarks/search_quality.py's note).
+DEFAULT_BUDGET = 300
 
 #: The sections a config nests.
 SECTIONS = ("env", "reward", "agent")
@@ -148,14 +153,15 @@ class SearchConfig:
         max_pairs: ... or at this many interleaved pairs (the cap; ``devices.interleaved``).
         cache_drift_tolerance: the run reports (``latency_cache_drift``) when the unpruned model's fresh
             absolute p50 is off its cached one by more than this fraction; cached ratios serve either way.
-        method: the search method (``harness.search.methods.METHODS``: ``reinforce`` (default),
-            ``reinforce-episodic``, ``random``, ``uniform``, ``magnitude``, ``macs-reward``, ``ppo``,
-            ``amc-td3``).
+        method: the search method (``harness.search.methods.METHODS``: ``ppo`` (default: the method whose
+            episode reward rose within the default budget here; the seed's REINFORCE did not, issue 14),
+            ``reinforce`` (the seed's), ``reinforce-episodic``, ``random``, ``uniform``, ``magnitude``,
+            ``macs-reward``, ``amc-td3``).
         seed: the search's seed: policy initialisation, sampling, interleaving order. ``run_id`` holds it.
         budget: evaluated candidates the run may spend (each env step that evaluated an architecture,
             cache hits and failures included; ``stop`` and impossible actions are free); None =
-            ``episodes`` × ``env.max_steps``.
-        episodes: only sizes the default budget.
+            ``episodes`` × ``env.max_steps`` when ``episodes`` is set, else :data:`DEFAULT_BUDGET`.
+        episodes: sizes the budget as episodes × ``env.max_steps`` (None = :data:`DEFAULT_BUDGET`).
         early_stop: end the run after this many evaluated candidates without a better best (None = never).
         env: the MDP (EnvConfig; its ``weights`` are always ``reward``).
         reward: R = αΔP − βΔC − γΔH weights (RewardWeights).
@@ -191,10 +197,10 @@ class SearchConfig:
     ratio_width: float = 0.01
     max_pairs: int = 64
     cache_drift_tolerance: float = DRIFT_TOLERANCE
-    method: str = "reinforce"
+    method: str = "ppo"
     seed: int = 0
     budget: int | None = None
-    episodes: int = 3
+    episodes: int | None = None
     early_stop: int | None = None
     env: EnvConfig = field(default_factory=_default_env)
     reward: RewardWeights = field(default_factory=RewardWeights)
@@ -228,17 +234,15 @@ class SearchConfig:
 
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance={self.importance!r} must be one of {', '.join(IMPORTANCES)}")
-        for name in ("episodes", "tune_trials", "train_epochs", "finetune_epochs", "eval_samples", "repeat", "seed",
+        for name in ("tune_trials", "train_epochs", "finetune_epochs", "eval_samples", "repeat", "seed",
                      "base_seed", "confirm_top_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("budget", "early_stop", "subset"):
+        for name in ("budget", "early_stop", "subset", "episodes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1 (or unset), got {value!r}")
-        if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
         if not (isinstance(self.ratio_width, (int, float)) and 0 < self.ratio_width < 1):
@@ -258,8 +262,11 @@ class SearchConfig:
 
     @property
     def budget_limit(self) -> int:
-        """Evaluated candidates this run may spend: ``budget``, or ``episodes`` × ``env.max_steps``."""
-        return self.budget if self.budget is not None else self.episodes * self.env.max_steps
+        """Evaluated candidates this run may spend: ``budget``, else ``episodes`` × ``env.max_steps``, else
+        :data:`DEFAULT_BUDGET`."""
+        if self.budget is not None:
+            return self.budget
+        return self.episodes * self.env.max_steps if self.episodes is not None else DEFAULT_BUDGET
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (``config.json``), nested like the TOML file; :meth:`from_dict` reads it back."""

@@ -8,7 +8,7 @@ constructor parameters, and reward weights it overrides:
 =====================  ==============================================  =====================================
 name                   what                                            notes
 =====================  ==============================================  =====================================
-``reinforce``          the seed's per-step REINFORCE (default)         agent.reinforce:ReinforceMethod
+``reinforce``          the seed's per-step REINFORCE                   agent.reinforce:ReinforceMethod
 ``reinforce-episodic`` REINFORCE on discounted episode returns         mode="episodic"
 ``random``             uniformly random legal actions                  agent.baselines:RandomMethod
 ``uniform``            one keep ratio for all groups, swept            agent.baselines:UniformMethod
@@ -64,7 +64,7 @@ class MethodEntry:
 
 METHODS: dict[str, MethodEntry] = {e.name: e for e in (
     MethodEntry("reinforce", "agent.reinforce:ReinforceMethod", params={"mode": "per_step"},
-                about="the seed's per-step REINFORCE (default)"),
+                about="the seed's per-step REINFORCE"),
     MethodEntry("reinforce-episodic", "agent.reinforce:ReinforceMethod", params={"mode": "episodic"},
                 about="REINFORCE on discounted episode returns"),
     MethodEntry("random", "agent.baselines:RandomMethod", about="uniformly random legal actions"),
