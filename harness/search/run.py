@@ -282,6 +282,11 @@ class _Run:
                 self.evaluator.latency_mode = self.latency
             self.say(f"latency: {self.latency.mode}" + (f" (latency table: {self.latency.table.fit.describe()})"
                                                         if self.latency.table is not None else ""))
+            if self.latency.table is None and c.tune_trials > 0:
+                self.say(f"note: no latency table for {self.target.name} yet: every candidate is compiled and timed, "
+                         f"and every new width is tuned; warm the grid once (hilprune tune --model {c.model} "
+                         f"--input-shape {','.join(map(str, self.input_shape))} --target {c.target} --grid "
+                         f"{c.env.round_to} --trials {c.tune_trials}) for a search that predicts and confirms")
         where = f"board {self.board} of {c.device}" if self.board else self.evaluator.device.name
         self.say(f"unpruned model: p50 {b.latency_p50_ms:.3f} ms ({b.source} on {where}), val top-1 {b.top1:.4f}, "
                  f"{b.macs:,} MACs; searching with {c.method}: a budget of {c.budget_limit} candidates, "
