@@ -44,6 +44,7 @@ from harness.search.compare_report import (
     method_table,
     plot_fronts,
     plot_learning_curves,
+    reported_rows,
     table_markdown,
     write_table,
 )
@@ -247,7 +248,8 @@ def _report(config: CompareConfig, cmp_dir: Path, records: list[RunRecord], t0: 
     finally:
         store.close()
     ok_runs = [r for r in records if r.status == "finished" and r.run_id is not None]
-    sources = sorted({row.get("source") or "?" for r in ok_runs for row in rows_of[r.run_id]
+    # the sources of what is reported: a hybrid run's predicted rows only screened (compare_report.reported_rows)
+    sources = sorted({row.get("source") or "?" for r in ok_runs for row in reported_rows(rows_of[r.run_id])
                       if row.get("episode", 0) >= 0 and not row.get("error_kind") and row.get("latency_ratio")
                       is not None})
     source = "+".join(sources) if sources else "no latency"

@@ -41,6 +41,7 @@ __all__ = [
     "method_table",
     "plot_fronts",
     "plot_learning_curves",
+    "reported_rows",
     "run_figures",
     "table_markdown",
     "write_table",
