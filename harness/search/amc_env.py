@@ -66,7 +66,12 @@ from torch import nn
 
 from harness.pruning import ArchSpec, PruneGroup, apply_spec, layer_macs, round_spec
 from harness.search.env import CandidateSource, EnvConfig
-from harness.search.reward import RewardTerms, compute_reward
+from harness.search.reward import (
+    RewardTerms,
+    latency_ratio_of,
+    meets_target,
+    terms_against,
+)
 
 __all__ = ["OBS_DIM", "LayerRecord", "LayerTable", "LayerwiseConfig", "LayerwiseEnv", "layer_table"]
 
@@ -369,23 +374,16 @@ class LayerwiseEnv(gym.Env):
         return smallest  # the target is out of reach: prune as far as allowed (AMC)
 
     def _terms(self, result: Any) -> RewardTerms:
-        """R = αΔP − βΔC − γΔH of ``result``, on exactly the terms of ``PruningEnv._terms``."""
-        b = self.baseline
-        return compute_reward(
-            top1=result.top1, macs=result.macs, latency_p50_ms=result.latency_p50_ms,
-            base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
-            weights=self.config.weights, latency_ratio=self.latency_ratio(result),
-        )
+        """R = αΔP − βΔC − γΔH of ``result``, the one way every env computes it (``terms_against``)."""
+        return terms_against(result, self.baseline, self.config.weights)
 
     def latency_ratio(self, result: Any) -> float:
-        """``result``'s interleaved latency ratio when it has one, else the ratio of the absolute p50s (as PruningEnv)."""
-        ratio = getattr(result, "latency_ratio", None)
-        return ratio if ratio is not None else result.latency_p50_ms / self.baseline.latency_p50_ms
+        """``result``'s latency / the unpruned model's (:func:`harness.search.reward.latency_ratio_of`)."""
+        return latency_ratio_of(result, self.baseline)
 
     def target_met(self, result: Any) -> bool:
         """True when ``result`` reaches the target ratio of the target metric (as PruningEnv)."""
-        value = result.macs / self.baseline.macs if self.config.target_metric == "macs" else self.latency_ratio(result)
-        return value <= self.target_ratio
+        return meets_target(result, self.baseline, metric=self.config.target_metric, target_ratio=self.target_ratio)
 
     def _obs(self) -> np.ndarray:
         n = len(self.groups)

@@ -56,7 +56,13 @@ import gymnasium as gym
 import numpy as np
 
 from harness.pruning import ArchSpec, PruneGroup
-from harness.search.reward import RewardTerms, RewardWeights, compute_reward
+from harness.search.reward import (
+    RewardTerms,
+    RewardWeights,
+    latency_ratio_of,
+    meets_target,
+    terms_against,
+)
 
 __all__ = ["CandidateSource", "EnvConfig", "PruningEnv", "next_width", "reachable_widths"]
 
@@ -308,27 +314,16 @@ class PruningEnv(gym.Env):
         return mask
 
     def _terms(self, result: Any) -> RewardTerms:
-        b = self.baseline
-        return compute_reward(
-            top1=result.top1, macs=result.macs, latency_p50_ms=result.latency_p50_ms,
-            base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
-            weights=self.config.weights, latency_ratio=self.latency_ratio(result),
-        )
+        return terms_against(result, self.baseline, self.config.weights)
 
     def latency_ratio(self, result: Any) -> float:
-        """``result``'s latency / the unpruned model's: its interleaved ratio when it has one (DESIGN.md §5),
-        else the ratio of the two absolute p50s."""
-        ratio = getattr(result, "latency_ratio", None)
-        return ratio if ratio is not None else result.latency_p50_ms / self.baseline.latency_p50_ms
-
-    def _ratio(self, result: Any) -> float:
-        if self.config.target_metric == "macs":
-            return result.macs / self.baseline.macs
-        return self.latency_ratio(result)
+        """``result``'s latency / the unpruned model's (:func:`harness.search.reward.latency_ratio_of`)."""
+        return latency_ratio_of(result, self.baseline)
 
     def target_met(self, result: Any) -> bool:
         """True when ``result`` reaches the target ratio of the target metric."""
-        return bool(self._ratio(result) <= self.config.target_ratio)
+        return meets_target(result, self.baseline, metric=self.config.target_metric,
+                            target_ratio=self.config.target_ratio)
 
     def _obs(self) -> np.ndarray:
         keep = (self.kept / self.orig).astype(np.float32)[:, None]

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["RewardWeights", "RewardTerms", "compute_reward"]
+__all__ = ["RewardTerms", "RewardWeights", "compute_reward", "latency_ratio_of", "meets_target", "terms_against"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +129,28 @@ def compute_reward(
         delta_h = (latency_p50_ms - base_latency_p50_ms) / base_latency_p50_ms
     reward = weights.alpha * delta_p - weights.beta * delta_c - weights.gamma * delta_h
     return RewardTerms(delta_p=delta_p, delta_c=delta_c, delta_h=delta_h, reward=reward)
+
+
+def latency_ratio_of(result: Any, baseline: Any) -> float:
+    """``result``'s latency / the unpruned model's: its interleaved ratio when it has one (DESIGN.md §5),
+    else the ratio of the two absolute p50s (ms / ms). ``result``/``baseline``: evaluated candidates
+    (``CandidateResult``-like: ``latency_ratio``, ``latency_p50_ms``)."""
+    ratio = getattr(result, "latency_ratio", None)
+    return ratio if ratio is not None else result.latency_p50_ms / baseline.latency_p50_ms
+
+
+def terms_against(result: Any, baseline: Any, weights: RewardWeights) -> RewardTerms:
+    """R = αΔP − βΔC − γΔH of an evaluated candidate against the evaluated unpruned model (every env's and the
+    run's one way to it: :func:`compute_reward` with ΔH from :func:`latency_ratio_of`)."""
+    return compute_reward(
+        top1=result.top1, macs=result.macs, latency_p50_ms=result.latency_p50_ms,
+        base_top1=baseline.top1, base_macs=baseline.macs, base_latency_p50_ms=baseline.latency_p50_ms,
+        weights=weights, latency_ratio=latency_ratio_of(result, baseline),
+    )
+
+
+def meets_target(result: Any, baseline: Any, *, metric: str, target_ratio: float) -> bool:
+    """True when ``result``'s ``metric`` (``latency``: :func:`latency_ratio_of`; ``macs``: MACs / unpruned MACs)
+    is ≤ ``target_ratio``."""
+    value = result.macs / baseline.macs if metric == "macs" else latency_ratio_of(result, baseline)
+    return bool(value <= target_ratio)

@@ -372,7 +372,7 @@ class _Run:
         """Move the whole run to the simulator: the unpruned model is re-predicted, and every candidate row
         this run stored so far is re-predicted and rewritten (latency, source, ΔH, reward), so ΔH always
         compares simulated with simulated and no stored row of the run is measured."""
-        from harness.search.reward import compute_reward
+        from harness.search.reward import terms_against
 
         record = self._switch_record(why)
         ev = self.evaluator
@@ -397,10 +397,7 @@ class _Run:
             if row["error_kind"] is not None or row["latency_p50_ms"] is None:
                 continue
             cand = ev.evaluate(ArchSpec(tuple(json.loads(row["spec_json"]))))
-            terms = None if not cand.ok else compute_reward(
-                top1=cand.top1, macs=cand.macs, latency_p50_ms=cand.latency_p50_ms, base_top1=b.top1,
-                base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms, weights=weights,
-                latency_ratio=cand.latency_ratio)
+            terms = None if not cand.ok else terms_against(cand, b, weights)
             self.store.update_candidate_latency(self.run_id, row["episode"], row["step"], cand, terms)
         if self.env is not None and hasattr(self.env, "restore"):
             self.env.baseline = b
@@ -411,9 +408,7 @@ class _Run:
         if rec is not None and rec.best_spec is not None:
             best = ev.evaluate(rec.best_spec)
             if best.ok:
-                terms = compute_reward(top1=best.top1, macs=best.macs, latency_p50_ms=best.latency_p50_ms,
-                                       base_top1=b.top1, base_macs=b.macs, base_latency_p50_ms=b.latency_p50_ms,
-                                       weights=weights, latency_ratio=best.latency_ratio)
+                terms = terms_against(best, b, weights)
                 met = self.env.target_met(best) if hasattr(self.env, "target_met") else rec.best_key[0]
                 rec.best_key, rec.best_result = (bool(met), terms.reward), best
 

@@ -39,3 +39,20 @@ def test_failed_latency_is_refused_not_nan():
     with pytest.raises(ValueError, match="failure penalty"):
         compute_reward(top1=0.9, macs=10, latency_p50_ms=math.nan, base_top1=0.9, base_macs=10,
                        base_latency_p50_ms=1.0, weights=RewardWeights())
+
+
+def test_terms_against_the_baseline_rank_on_the_interleaved_ratio_not_the_p50s():
+    """Every env and the run compute R one way: ΔH from the candidate's interleaved ratio when it has one."""
+    from types import SimpleNamespace
+
+    from harness.search.reward import RewardWeights, meets_target, terms_against
+
+    base = SimpleNamespace(top1=0.90, macs=1000, latency_p50_ms=4.0, latency_ratio=1.0)
+    cand = SimpleNamespace(top1=0.88, macs=600, latency_p50_ms=4.4, latency_ratio=0.75)  # p50 from a slow minute
+    t = terms_against(cand, base, RewardWeights(alpha=2.0, beta=0.5, gamma=1.0))
+    assert t.delta_h == pytest.approx(-0.25)  # not 4.4 / 4.0 - 1 = +0.10
+    assert t.reward == pytest.approx(2.0 * -0.02 - 0.5 * -0.4 - 1.0 * -0.25)
+    no_ratio = SimpleNamespace(top1=0.88, macs=600, latency_p50_ms=3.0, latency_ratio=None)
+    assert terms_against(no_ratio, base, RewardWeights()).delta_h == pytest.approx(-0.25)  # older rows: p50s
+    assert meets_target(cand, base, metric="latency", target_ratio=0.8)
+    assert not meets_target(cand, base, metric="macs", target_ratio=0.5)  # 600 / 1000 = 0.6
